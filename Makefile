@@ -1,0 +1,47 @@
+# BootTorrent developer entry points. Everything runs on Debian's own
+# interpreter and python3-* packages, never a pip copy.
+PYTHON := /usr/bin/python3
+export PYTHONDONTWRITEBYTECODE := 1
+
+# What the test suite, the demo and the benchmark need on a fresh Debian 12.
+DEPS := python3-libtorrent python3-configobj python3-systemd python3-jinja2 \
+	python3-debian python3-pytest python3-setuptools python3-all \
+	python3-matplotlib dnsmasq-base opentracker ipxe busybox-static \
+	kexec-tools qemu-system-x86 debootstrap zstd xz-utils cpio iproute2 \
+	udpcast systemd lintian debhelper dh-python devscripts fakeroot \
+	build-essential
+
+.PHONY: all deps test test-fast test-qemu bench demo deb clean
+
+all: test
+
+deps:
+	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEPS) 2>/dev/null \
+		| awk '$$1 == "ii" { print $$2 }' | sort | comm -13 - $$(printf '%s\n' $(DEPS) | sort > .deps.want; echo .deps.want)); \
+	rm -f .deps.want; \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+test: deps
+	$(PYTHON) -m pytest tests
+
+# The quick part of the suite: no QEMU, no package build.
+test-fast: deps
+	$(PYTHON) -m pytest tests -m 'not qemu and not package'
+
+test-qemu: deps
+	$(PYTHON) -m pytest tests -m qemu
+
+bench: deps
+	$(PYTHON) -m bench
+
+demo: deps
+	$(PYTHON) -m demo
+
+deb: deps
+	dpkg-buildpackage -us -uc -b
+
+clean:
+	rm -rf build .pytest_cache .cache *.egg-info

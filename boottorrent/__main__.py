@@ -1,0 +1,3 @@
+from boottorrent.cli import main
+
+raise SystemExit(main())

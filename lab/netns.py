@@ -1,0 +1,199 @@
+"""A virtual LAN in network namespaces, for tests, the benchmark and the demo.
+
+One "switch" namespace holds a bridge; every host is a namespace joined to
+the bridge by a veth pair; QEMU taps are added to the bridge as well. The
+root namespace is never configured: the only thing created there is the
+namespace names themselves. Addresses come from 198.18.0.0/15, the range
+reserved for network tests.
+
+Every process started through a Lab runs in its own process group and is
+killed by PID when the lab closes, also after a failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUBNET = ipaddress.ip_network("198.18.0.0/24")
+SERVER_ADDRESS = "198.18.0.1"
+BRIDGE = "br0"
+
+_lab_counter = itertools.count()
+
+
+def _ip(*args: str, netns: str | None = None) -> None:
+    cmd = ["ip"] + (["-n", netns] if netns else []) + list(args)
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Host:
+    """One machine of the lab: a namespace with one interface on the bridge."""
+
+    lab: "Lab"
+    name: str
+    netns: str
+    ifname: str
+    address: str | None
+    mac: str
+
+    def command(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] + argv
+
+    def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("check", True)
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(self.command(argv), **kwargs)
+
+    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        return self.lab.popen(self.command(argv), **kwargs)
+
+    def shape(self, rate_mbit: int) -> None:
+        """Limit this host's link to rate_mbit both ways.
+
+        Egress is shaped on the host's end of the veth, ingress on the
+        bridge's end (the egress towards the host). Token bucket only: the
+        kernels these labs run on have no netem, so no added delay.
+        """
+        burst_kb = max(32, rate_mbit * 1000 // 8 // 100)  # 10 ms worth of bytes
+        for netns, dev in ((self.netns, self.ifname), (self.lab.switch, self.peer_ifname)):
+            subprocess.run(
+                ["ip", "netns", "exec", netns, "tc", "qdisc", "replace", "dev", dev, "root",
+                 "tbf", "rate", f"{rate_mbit}mbit", "burst", f"{burst_kb}kb", "latency", "100ms"],
+                check=True, capture_output=True)
+
+    @property
+    def peer_ifname(self) -> str:
+        return f"v{self.lab.tag}{self.name}"[:15]
+
+
+@dataclass
+class Lab:
+    """A bridge in its own namespace plus hosts; use as a context manager."""
+
+    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}{next(_lab_counter)}")
+    hosts: dict[str, Host] = field(default_factory=dict)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    _next_address: int = 10
+
+    def __post_init__(self) -> None:
+        self.switch = f"bt{self.tag}sw"
+        self._namespaces: list[str] = []
+        self._add_namespace(self.switch)
+        _ip("link", "add", BRIDGE, "type", "bridge", netns=self.switch)
+        # No STP and no forwarding delay: a test LAN must pass frames at once.
+        _ip("link", "set", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0",
+            netns=self.switch)
+        _ip("link", "set", BRIDGE, "up", netns=self.switch)
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _add_namespace(self, netns: str) -> None:
+        subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
+        self._namespaces.append(netns)
+        _ip("link", "set", "lo", "up", netns=netns)
+
+    def add_host(self, name: str, address: str | None = "auto", mac: str | None = None) -> Host:
+        """Add a namespace on the bridge.
+
+        address: "auto" takes the next free address from 198.18.0.10 up,
+        None leaves the interface unconfigured (for DHCP clients), anything
+        else is used as given (the server is 198.18.0.1).
+        """
+        if name in self.hosts:
+            raise ValueError(f"host {name!r} exists")
+        index = len(self.hosts) + 1
+        mac = mac or f"52:54:00:{int(self.tag) % 256:02x}:{index // 256:02x}:{index % 256:02x}"
+        if address == "auto":
+            address = str(SUBNET.network_address + self._next_address)
+            self._next_address += 1
+        netns = f"bt{self.tag}{name}"[:32]
+        self._add_namespace(netns)
+        host = Host(self, name, netns, "eth0", address, mac)
+        peer = host.peer_ifname
+        _ip("link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", netns,
+            netns=self.switch)
+        _ip("link", "set", peer, "master", BRIDGE, "up", netns=self.switch)
+        _ip("link", "set", "eth0", "address", mac, netns=netns)
+        _ip("link", "set", "eth0", "up", netns=netns)
+        if address:
+            _ip("addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "eth0", netns=netns)
+        self.hosts[name] = host
+        return host
+
+    def add_server(self) -> Host:
+        return self.add_host("server", SERVER_ADDRESS)
+
+    def add_tap(self, name: str) -> str:
+        """A tap device on the bridge, for a QEMU VM started with switch_command()."""
+        ifname = f"t{self.tag}{name}"[:15]
+        _ip("tuntap", "add", "dev", ifname, "mode", "tap", netns=self.switch)
+        _ip("link", "set", ifname, "master", BRIDGE, "up", netns=self.switch)
+        return ifname
+
+    def switch_command(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.switch] + argv
+
+    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        """Start a process in its own process group, killed when the lab closes."""
+        kwargs.setdefault("start_new_session", True)
+        process = subprocess.Popen(argv, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen, timeout: float = 5.0) -> None:
+        """Stop one process (and its group) started by this lab."""
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            self.stop(process)
+        for netns in reversed(self._namespaces):
+            _kill_namespace_processes(netns)
+            subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+        self._namespaces.clear()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_namespace_processes(netns: str) -> None:
+    """Kill whatever still runs in a namespace we made (a daemon that forked)."""
+    result = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    pids = [int(p) for p in result.stdout.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        time.sleep(0.05)
+
+
+def describe(argv: list[str]) -> str:
+    return shlex.join(argv)
