@@ -1,0 +1,345 @@
+"""The `boottorrent` and `boottorrent-add-image` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from boottorrent import __version__
+from boottorrent.config import (ConfigError, all_problems, check_image_name, image_conf_path,
+                                image_conf_text, image_problems, load_config)
+from boottorrent.fsutil import locked, remove_tree, write_atomic
+from boottorrent.generate import regenerate
+from boottorrent.images import is_unchanged, store
+from boottorrent.progress import human_bytes
+from boottorrent.registry import State
+
+EXIT_FAILURE = 1  # the work failed (disk full, a service error)
+EXIT_BAD_INPUT = 2  # the configuration or the command line is wrong
+
+FILES_AND_ENVIRONMENT = """\
+files:
+  /etc/boottorrent/boottorrent.conf   server configuration (configobj)
+  /etc/boottorrent/images.d/NAME.conf one file per image
+  /var/lib/boottorrent/               registered images, torrents, generated files
+
+environment:
+  BOOTTORRENT_CONFIG_DIR   default for --config-dir
+  BOOTTORRENT_STATE_DIR    default for --state-dir
+
+exit status:
+  0 success, 1 the work failed (nothing was changed), 2 bad input or
+  configuration (one line names the file, section and key; nothing was changed)
+"""
+
+
+class BadInput(Exception):
+    """A mistake on the command line, reported like a configuration error."""
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-dir", type=Path, metavar="DIR",
+        default=Path(os.environ.get("BOOTTORRENT_CONFIG_DIR", "/etc/boottorrent")),
+        help="configuration folder (default: %(default)s)")
+    parser.add_argument(
+        "--state-dir", type=Path, metavar="DIR",
+        default=Path(os.environ.get("BOOTTORRENT_STATE_DIR", "/var/lib/boottorrent")),
+        help="state folder (default: %(default)s)")
+
+
+def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME",
+                        help="image name: ASCII letters, digits, '.', '_', '-'")
+    parser.add_argument("--kernel", type=Path, metavar="FILE",
+                        help="the image's kernel; writes images.d/NAME.conf from these options")
+    parser.add_argument("--initrd", type=Path, metavar="FILE", action="append", default=[],
+                        help="an initramfs; repeat for several, loaded in this order")
+    parser.add_argument("--cmdline", default="", metavar="TEXT",
+                        help="the image's kernel command line")
+    parser.add_argument("--description", default="", metavar="TEXT",
+                        help="one line shown in the boot menu")
+    _common_options(parser)
+
+
+ADD_IMAGE_DESCRIPTION = """\
+Register an image: copy its kernel and initramfs files into the state folder,
+record their sizes and SHA-256, create its BitTorrent torrent, then regenerate
+everything derived from the registry (tracker whitelist, dnsmasq and iPXE
+configuration, the pivotal's configuration) and reload running services.
+
+Without --kernel, the image is read from /etc/boottorrent/images.d/NAME.conf.
+With --kernel, that file is written from the options and the image registered;
+it must not exist yet.
+
+Registering an unchanged image again does nothing. If a file changed (same
+path, new content), the image gets a new torrent. On any error, nothing is
+changed."""
+
+ADD_IMAGE_EPILOG = """\
+examples:
+  boottorrent-add-image compute --kernel /boot/vmlinuz-6.1.0-27-amd64 \\
+      --initrd /boot/initrd.img-6.1.0-27-amd64 --cmdline "root=/dev/ram0 quiet"
+  boottorrent-add-image compute        # again, after editing images.d/compute.conf
+
+""" + FILES_AND_ENVIRONMENT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boottorrent",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Network boot of a cluster over BitTorrent.
+
+            A BootTorrent server answers PXE clients (dnsmasq), runs a tracker
+            (opentracker) and seeds every registered image (the seeder). Clients
+            load the pivotal, a small Linux that downloads the image from the
+            server and from each other, then kexecs into it."""),
+        epilog=FILES_AND_ENVIRONMENT)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    add = commands.add_parser(
+        "add-image", help="register an image (same as boottorrent-add-image)",
+        description=ADD_IMAGE_DESCRIPTION, epilog=ADD_IMAGE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_image_arguments(add)
+    add.set_defaults(run=cmd_add_image)
+
+    remove = commands.add_parser(
+        "remove-image", help="unregister an image and delete its images.d file",
+        description="Unregister an image, delete images.d/NAME.conf and regenerate. "
+        "The image's files are deleted once no service uses them.",
+        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    remove.add_argument("name", metavar="NAME")
+    _common_options(remove)
+    remove.set_defaults(run=cmd_remove_image)
+
+    listing = commands.add_parser(
+        "list", help="list registered images",
+        description="List registered images: name, size, infohash, registration time.")
+    _common_options(listing)
+    listing.set_defaults(run=cmd_list)
+
+    generate = commands.add_parser(
+        "generate", help="regenerate all files derived from configuration and registry",
+        description="Regenerate the dnsmasq and tracker configuration, the iPXE script, "
+        "the torrents' tracker URLs and the pivotal from the configuration and the "
+        "registry, atomically. boottorrent.service runs this at start and reload.",
+        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common_options(generate)
+    generate.set_defaults(run=cmd_generate)
+
+    check = commands.add_parser(
+        "check", help="validate the whole configuration",
+        description="Validate boottorrent.conf and every images.d file; print every "
+        "problem, one line each; exit 2 if there is any.",
+        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common_options(check)
+    check.set_defaults(run=cmd_check)
+
+    seeder = commands.add_parser(
+        "seeder", help="run the seeder daemon (boottorrent-seeder.service)",
+        description="Seed every registered image with libtorrent and serve the boot "
+        "files, the images (web seed) and the status endpoint over HTTP. SIGHUP re-reads "
+        "the registry. Meant to run under systemd (Type=notify).",
+        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common_options(seeder)
+    seeder.set_defaults(run=cmd_seeder)
+
+    status = commands.add_parser(
+        "status", help="show images, swarm and clients",
+        description="Per image: seeds, leechers, peers and bytes sent by the server. "
+        "Per client that reported: MAC, address, image, phase, progress, peers, and "
+        "bytes from the server and from peers. Asks the running seeder.",
+        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    _common_options(status)
+    status.set_defaults(run=cmd_status)
+    return parser
+
+
+def add_image_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boottorrent-add-image", description=ADD_IMAGE_DESCRIPTION,
+        epilog=ADD_IMAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_image_arguments(parser)
+    parser.set_defaults(run=cmd_add_image)
+    return parser
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_add_image(args: argparse.Namespace) -> int:
+    config = load_config(args.config_dir)
+    try:
+        name = check_image_name(args.name)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    conf_path = image_conf_path(args.config_dir, name)
+    state = State(args.state_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.kernel:
+            if conf_path.exists():
+                raise ConfigError(conf_path, f"image {name!r} exists already; edit this file and "
+                                  f"run `boottorrent-add-image {name}`, or remove the image first")
+            for key in ("cmdline", "description"):
+                if "\n" in getattr(args, key) or "\r" in getattr(args, key):
+                    raise ConfigError(conf_path, "must be one line", key=key)
+            conf_text = image_conf_text(args.kernel.absolute(),
+                                        [p.absolute() for p in args.initrd],
+                                        args.cmdline, args.description)
+            # Validate the new file where it cannot be seen yet.
+            staged = Path(scratch) / conf_path.name
+            staged.write_text(conf_text)
+            image, problems = image_problems(staged)
+            if problems:
+                raise ConfigError(conf_path, problems[0].message, key=problems[0].key)
+        else:
+            if args.initrd or args.cmdline or args.description:
+                raise BadInput("--initrd, --cmdline and --description go with --kernel")
+            image, problems = image_problems(conf_path)
+            if problems:
+                raise problems[0]
+
+        with locked(state.lock):
+            registry = state.registry()
+            previous = registry.get(name)
+            if previous and is_unchanged(image, previous, state):
+                print(f"{name}: unchanged, infohash {previous.infohash}")
+                return 0
+            record, created = store(image, state, sys.stderr)
+            try:
+                if args.kernel:
+                    write_atomic(conf_path, conf_text)
+                regenerate(config, state, {**registry, name: record})
+            except BaseException:
+                if created:
+                    remove_tree(created)
+                if args.kernel:
+                    conf_path.unlink(missing_ok=True)
+                raise
+    action = "re-registered" if previous else "registered"
+    print(f"{name}: {action}, {human_bytes(record.size)} in {len(record.files)} files, "
+          f"piece size {human_bytes(record.piece_size)}, infohash {record.infohash}")
+    reload_services()
+    return 0
+
+
+def cmd_remove_image(args: argparse.Namespace) -> int:
+    config = load_config(args.config_dir)
+    state = State(args.state_dir)
+    with locked(state.lock):
+        registry = state.registry()
+        if args.name not in registry:
+            raise BadInput(f"{args.state_dir}: no image {args.name!r} is registered")
+        remaining = {n: r for n, r in registry.items() if n != args.name}
+        regenerate(config, state, remaining)
+        image_conf_path(args.config_dir, args.name).unlink(missing_ok=True)
+    print(f"{args.name}: removed")
+    reload_services()
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    records = State(args.state_dir).registry()
+    if not records:
+        print("no images registered")
+        return 0
+    rows = [("NAME", "SIZE", "INFOHASH", "REGISTERED")] + [
+        (r.name, human_bytes(r.size), r.infohash, r.registered)
+        for r in sorted(records.values(), key=lambda r: r.name)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    config = load_config(args.config_dir)
+    state = State(args.state_dir)
+    with locked(state.lock):
+        snapshot = regenerate(config, state, state.registry())
+    print(f"generated {snapshot}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    registered = set(State(args.state_dir).registry())
+    problems = all_problems(args.config_dir, registered)
+    for problem in problems:
+        print(f"boottorrent: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_BAD_INPUT
+    described = len(list((args.config_dir / "images.d").glob("*.conf")))
+    print(f"configuration OK: {described} images described, {len(registered)} registered")
+    return 0
+
+
+def cmd_seeder(args: argparse.Namespace) -> int:
+    from boottorrent import seeder
+
+    config = load_config(args.config_dir)
+    state = State(args.state_dir)
+    if not state.current.exists():
+        raise BadInput(f"{state.current}: nothing generated yet; run `boottorrent generate`")
+    return seeder.run(config, state)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from boottorrent import status
+
+    config = load_config(args.config_dir)
+    try:
+        current = status.fetch(config.http_url)
+    except OSError as error:
+        print(f"boottorrent: the seeder at {config.http_url} does not answer "
+              f"({getattr(error, 'reason', error)}); is boottorrent-seeder running?",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(current, indent=1) if args.json else status.format_status(current))
+    return 0
+
+
+def reload_services() -> None:
+    """Make running services pick up a new snapshot; nothing if none runs."""
+    if not Path("/run/systemd/system").is_dir():
+        return
+    subprocess.run(["systemctl", "--no-block", "try-reload-or-restart",
+                    "boottorrent-seeder.service", "boottorrent-tracker.service"],
+                   capture_output=True)
+
+
+# ---------------------------------------------------------------- entry points
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, BadInput) as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{parser.prog}: {where}{error.strerror or error}; nothing was changed",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; nothing was changed", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+def add_image_main(argv: list[str] | None = None) -> int:
+    return run(add_image_parser(), argv)

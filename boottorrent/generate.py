@@ -1,0 +1,55 @@
+"""Regenerating everything derived from configuration and registry, as one
+new snapshot committed atomically (see registry.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from boottorrent import pivotal, render
+from boottorrent.config import Config, ConfigError
+from boottorrent.fsutil import remove_tree
+from boottorrent.registry import REGISTRY_FILE, ImageRecord, State, registry_json
+
+
+def _place(source: Path, target: Path) -> None:
+    """Put an immutable cached file into the snapshot without copying it."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    target.chmod(0o644)
+
+
+def write_pivotal(config: Config, state: State, pivotal_json: bytes, target: Path) -> None:
+    """The pivotal's kernel and its three initramfs parts, into target/."""
+    try:
+        kernel_part = pivotal.build_kernel_part(config.pivotal_kernel, state.cache)
+        base = pivotal.ensure_base(state.cache)
+    except pivotal.PivotalError as error:
+        raise ConfigError(config.path, str(error), ("pivotal",), "kernel") from None
+    target.mkdir(mode=0o755)
+    _place(kernel_part.vmlinuz, target / Path(render.PIVOTAL_KERNEL).name)
+    base_name, modules_name, config_name = (Path(p).name for p in render.PIVOTAL_INITRDS)
+    _place(base, target / base_name)
+    _place(kernel_part.modules, target / modules_name)
+    pivotal.build_config_part({render.PIVOTAL_CONFIG: pivotal_json}, target / config_name)
+
+
+def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) -> Path:
+    """Build a snapshot for records and make it current; returns its path.
+
+    On any failure (bad configuration, full disk, Ctrl-C) the new snapshot is
+    removed and the current one stays exactly as it was.
+    """
+    snapshot = state.new_snapshot()
+    try:
+        (snapshot / REGISTRY_FILE).write_text(registry_json(records))
+        pivotal_config = render.write_snapshot(config, records, state, snapshot)
+        write_pivotal(config, state, render.pivotal_config_bytes(pivotal_config),
+                      snapshot / "boot" / "pivotal")
+        return state.commit(snapshot)
+    except BaseException:
+        remove_tree(snapshot)
+        raise

@@ -1,0 +1,87 @@
+"""Registering an image: copy its files into the state directory, hash them
+and create the torrent."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from boottorrent import torrents
+from boottorrent.config import Image
+from boottorrent.fsutil import copy_and_hash, remove_tree, write_atomic
+from boottorrent.progress import Progress
+from boottorrent.registry import FileRecord, ImageRecord, State
+
+
+def conf_digest(image: Image) -> str:
+    return hashlib.sha256(image.source.read_bytes()).hexdigest()
+
+
+def is_unchanged(image: Image, record: ImageRecord, state: State) -> bool:
+    """True when re-registering would give the same torrent: same description
+    file, same source files by path, size and modification time."""
+    if record.conf_sha256 != conf_digest(image) or not state.content_dir(record.infohash).is_dir():
+        return False
+    sources = image.files()
+    if len(sources) != len(record.files):
+        return False
+    for (_, path), file in zip(sources, record.files):
+        stat = path.stat()
+        if (str(path), stat.st_size, stat.st_mtime_ns) != (file.source, file.size,
+                                                            file.source_mtime_ns):
+            return False
+    return True
+
+
+def store(image: Image, state: State, stream: TextIO) -> tuple[ImageRecord, Path | None]:
+    """Copy and hash the image's files into images/<infohash>/.
+
+    Returns the record and the content folder if this call created it (so a
+    caller whose later step fails can remove it again), or None if identical
+    content was stored already.
+    """
+    state.images.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".new-", dir=state.images))
+    try:
+        (work / image.name).mkdir()
+        sources = image.files()
+        stats = [path.stat() for _, path in sources]
+        total = sum(s.st_size for s in stats)
+
+        copying = Progress(f"{image.name}: copying", total, stream)
+        files = []
+        for (name, path), stat in zip(sources, stats):
+            digest = copy_and_hash(path, work / image.name / name, copying.advance)
+            copied = (work / image.name / name).stat().st_size
+            if copied != stat.st_size or path.stat().st_mtime_ns != stat.st_mtime_ns:
+                raise OSError(f"{path}: changed while it was being copied")
+            files.append(FileRecord(name, str(path), stat.st_size, digest, stat.st_mtime_ns))
+        copying.close()
+
+        hashing = Progress(f"{image.name}: hashing pieces", total, stream)
+        torrent = torrents.create(work, image.name, [(f.name, f.size) for f in files],
+                                  hashing.update)
+        hashing.close()
+        write_atomic(work / "torrent", torrent)
+        infohash = torrents.info_hash(torrent)
+
+        record = ImageRecord(
+            name=image.name, infohash=infohash, description=image.description,
+            cmdline=image.cmdline, method=image.method, arch=image.arch,
+            registered=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            piece_size=torrents.load(torrent).piece_length(),
+            conf_sha256=conf_digest(image), files=tuple(files))
+        final = state.content_dir(infohash)
+        if final.exists():
+            remove_tree(work)
+            return record, None
+        work.chmod(0o755)
+        os.rename(work, final)
+        return record, final
+    except BaseException:
+        remove_tree(work)
+        raise

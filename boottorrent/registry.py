@@ -1,0 +1,156 @@
+"""The image registry and everything derived from it, in /var/lib/boottorrent.
+
+Layout of the state directory:
+
+    images/<infohash>/NAME/kernel, initrd.0, ...   registered files (immutable)
+    images/<infohash>/torrent                      the torrent's info, as created
+    snapshots/<N>/registry.json                    the registry ...
+    snapshots/<N>/...                              ... and every file made from it
+    current -> snapshots/<N>                       what the services use
+    cache/                                         pivotal parts, reusable
+
+A change builds a whole new snapshot beside the current one and then swaps
+the `current` symlink with one rename(2): the registry and all generated
+files change together or not at all. Image files are stored by infohash, so
+a running seeder keeps reading the files it seeds until it reloads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from boottorrent.fsutil import remove_tree
+
+REGISTRY_FILE = "registry.json"
+SNAPSHOTS_KEPT = 2  # the current one and the one before, which a seeder may still read
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    name: str  # inside the image: kernel, initrd.0, ...
+    source: str
+    size: int
+    sha256: str
+    source_mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    name: str
+    infohash: str
+    description: str
+    cmdline: str
+    method: str
+    arch: str
+    registered: str  # ISO 8601, UTC
+    piece_size: int
+    conf_sha256: str
+    files: tuple[FileRecord, ...] = field(default_factory=tuple)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def kernel(self) -> FileRecord:
+        return self.files[0]
+
+    @property
+    def initrds(self) -> tuple[FileRecord, ...]:
+        return self.files[1:]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ImageRecord":
+        files = tuple(FileRecord(**f) for f in data.pop("files"))
+        return cls(files=files, **data)
+
+
+class State:
+    """Paths in the state directory and the snapshot commit."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.images = root / "images"
+        self.snapshots = root / "snapshots"
+        self.current = root / "current"
+        self.cache = root / "cache"
+        self.lock = root / "lock"
+
+    def content_dir(self, infohash: str) -> Path:
+        return self.images / infohash
+
+    def torrent_info(self, infohash: str) -> bytes:
+        return (self.content_dir(infohash) / "torrent").read_bytes()
+
+    def registry(self) -> dict[str, ImageRecord]:
+        """The committed registry (empty before the first registration)."""
+        return read_registry(self.current)
+
+    def new_snapshot(self) -> Path:
+        self.snapshots.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=".new-", dir=self.snapshots))
+        path.chmod(0o755)
+        return path
+
+    def commit(self, snapshot: Path) -> Path:
+        """Make a fully written snapshot current, atomically; returns its path."""
+        numbers = [int(p.name) for p in self.snapshots.iterdir() if p.name.isdigit()]
+        final = self.snapshots / f"{max(numbers, default=0) + 1:06d}"
+        os.rename(snapshot, final)
+        link = self.root / ".current.new"
+        link.unlink(missing_ok=True)
+        link.symlink_to(final.relative_to(self.root))
+        _fsync_dir(self.snapshots)
+        os.replace(link, self.current)
+        _fsync_dir(self.root)
+        self._collect_garbage()
+        return final
+
+    def _collect_garbage(self) -> None:
+        """Remove old snapshots, unfinished ones, and images no snapshot kept needs.
+
+        Runs under the state lock, so an unfinished snapshot is a leftover of
+        a run that was killed.
+        """
+        for leftover in self.snapshots.glob(".new-*"):
+            remove_tree(leftover)
+        numbered = sorted(p for p in self.snapshots.iterdir() if p.name.isdigit())
+        kept, old = numbered[-SNAPSHOTS_KEPT:], numbered[:-SNAPSHOTS_KEPT]
+        for snapshot in old:
+            remove_tree(snapshot)
+        needed = {r.infohash for s in kept for r in read_registry(s).values()}
+        if self.images.is_dir():
+            for content in self.images.iterdir():
+                if content.name not in needed:
+                    remove_tree(content)
+
+
+
+
+
+def read_registry(snapshot: Path) -> dict[str, ImageRecord]:
+    path = snapshot / REGISTRY_FILE
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {name: ImageRecord.from_json(record) for name, record in data["images"].items()}
+
+
+def registry_json(records: dict[str, ImageRecord]) -> str:
+    images = {name: records[name].to_json() for name in sorted(records)}
+    return json.dumps({"version": 1, "images": images}, indent=2) + "\n"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

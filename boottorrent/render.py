@@ -1,0 +1,149 @@
+"""Rendering the files derived from configuration and registry.
+
+Everything here writes into a new snapshot folder (see registry.py); nothing
+is written in place. Templates live in boottorrent/templates/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from boottorrent import torrents
+from boottorrent.config import Config, ConfigError
+from boottorrent.registry import ImageRecord, State
+
+IPXE_DIR = Path("/usr/lib/ipxe")
+IPXE_BINARIES = ("undionly.kpxe", "snponly.efi", "ipxe.efi")
+PIVOTAL_KERNEL = "pivotal/vmlinuz"
+PIVOTAL_INITRDS = ("pivotal/base.cpio.zst", "pivotal/modules.cpio.zst", "pivotal/config.cpio")
+PIVOTAL_CONFIG = "etc/boottorrent/pivotal.json"
+
+environment = Environment(loader=PackageLoader("boottorrent"), undefined=StrictUndefined,
+                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+
+
+def render(template: str, **context) -> str:
+    return environment.get_template(template).render(**context)
+
+
+def default_image(config: Config, records: dict[str, ImageRecord]) -> str | None:
+    """The image a client boots when neither its MAC nor the menu says."""
+    if config.default_image:
+        if config.default_image not in records:
+            raise ConfigError(config.path, f"image {config.default_image!r} is not registered",
+                              ("boot",), "default_image")
+        return config.default_image
+    return min(records) if records else None
+
+
+def check_machines(config: Config, records: dict[str, ImageRecord]) -> None:
+    for mac, image in sorted(config.mac_images.items()):
+        if image not in records:
+            raise ConfigError(config.path, f"{mac} boots image {image!r}, which is not "
+                              "registered", ("machines",))
+
+
+def boot_context(config: Config, records: dict[str, ImageRecord], state: State) -> dict:
+    """What the dnsmasq configuration and the iPXE script are rendered from."""
+    return {
+        "interface": config.interface,
+        "server_address": config.address,
+        "dhcp_mode": config.dhcp_mode,
+        "dhcp_range_start": config.range_start,
+        "dhcp_range_end": config.range_end,
+        "netmask": config.netmask,
+        "network_address": config.network_address,
+        "lease_time": f"{config.lease_time}s",
+        "router": config.router,
+        "dns_servers": list(config.dns_servers),
+        "tftp_root": str(state.current / "boot"),
+        "lease_file": str(state.root / "dnsmasq" / "leases"),
+        "http_url": config.http_url,
+        "ipxe_script": "boot.ipxe",
+        "pivotal": {"kernel": PIVOTAL_KERNEL, "initrds": list(PIVOTAL_INITRDS),
+                    "cmdline": config.pivotal_cmdline},
+        "images": [{"name": r.name, "description": r.description or r.name}
+                   for r in sorted(records.values(), key=lambda r: r.name)],
+        "default_image": default_image(config, records) or "",
+        "menu_timeout": config.menu_timeout,
+        "mac_images": dict(sorted(config.mac_images.items())),
+    }
+
+
+def web_seed(config: Config, record: ImageRecord) -> str:
+    return f"{config.http_url}/images/{record.infohash}/"
+
+
+def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
+    return torrents.with_urls(state.torrent_info(record.infohash), config.tracker_url,
+                              web_seed(config, record))
+
+
+def pivotal_config(config: Config, records: dict[str, ImageRecord], state: State) -> dict:
+    """What the pivotal needs to know; shipped as etc/boottorrent/pivotal.json."""
+    return {
+        "version": 1,
+        "server": config.address,
+        "tracker": config.tracker_url,
+        "http": config.http_url,
+        "seeder_port": config.seeder_port,
+        "report_url": f"{config.http_url}/report",
+        "announce_interval": config.announce_interval,
+        "upload_slots": config.upload_slots,
+        "seed_time_max": config.seed_time_max,
+        "seed_idle_time": config.seed_idle_time,
+        "fallback_after": config.fallback_after,
+        "default_image": default_image(config, records),
+        "mac_images": dict(sorted(config.mac_images.items())),
+        "images": {
+            r.name: {
+                "infohash": r.infohash,
+                "torrent": base64.b64encode(full_torrent(config, state, r)).decode(),
+                "method": r.method,
+                "cmdline": r.cmdline,
+                "kernel": r.kernel.name,
+                "initrds": [f.name for f in r.initrds],
+                "size": r.size,
+                "sha256": {f.name: f.sha256 for f in r.files},
+            } for r in sorted(records.values(), key=lambda r: r.name)
+        },
+    }
+
+
+def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State,
+                   snapshot: Path) -> dict:
+    """Write every derived file except the pivotal parts into snapshot.
+
+    Returns the pivotal configuration, which goes into the pivotal's
+    config part.
+    """
+    check_machines(config, records)
+    boot = snapshot / "boot"
+    boot.mkdir(mode=0o755)
+    context = boot_context(config, records, state)
+    (snapshot / "dnsmasq.conf").write_text(render("dnsmasq.conf.j2", **context))
+    (boot / "boot.ipxe").write_text(render("boot.ipxe.j2", **context))
+    for binary in IPXE_BINARIES:
+        shutil.copyfile(IPXE_DIR / binary, boot / binary)
+
+    tracker = snapshot / "tracker"
+    tracker.mkdir(mode=0o755)
+    (tracker / "whitelist").write_text("".join(f"{r.infohash}\n" for r in records.values()))
+    (tracker / "opentracker.conf").write_text(render(
+        "opentracker.conf.j2", address=config.address, port=config.tracker_port,
+        whitelist=str(state.current / "tracker" / "whitelist")))
+
+    torrent_dir = snapshot / "torrents"
+    torrent_dir.mkdir(mode=0o755)
+    for record in records.values():
+        (torrent_dir / f"{record.name}.torrent").write_bytes(full_torrent(config, state, record))
+    return pivotal_config(config, records, state)
+
+
+def pivotal_config_bytes(pivotal: dict) -> bytes:
+    return (json.dumps(pivotal, indent=1, sort_keys=True) + "\n").encode()

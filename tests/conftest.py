@@ -1,0 +1,117 @@
+"""Shared fixtures: a configuration and state folder per test, real files,
+and the real command line run as a subprocess on Debian's interpreter."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lab import kernel  # noqa: E402
+
+PYTHON = "/usr/bin/python3"
+
+SERVER_CONF = """\
+[server]
+interface = eth0
+address = 198.18.0.1
+[dhcp]
+mode = full
+range_start = 198.18.0.100
+range_end = 198.18.0.199
+netmask = 255.255.255.0
+[tracker]
+announce_interval = 2
+[pivotal]
+kernel = {kernel}
+[boot]
+menu_timeout = 0
+"""
+
+
+@pytest.fixture(scope="session")
+def pivotal_kernel() -> Path:
+    """Debian's kernel package, which the pivotal is built from."""
+    return kernel.kernel_deb()
+
+
+@pytest.fixture(scope="session")
+def pivotal_cache(pivotal_kernel: Path, tmp_path_factory) -> Path:
+    """The pivotal's base and kernel parts, built once for the whole session
+    (tests then hardlink them into each state folder's cache)."""
+    from boottorrent import pivotal
+    cache = REPO / ".cache" / "state-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    pivotal.build_kernel_part(pivotal_kernel, cache)
+    pivotal.ensure_base(cache)
+    return cache
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, pivotal_kernel: Path) -> Path:
+    path = tmp_path / "etc"
+    (path / "images.d").mkdir(parents=True)
+    (path / "boottorrent.conf").write_text(SERVER_CONF.format(kernel=pivotal_kernel))
+    return path
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, pivotal_cache: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    subprocess.run(["cp", "-al", str(pivotal_cache), str(path / "cache")], check=True)
+    return path
+
+
+@pytest.fixture
+def image_files(tmp_path: Path) -> dict[str, Path]:
+    """A small image: a 'kernel' and two 'initrds' of random bytes."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    files = {}
+    for name, size in (("vmlinuz", 3_000_000), ("initrd-a.img", 2_500_000),
+                       ("initrd-b.img", 700_000)):
+        files[name] = folder / name
+        files[name].write_bytes(os.urandom(size))
+    return files
+
+
+def cli(*args: str | Path, config_dir: Path, state_dir: Path,
+        command: str = "boottorrent", **kwargs) -> subprocess.CompletedProcess:
+    """Run the real command line, as an admin would."""
+    module = "boottorrent" if command == "boottorrent" else None
+    argv = [PYTHON, "-m", module] if module else [PYTHON, "-c",
+                                                  "from boottorrent.cli import add_image_main; "
+                                                  "raise SystemExit(add_image_main())"]
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "BOOTTORRENT_CONFIG_DIR": str(config_dir), "BOOTTORRENT_STATE_DIR": str(state_dir)}
+    return subprocess.run(argv + [str(a) for a in args], capture_output=True, text=True,
+                          env=env, cwd=kwargs.pop("cwd", REPO), **kwargs)
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every entry under path with its content digest, to compare before/after."""
+    result = {}
+    if not path.exists():
+        return result
+    for entry in sorted(path.rglob("*")):
+        relative = str(entry.relative_to(path))
+        if entry.is_symlink():
+            result[relative] = "-> " + os.readlink(entry)
+        elif entry.is_dir():
+            result[relative] = "dir"
+        else:
+            result[relative] = hashlib.sha256(entry.read_bytes()).hexdigest()
+    return result
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    shutil.copytree(source, target, symlinks=True)

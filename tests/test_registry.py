@@ -1,0 +1,350 @@
+"""The server core: registering images, the generated files, and the
+commands, run as the real command line on real files."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import libtorrent as lt
+import pytest
+
+from conftest import PYTHON, REPO, cli, tree
+
+
+def add(image_files, config_dir, state_dir, name="compute", **kwargs):
+    return cli("add-image", name, "--kernel", image_files["vmlinuz"],
+               "--initrd", image_files["initrd-a.img"], "--initrd", image_files["initrd-b.img"],
+               "--cmdline", "root=/dev/ram0 quiet", "--description", "Compute node",
+               config_dir=config_dir, state_dir=state_dir, **kwargs)
+
+
+def registry(state_dir: Path) -> dict:
+    return json.loads((state_dir / "current" / "registry.json").read_text())["images"]
+
+
+def libtorrent_check(torrent: bytes, save_path: Path) -> bool:
+    """Let libtorrent itself check the files against the torrent."""
+    session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False,
+                          "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False})
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(lt.bdecode(torrent))
+    params.save_path = str(save_path)
+    handle = session.add_torrent(params)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = handle.status()
+        if status.state not in (lt.torrent_status.checking_files,
+                                lt.torrent_status.checking_resume_data):
+            return status.is_seeding and status.num_pieces == params.ti.num_pieces()
+        time.sleep(0.1)
+    raise TimeoutError("libtorrent did not finish checking")
+
+
+def test_add_image_registers_files_and_torrent(image_files, config_dir, state_dir):
+    result = add(image_files, config_dir, state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "compute: registered" in result.stdout
+
+    conf = (config_dir / "images.d" / "compute.conf").read_text()
+    assert str(image_files["vmlinuz"]) in conf
+
+    record = registry(state_dir)["compute"]
+    content = state_dir / "images" / record["infohash"]
+    sources = [image_files["vmlinuz"], image_files["initrd-a.img"], image_files["initrd-b.img"]]
+    for file, source in zip(record["files"], sources):
+        copy = content / "compute" / file["name"]
+        assert copy.read_bytes() == source.read_bytes()
+        assert file["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert file["size"] == source.stat().st_size
+    assert [f["name"] for f in record["files"]] == ["kernel", "initrd.0", "initrd.1"]
+
+    torrent = (state_dir / "current" / "torrents" / "compute.torrent").read_bytes()
+    info = lt.torrent_info(lt.bdecode(torrent))
+    assert str(info.info_hashes().v1) == record["infohash"]
+    assert info.priv()
+    assert [t.url for t in info.trackers()] == ["http://198.18.0.1:6969/announce"]
+    assert info.web_seeds()[0]["url"] == f"http://198.18.0.1:6980/images/{record['infohash']}/"
+    assert libtorrent_check((content / "torrent").read_bytes(), content)
+
+    whitelist = (state_dir / "current" / "tracker" / "whitelist").read_text().split()
+    assert whitelist == [record["infohash"]]
+
+
+def test_progress_is_shown_in_plain_lines(image_files, config_dir, state_dir):
+    result = add(image_files, config_dir, state_dir)
+    assert "compute: copying: 100%" in result.stderr
+    assert "compute: hashing pieces: 100%" in result.stderr
+
+
+def test_pivotal_config_describes_images(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text() + "[machines]\n52:54:00:AA:BB:CC = compute\n")
+    assert cli("generate", config_dir=config_dir, state_dir=state_dir).returncode == 0
+    cpio = state_dir / "current" / "boot" / "pivotal" / "config.cpio"
+    listing = subprocess.run(["cpio", "-i", "--to-stdout", "etc/boottorrent/pivotal.json"],
+                             input=cpio.read_bytes(), capture_output=True, check=True)
+    pivotal = json.loads(listing.stdout)
+    image = pivotal["images"]["compute"]
+    assert image["cmdline"] == "root=/dev/ram0 quiet"
+    assert image["initrds"] == ["initrd.0", "initrd.1"]
+    assert pivotal["mac_images"] == {"52:54:00:aa:bb:cc": "compute"}
+    assert pivotal["default_image"] == "compute"
+    assert pivotal["tracker"] == "http://198.18.0.1:6969/announce"
+    torrent = base64.b64decode(image["torrent"])
+    assert str(lt.torrent_info(lt.bdecode(torrent)).info_hashes().v1) == image["infohash"]
+    for name in ("vmlinuz", "base.cpio.zst", "modules.cpio.zst"):
+        assert (state_dir / "current" / "boot" / "pivotal" / name).stat().st_size > 100_000
+
+
+def test_generated_dnsmasq_config_passes_dnsmasq_test(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    for mode in ("full", "proxy"):
+        conf = config_dir / "boottorrent.conf"
+        conf.write_text(conf.read_text().replace("mode = full", f"mode = {mode}")
+                        .replace("mode = proxy", f"mode = {mode}"))
+        assert cli("generate", config_dir=config_dir, state_dir=state_dir).returncode == 0
+        generated = state_dir / "current" / "dnsmasq.conf"
+        result = subprocess.run(["dnsmasq", "--test", "-C", str(generated)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "syntax check OK" in result.stderr
+
+
+def test_reregistering_unchanged_image_changes_nothing(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    before = tree(state_dir)
+    started = time.monotonic()
+    again = cli("add-image", "compute", config_dir=config_dir, state_dir=state_dir)
+    assert again.returncode == 0, again.stderr
+    assert "unchanged" in again.stdout
+    assert time.monotonic() - started < 5
+    assert tree(state_dir) == before
+
+
+def test_changed_file_gives_new_torrent(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    old = registry(state_dir)["compute"]["infohash"]
+    image_files["initrd-b.img"].write_bytes(b"new content" * 1000)
+    result = cli("add-image", "compute", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "re-registered" in result.stdout
+    new = registry(state_dir)["compute"]["infohash"]
+    assert new != old
+    assert (state_dir / "current" / "tracker" / "whitelist").read_text().split() == [new]
+
+
+def test_add_image_command_is_the_same_as_subcommand(image_files, config_dir, state_dir):
+    result = cli("compute", "--kernel", image_files["vmlinuz"], config_dir=config_dir,
+                 state_dir=state_dir, command="boottorrent-add-image")
+    assert result.returncode == 0, result.stderr
+    assert list(registry(state_dir)) == ["compute"]
+
+
+def test_list_and_remove(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    assert add(image_files, config_dir, state_dir, name="second").returncode == 0
+    listing = cli("list", config_dir=config_dir, state_dir=state_dir).stdout.splitlines()
+    assert listing[0].split() == ["NAME", "SIZE", "INFOHASH", "REGISTERED"]
+    assert [line.split()[0] for line in listing[1:]] == ["compute", "second"]
+    infohash = registry(state_dir)["second"]["infohash"]
+
+    result = cli("remove-image", "second", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert list(registry(state_dir)) == ["compute"]
+    assert not (config_dir / "images.d" / "second.conf").exists()
+    assert infohash not in (state_dir / "current" / "tracker" / "whitelist").read_text()
+
+
+def test_check_reports_every_problem(image_files, config_dir, state_dir):
+    ok = cli("check", config_dir=config_dir, state_dir=state_dir)
+    assert ok.returncode == 0, ok.stderr
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("announce_interval = 2", "announce_interval = often")
+                    + "colour = blue\n")
+    (config_dir / "images.d" / "bad.conf").write_text("kernel = /nonexistent\n")
+    result = cli("check", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert any("[boot] colour: unknown key" in line for line in lines), lines
+    assert any("[tracker] announce_interval:" in line for line in lines), lines
+    assert any("bad.conf: kernel: /nonexistent: no such file" in line for line in lines), lines
+
+
+# ---------------------------------------------------------------- bad input
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+BAD_SERVER_CONFIGS = [
+    # (what, text replaced, replacement, expected in the error line)
+    ("unknown key", "mode = full", "mode = full\nmodee = full", "[dhcp] modee: unknown key"),
+    ("wrong type", "announce_interval = 2", "announce_interval = sixty",
+     "[tracker] announce_interval:"),
+    ("malformed MAC", "menu_timeout = 0", "menu_timeout = 0\n[machines]\n52:54:00:zz:00:01 = x",
+     "[machines] 52:54:00:zz:00:01:"),
+    ("malformed MAC in group", "menu_timeout = 0",
+     "menu_timeout = 0\n[machines]\n[[rack1]]\nimage = compute\nmacs = 52:54:00:1",
+     "[machines][rack1] macs:"),
+    ("not configobj", "[dhcp]", "[dhcp", "not valid configobj syntax"),
+]
+
+
+@pytest.mark.parametrize("what,old,new,expected", BAD_SERVER_CONFIGS,
+                         ids=[c[0] for c in BAD_SERVER_CONFIGS])
+def test_bad_server_config(what, old, new, expected, image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    assert old in conf.read_text()
+    conf.write_text(conf.read_text().replace(old, new))
+    before = tree(state_dir), tree(config_dir)
+    result = cli("generate", config_dir=config_dir, state_dir=state_dir)
+    assert_bad_input(result, str(conf), expected)
+    assert (tree(state_dir), tree(config_dir)) == before
+
+
+def assert_bad_input(result: subprocess.CompletedProcess, path: str, expected: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert path in lines[0] and expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "two words", "caf\u00e9", "-x", ""])
+def test_bad_image_name(name, image_files, config_dir, state_dir):
+    before = tree(state_dir), tree(config_dir)
+    result = cli("add-image", "--kernel", image_files["vmlinuz"], "--", name,
+                 config_dir=config_dir, state_dir=state_dir)
+    # argparse itself rejects "-x" as an unknown option, also with exit 2.
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) >= 1
+    if name != "-x":
+        assert "image name" in result.stderr and result.stderr.count("\n") == 1
+    assert (tree(state_dir), tree(config_dir)) == before
+
+
+def test_bad_image_descriptions(image_files, config_dir, state_dir, tmp_path):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    empty = write(tmp_path / "empty", "")
+    images_d = config_dir / "images.d"
+    cases = [
+        ("missing kernel", "kernel = /nonexistent/vmlinuz\n", "kernel: /nonexistent/vmlinuz: no such file"),
+        ("empty kernel", f"kernel = {empty}\n", "kernel: " + str(empty) + ": file is empty"),
+        ("missing initrd", f"kernel = {image_files['vmlinuz']}\ninitrd = /nope,\n", "initrd: /nope: no such file"),
+        ("newline in cmdline", f"kernel = {image_files['vmlinuz']}\ncmdline = '''a\nb'''\n", "cmdline: the kernel command line must be one line"),
+        ("unknown key", f"kernel = {image_files['vmlinuz']}\nkernal = x\n", "kernal: unknown key"),
+        ("no kernel key", "cmdline = quiet\n", "kernel: missing value"),
+        ("bad method", f"kernel = {image_files['vmlinuz']}\nmethod = pxe\n", "method:"),
+        ("not configobj", "kernel = [unclosed\n[[x\n", "not valid configobj syntax"),
+        ("kernel is a folder", f"kernel = {tmp_path}\n", f"kernel: {tmp_path}: cannot read"),
+    ]
+    for what, text, expected in cases:
+        conf = write(images_d / "broken.conf", text)
+        before = tree(state_dir), tree(config_dir)
+        result = cli("add-image", "broken", config_dir=config_dir, state_dir=state_dir)
+        assert_bad_input(result, str(conf), expected)
+        assert (tree(state_dir), tree(config_dir)) == before, what
+
+
+def test_unreadable_image_description(image_files, config_dir, state_dir):
+    # Root can read any file, so a folder stands in for an unreadable file.
+    conf = config_dir / "images.d" / "broken.conf"
+    conf.mkdir()
+    before = tree(state_dir)
+    assert_bad_input(cli("add-image", "broken", config_dir=config_dir, state_dir=state_dir),
+                     str(conf), "cannot read: Is a directory")
+    assert tree(state_dir) == before
+
+
+def test_unreadable_config(image_files, config_dir, state_dir):
+    conf = config_dir / "boottorrent.conf"
+    conf.write_bytes(b"[server]\ninterface = \xff\xfe\n")
+    result = cli("generate", config_dir=config_dir, state_dir=state_dir)
+    assert_bad_input(result, str(conf), "cannot read")
+
+
+def test_duplicate_image(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    before = tree(state_dir), tree(config_dir)
+    result = add(image_files, config_dir, state_dir)
+    assert_bad_input(result, str(config_dir / "images.d" / "compute.conf"), "exists already")
+    assert (tree(state_dir), tree(config_dir)) == before
+
+
+def test_newline_in_cmdline_option(image_files, config_dir, state_dir):
+    result = cli("add-image", "x", "--kernel", image_files["vmlinuz"], "--cmdline", "a\nb",
+                 config_dir=config_dir, state_dir=state_dir)
+    assert_bad_input(result, str(config_dir / "images.d" / "x.conf"), "one line")
+    assert not (config_dir / "images.d" / "x.conf").exists()
+
+
+def test_unknown_default_image(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("menu_timeout = 0", "menu_timeout = 0\n"
+                                             "default_image = nosuch"))
+    before = tree(state_dir)
+    assert_bad_input(cli("generate", config_dir=config_dir, state_dir=state_dir), str(conf),
+                     "[boot] default_image: image 'nosuch' is not registered")
+    assert tree(state_dir) == before
+
+
+def test_missing_pivotal_kernel(image_files, config_dir, state_dir):
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("kernel = /", "kernel = /nonexistent/"))
+    result = add(image_files, config_dir, state_dir)
+    assert_bad_input(result, str(conf), "[pivotal] kernel:")
+    assert tree(state_dir / "images") == {}
+    assert not (state_dir / "current").exists()
+    assert not (config_dir / "images.d" / "compute.conf").exists()
+
+
+# ---------------------------------------------------------------- failures
+
+def test_disk_full_changes_nothing(image_files, config_dir, state_dir, tmp_path):
+    """Register onto a 16 MiB tmpfs (in a private mount namespace) an image
+    that does not fit; the registry and generated files stay as they were."""
+    assert add(image_files, config_dir, state_dir, name="small").returncode == 0
+    big = tmp_path / "big.img"
+    big.write_bytes(b"\0" * (40 << 20))
+    before = tree(state_dir), tree(config_dir)
+    script = (f"set -e; mkdir -p /mnt; d=$(mktemp -d); cp -a {state_dir}/. $d/; "
+              f"mount -t tmpfs -o size=48m tmpfs {state_dir}; cp -a $d/. {state_dir}/; "
+              f"{PYTHON} -m boottorrent add-image big --kernel {big}; ")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             script], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                 "BOOTTORRENT_CONFIG_DIR": str(config_dir),
+                                 "BOOTTORRENT_STATE_DIR": str(state_dir)})
+    assert result.returncode == 1, result.stderr
+    assert "No space left on device" in result.stderr
+    assert "nothing was changed" in result.stderr
+    # The tmpfs was private to that command; what it held was a copy.
+    assert (tree(state_dir), tree(config_dir)) == before
+
+
+def test_interrupt_changes_nothing(image_files, config_dir, state_dir, tmp_path):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    big = tmp_path / "big.img"
+    with big.open("wb") as out:
+        for _ in range(64):
+            out.write(hashlib.sha512(out.tell().to_bytes(8, "little")).digest() * (1 << 18))
+    before = tree(state_dir), tree(config_dir)
+    process = subprocess.Popen(
+        [PYTHON, "-m", "boottorrent", "add-image", "big", "--kernel", str(big),
+         "--config-dir", str(config_dir), "--state-dir", str(state_dir)],
+        cwd=REPO, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted; nothing was changed" in stderr
+    assert (tree(state_dir), tree(config_dir)) == before
