@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,11 +65,15 @@ def config_dir(tmp_path: Path, pivotal_kernel: Path) -> Path:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path, pivotal_cache: Path) -> Path:
-    path = tmp_path / "state"
-    path.mkdir()
+def state_dir(pivotal_cache: Path):
+    """A state folder the services can reach after dropping privileges (dnsmasq
+    runs as nobody), as they reach /var/lib/boottorrent. Not under pytest's
+    tmp_path: pytest keeps its root folder 0700."""
+    path = Path(tempfile.mkdtemp(prefix="boottorrent-state-"))
+    path.chmod(0o755)
     subprocess.run(["cp", "-al", str(pivotal_cache), str(path / "cache")], check=True)
-    return path
+    yield path
+    shutil.rmtree(path)
 
 
 @pytest.fixture

@@ -1,0 +1,74 @@
+"""libtorrent settings for a boot swarm on one LAN, shared by the server's
+seeder and the pivotal's client."""
+
+from __future__ import annotations
+
+import libtorrent as lt
+
+ALERTS = (lt.alert.category_t.error_notification | lt.alert.category_t.status_notification
+          | lt.alert.category_t.tracker_notification)
+
+
+def settings(listen: str, upload_slots: int, *, seed: bool) -> dict:
+    """Settings for a session listening on listen ("ADDRESS:PORT").
+
+    seed: the server's seeder, which starts from libtorrent's
+    high_performance_seed() pack (big send buffers, fast accept of hundreds
+    of connections: listen_queue_size 3000, connection_speed 500).
+    """
+    pack = lt.high_performance_seed() if seed else lt.default_settings()
+    pack.update({
+        "listen_interfaces": listen,
+        "user_agent": "boottorrent",
+        "alert_mask": ALERTS,
+        # The tracker is the discovery path; DHT, LSD, UPnP and NAT-PMP only
+        # add traffic (the DHT keeps one node per /24, useless on one subnet).
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        # TCP only, unencrypted: uTP's congestion control and RC4 both cost
+        # LAN throughput and CPU.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "mixed_mode_algorithm": lt.bandwidth_mixed_algo_t.prefer_tcp,
+        "out_enc_policy": lt.enc_policy.pe_disabled,
+        "in_enc_policy": lt.enc_policy.pe_disabled,
+        # Few upload slots, rotated: a seed that unchoked every client at
+        # once would give each a trickle and none a whole piece to pass on.
+        "unchoke_slots_limit": upload_slots,
+        "choking_algorithm": lt.choking_algorithm_t.fixed_slots_choker,
+        "seed_choking_algorithm": lt.seed_choking_algorithm_t.round_robin,
+        # A boot swarm is hundreds of machines on one switch, behind one
+        # tracker, announcing every few seconds.
+        "min_announce_interval": 1,
+        "connections_limit": 2000 if seed else 500,
+        "listen_queue_size": 3000,
+        "connection_speed": 500,
+        "peer_connect_timeout": 3,
+        "request_timeout": 10,
+        "piece_timeout": 10,
+        # Labs and tests run several sessions behind one address.
+        "allow_multiple_connections_per_ip": True,
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_limit": -1,
+    })
+    return pack
+
+
+def put_every_peer_in_global_class(session: lt.session) -> None:
+    """libtorrent exempts peers in 10/8, 172.16/12, 192.168/16 and link-local
+    from unchoke slots and rate limits (its "local" class). On a cluster LAN
+    that is every peer; treat them all alike so the slots above hold."""
+    peer_classes = lt.ip_filter()
+    peer_classes.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+    peer_classes.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                          1 << lt.session.global_peer_class_id)
+    session.set_peer_class_filter(peer_classes)
+
+
+def session(listen: str, upload_slots: int, *, seed: bool) -> lt.session:
+    created = lt.session(settings(listen, upload_slots, seed=seed))
+    put_every_peer_in_global_class(created)
+    return created

@@ -1,0 +1,169 @@
+"""The seeder daemon (`boottorrent seeder`, boottorrent-seeder.service).
+
+One libtorrent session seeds every registered image, plus the HTTP side in
+web.py. SIGHUP (`systemctl reload`) re-reads the registry: new images are
+added, removed ones dropped, the others keep seeding untouched. Runs as
+Type=notify: READY=1 once seeding, a STATUS= line every second, and the
+watchdog kept fed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import libtorrent as lt
+from systemd import daemon, journal
+
+from boottorrent import lan, torrents
+from boottorrent.config import Config
+from boottorrent.progress import human_bytes
+from boottorrent.registry import ImageRecord, State, read_registry
+from boottorrent.web import WebServer
+
+log = logging.getLogger("boottorrent.seeder")
+
+
+@dataclass
+class Seeded:
+    record: ImageRecord
+    handle: lt.torrent_handle
+
+
+class Seeder:
+    def __init__(self, config: Config, state: State):
+        self.config = config
+        self.state = state
+        self.session = lan.session(f"{config.address}:{config.seeder_port}",
+                                   config.upload_slots, seed=True)
+        self.seeded: dict[str, Seeded] = {}  # by infohash
+        self.web = WebServer((config.address, config.http_port), state.root,
+                             self.status, lambda line: log.debug("http: %s", line))
+        self._status: dict = {"images": [], "peers": []}
+        self.reload_requested = False
+        self.stop_requested = False
+
+    # ------------------------------------------------------------ torrents
+
+    def sync(self) -> None:
+        """Seed exactly the images of the current snapshot."""
+        snapshot = self.state.current.resolve()
+        wanted = {r.infohash: r for r in read_registry(snapshot).values()}
+        for infohash in list(self.seeded):
+            if infohash not in wanted:
+                seeded = self.seeded.pop(infohash)
+                self.session.remove_torrent(seeded.handle)
+                log.info("stopped seeding %s", seeded.record.name,
+                         extra={"IMAGE": seeded.record.name, "INFOHASH": infohash})
+        for infohash, record in wanted.items():
+            torrent = (snapshot / "torrents" / f"{record.name}.torrent").read_bytes()
+            if infohash in self.seeded:
+                self._update_trackers(self.seeded[infohash].handle, torrent)
+                self.seeded[infohash].record = record
+            else:
+                self.seeded[infohash] = Seeded(record, self._add(record, torrent))
+                log.info("seeding %s (%s)", record.name, human_bytes(record.size),
+                         extra={"IMAGE": record.name, "INFOHASH": infohash})
+
+    def _add(self, record: ImageRecord, torrent: bytes) -> lt.torrent_handle:
+        params = lt.add_torrent_params()
+        params.ti = torrents.load(torrent)
+        params.save_path = str(self.state.content_dir(record.infohash))
+        # The files were hashed when the image was registered and are never
+        # written again: seed at once, and trust every piece without reading
+        # it a second time.
+        params.flags |= lt.torrent_flags.seed_mode
+        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        params.verified_pieces = [True] * params.ti.num_pieces()
+        return self.session.add_torrent(params)
+
+    @staticmethod
+    def _update_trackers(handle: lt.torrent_handle, torrent: bytes) -> None:
+        urls = [t.url for t in torrents.load(torrent).trackers()]
+        if [t["url"] for t in handle.trackers()] != urls:
+            handle.replace_trackers([{"url": url, "tier": 0} for url in urls])
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        return {**self._status, "clients": self.web.reports.all()}
+
+    def _collect_status(self) -> None:
+        images, peers = [], []
+        for infohash, seeded in self.seeded.items():
+            status = seeded.handle.status()
+            images.append({
+                "name": seeded.record.name, "infohash": infohash, "size": seeded.record.size,
+                "peers": status.num_peers, "seeds": max(status.num_complete, 0),
+                "leechers": max(status.num_incomplete, 0),
+                "upload_rate": status.upload_payload_rate,
+                "uploaded": status.all_time_upload,
+                "http_sent": sum(n for path, n in self.web.sent_by_path.items()
+                                 if path.startswith(f"/images/{infohash}/")),
+                "state": str(status.state),
+            })
+            for peer in seeded.handle.get_peer_info():
+                peers.append({"address": peer.ip[0], "port": peer.ip[1],
+                              "image": seeded.record.name, "progress": peer.progress,
+                              "sent": peer.total_upload, "upload_rate": peer.up_speed})
+        self._status = {"images": images, "peers": peers, "time": time.time()}
+
+    def _status_line(self) -> str:
+        images = self._status["images"]
+        rate = sum(i["upload_rate"] for i in images)
+        sent = ", ".join(f"{i['name']} {human_bytes(i['uploaded'])}" for i in images)
+        return (f"{len(images)} images, {len(self._status['peers'])} peers, "
+                f"up {human_bytes(rate)}/s; sent: {sent or 'nothing yet'}")
+
+    # ------------------------------------------------------------ main loop
+
+    def _handle_alerts(self) -> None:
+        for alert in self.session.pop_alerts():
+            if isinstance(alert, (lt.listen_failed_alert, lt.torrent_error_alert,
+                                  lt.file_error_alert)):
+                log.error("%s", alert.message())
+            elif isinstance(alert, lt.tracker_error_alert):
+                log.warning("%s", alert.message())
+
+    def run(self) -> None:
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, lambda *_: setattr(self, "stop_requested", True))
+        self.sync()
+        self.web.start()
+        self._collect_status()
+        daemon.notify(f"READY=1\nSTATUS={self._status_line()}")
+        log.info("seeder ready on %s:%d, HTTP on port %d", self.config.address,
+                 self.config.seeder_port, self.config.http_port)
+        watchdog = "WATCHDOG_USEC" in os.environ
+        while not self.stop_requested:
+            if self.reload_requested:
+                self.reload_requested = False
+                daemon.notify("RELOADING=1")
+                self.sync()
+                daemon.notify("READY=1")
+            self.session.wait_for_alert(1000)
+            self._handle_alerts()
+            self._collect_status()
+            daemon.notify(f"STATUS={self._status_line()}" + ("\nWATCHDOG=1" if watchdog else ""))
+        daemon.notify("STOPPING=1")
+        self.web.shutdown()
+        log.info("seeder stopped")
+
+
+def setup_logging() -> None:
+    if os.environ.get("JOURNAL_STREAM"):
+        handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="boottorrent-seeder")
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def run(config: Config, state: State) -> int:
+    setup_logging()
+    Seeder(config, state).run()
+    return 0

@@ -1,0 +1,52 @@
+"""`boottorrent status`: the swarm as the seeder sees it, and every client
+as it reports itself. The demo's live view draws the same table."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+from boottorrent.progress import human_bytes
+
+PHASES = ("dhcp", "pivotal", "downloading", "seeding", "kexec", "booted", "failed")
+
+
+def fetch(http_url: str, timeout: float = 3.0) -> dict:
+    with urllib.request.urlopen(f"{http_url}/status", timeout=timeout) as response:
+        return json.load(response)
+
+
+def bar(fraction: float, width: int = 20) -> str:
+    filled = int(max(0.0, min(fraction, 1.0)) * width)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def format_status(status: dict, now: float | None = None) -> str:
+    now = now or time.time()
+    lines = []
+    images = [("IMAGE", "SIZE", "SEEDS", "LEECHERS", "PEERS", "SENT BY SEEDER", "UP RATE")]
+    for image in status.get("images", []):
+        images.append((image["name"], human_bytes(image["size"]), str(image["seeds"]),
+                       str(image["leechers"]), str(image["peers"]),
+                       human_bytes(image["uploaded"] + image.get("http_sent", 0)),
+                       f"{human_bytes(image['upload_rate'])}/s"))
+    lines += table(images) if len(images) > 1 else ["no images are being seeded"]
+    lines.append("")
+    clients = [("MAC", "ADDRESS", "IMAGE", "PHASE", "PROGRESS", "", "PEERS", "FROM SERVER",
+                "FROM PEERS", "SEEN")]
+    for report in status.get("clients", []):
+        progress = float(report.get("progress", 0))
+        clients.append((str(report.get("mac", "?")), str(report.get("address", "?")),
+                        str(report.get("image", "?")), str(report.get("phase", "?")),
+                        bar(progress), f"{progress:4.0%}", str(report.get("peers", 0)),
+                        human_bytes(report.get("from_server", 0)),
+                        human_bytes(report.get("from_peers", 0)),
+                        f"{now - report.get('received', now):.0f}s ago"))
+    lines += table(clients) if len(clients) > 1 else ["no client has reported yet"]
+    return "\n".join(lines)

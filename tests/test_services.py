@@ -1,0 +1,230 @@
+"""The server services for real in network namespaces: dnsmasq, opentracker
+and the seeder in a server namespace, clients in their own namespaces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, SERVER_CONF
+from lab.netns import Lab
+from lab.server import Server, environment, fetch, unit_command
+
+MIB = 1 << 20
+
+
+def random_image(folder: Path, name: str, sizes: dict[str, int]) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    seed = name.encode()
+    for file_name, size in sizes.items():
+        # Deterministic and incompressible: chained SHA-512 blocks.
+        blocks, block = [], hashlib.sha512(seed + file_name.encode()).digest()
+        while len(blocks) * 64 < size:
+            block = hashlib.sha512(block).digest()
+            blocks.append(block)
+        files[file_name] = folder / f"{name}-{file_name}"
+        files[file_name].write_bytes(b"".join(blocks)[:size])
+    return files
+
+
+def register(server: Server, name: str, files: dict[str, Path]) -> None:
+    args = ["add-image", name, "--kernel", str(files["kernel"]), "--cmdline", f"marker={name}"]
+    for key in sorted(k for k in files if k.startswith("initrd")):
+        args += ["--initrd", str(files[key])]
+    server.boottorrent(*args)
+
+
+class ServerLab:
+    """A lab with a running BootTorrent server and helpers to add clients."""
+
+    def __init__(self, lab: Lab, tmp: Path, config_dir: Path, state_dir: Path):
+        self.lab = lab
+        self.tmp = tmp
+        self.host = lab.add_server()
+        self.server = Server(self.host, config_dir, state_dir, tmp / "logs")
+        self.config_dir = config_dir
+        self.state_dir = state_dir
+
+    def pivotal_json(self) -> Path:
+        """The pivotal's configuration as the config part carries it."""
+        cpio = self.state_dir / "current" / "boot" / "pivotal" / "config.cpio"
+        out = self.tmp / f"pivotal-{time.monotonic_ns()}.json"
+        data = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout",
+                               "etc/boottorrent/pivotal.json"], input=cpio.read_bytes(),
+                              capture_output=True, check=True).stdout
+        out.write_bytes(data)
+        return out
+
+    def start_client(self, name: str, image: str, shape_mbit: int | None = None,
+                     address: str | None = None) -> tuple[subprocess.Popen, Path]:
+        host = self.lab.add_host(name, address=address)
+        if shape_mbit:
+            host.shape(shape_mbit)
+        work = self.tmp / name
+        work.mkdir()
+        log = open(self.tmp / f"{name}.log", "wb")
+        process = host.popen([PYTHON, "-m", "boottorrent.client", "--dry-run", "--image", image,
+                              "--config", str(self.pivotal_json()), "--work-dir", str(work)],
+                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             env=environment(self.config_dir, self.state_dir))
+        return process, work
+
+
+@pytest.fixture
+def server_lab(tmp_path, config_dir, state_dir):
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text() + "[clients]\nseed_idle_time = 2\nfallback_after = 120\n")
+    with Lab() as lab:
+        yield ServerLab(lab, tmp_path, config_dir, state_dir)
+
+
+def wait(process: subprocess.Popen, log: Path, timeout: float) -> str:
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{log.name} still running after {timeout} s:\n"
+                             + log.read_text(errors="replace")[-3000:]) from None
+    return log.read_text(errors="replace")
+
+
+def summary(work: Path) -> dict:
+    return json.loads((work / "summary.json").read_text())
+
+
+def test_two_clients_share_through_tracker(server_lab, tmp_path):
+    files = random_image(tmp_path / "src", "compute", {"kernel": 6 * MIB,
+                                                       "initrd.0": 18 * MIB})
+    server = server_lab.server
+    register(server, "compute", files)
+    server_lab.host.shape(40)  # the server's link is the bottleneck, as in a real cluster
+    server.start()
+
+    first, first_work = server_lab.start_client("c1", "compute")
+    # Let the first get part of the image, then a second joins: it must get
+    # pieces from the first, not only from the seeder.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        clients = server.status()["clients"]
+        if clients and clients[0].get("progress", 0) > 0.3:
+            break
+        time.sleep(0.5)
+    second, second_work = server_lab.start_client("c2", "compute")
+
+    for process, work, name in ((first, first_work, "c1"), (second, second_work, "c2")):
+        output = wait(process, tmp_path / f"{name}.log", 180)
+        assert process.returncode == 0, output
+        folder = work / "images" / "compute"
+        assert (folder / "kernel").read_bytes() == files["kernel"].read_bytes()
+        assert (folder / "initrd.0").read_bytes() == files["initrd.0"].read_bytes()
+        assert f"dry run: kexec -s -l {folder / 'kernel'} --initrd={work / 'initrd'} " \
+               "--command-line=marker=compute" in output
+        assert (work / "initrd").read_bytes() == files["initrd.0"].read_bytes()
+
+    second_summary = summary(second_work)
+    assert second_summary["from_peers"] > 2 * MIB, second_summary
+    assert summary(first_work)["uploaded"] > 2 * MIB
+    # The clients got their addresses from our dnsmasq (full mode).
+    assert second_summary["address"].startswith("198.18.0.")
+    assert int(second_summary["address"].rsplit(".", 1)[1]) >= 100
+
+
+def test_boot_files_over_tftp_and_http(server_lab, tmp_path):
+    files = random_image(tmp_path / "src", "compute", {"kernel": 2 * MIB})
+    server = server_lab.server
+    register(server, "compute", files)
+    server.start()
+    client = server_lab.lab.add_host("c1")
+    boot = server_lab.state_dir / "current" / "boot"
+
+    client.run(["busybox", "tftp", "-g", "-r", "undionly.kpxe", "-l", str(tmp_path / "u.kpxe"),
+                "198.18.0.1"])
+    assert (tmp_path / "u.kpxe").read_bytes() == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
+
+    script = fetch(client, "http://198.18.0.1:6980/boot/boot.ipxe").decode()
+    assert script.startswith("#!ipxe")
+    assert "boottorrent.image=" in script
+    for part in ("vmlinuz", "base.cpio.zst", "modules.cpio.zst", "config.cpio"):
+        got = fetch(client, f"http://198.18.0.1:6980/boot/pivotal/{part}")
+        assert got == (boot / "pivotal" / part).read_bytes(), part
+
+    # The web seed answers ranges, as BEP 19 needs.
+    infohash = json.loads((server_lab.state_dir / "current" / "registry.json").read_text())[
+        "images"]["compute"]["infohash"]
+    url = f"http://198.18.0.1:6980/images/{infohash}/compute/kernel"
+    out = client.run(["curl", "-s", "-r", "100-199", url], text=False).stdout
+    assert out == files["kernel"].read_bytes()[100:200]
+    # Nothing outside the two trees.
+    assert client.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                       "http://198.18.0.1:6980/boot/../registry.json"]).stdout == "404"
+
+
+def test_reload_adds_image_without_disturbing_a_download(server_lab, tmp_path):
+    first_files = random_image(tmp_path / "src", "first", {"kernel": 24 * MIB})
+    server = server_lab.server
+    register(server, "first", first_files)
+    server_lab.host.shape(30)
+    server.start()
+    client, work = server_lab.start_client("c1", "first")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        images = server.status()["images"]
+        if images and images[0]["uploaded"] > 4 * MIB:
+            break
+        time.sleep(0.3)
+    uploaded_before = server.status()["images"][0]["uploaded"]
+
+    second_files = random_image(tmp_path / "src", "second", {"kernel": 3 * MIB})
+    register(server, "second", second_files)
+    server.reload("seeder")
+    server.reload("tracker")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        names = {i["name"]: i for i in server.status()["images"]}
+        if "second" in names:
+            break
+        time.sleep(0.3)
+    assert set(names) == {"first", "second"}
+    # The first image's torrent was not restarted: its counters went on.
+    assert names["first"]["uploaded"] >= uploaded_before
+
+    # The new image downloads through the tracker, whose whitelist was reloaded.
+    late, late_work = server_lab.start_client("c2", "second")
+    output = wait(late, tmp_path / "c2.log", 120)
+    assert late.returncode == 0, output
+    assert (late_work / "images" / "second" / "kernel").read_bytes() == \
+        second_files["kernel"].read_bytes()
+
+    output = wait(client, tmp_path / "c1.log", 120)
+    assert client.returncode == 0, output
+    assert (work / "images" / "first" / "kernel").read_bytes() == \
+        first_files["kernel"].read_bytes()
+    assert "attempt 1 of 3 failed" not in output
+
+
+def test_units_verify(tmp_path):
+    """systemd-analyze verify on our units, with /usr/bin/boottorrent standing
+    for the checkout (the installed units are verified by the package test)."""
+    wrapper = tmp_path / "boottorrent"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {PYTHON} -m boottorrent \"$@\"\n")
+    wrapper.chmod(0o755)
+    units = []
+    for unit in sorted((REPO / "systemd").glob("*.service")):
+        target = tmp_path / unit.name
+        target.write_text(unit.read_text().replace("/usr/bin/boottorrent", str(wrapper)))
+        units.append(str(target))
+    assert len(units) == 4
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *units],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_lab_runs_the_units_command_lines(tmp_path):
+    argv = unit_command("boottorrent-dnsmasq", tmp_path)
+    assert argv[0] == "/usr/sbin/dnsmasq"
+    assert f"--conf-file={tmp_path}/current/dnsmasq.conf" in argv
