@@ -50,7 +50,6 @@ class Server:
                              env=environment(self.config_dir, self.state_dir))
 
     def start(self, services: tuple[str, ...] = ("dnsmasq", "tracker", "seeder")) -> "Server":
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.boottorrent("generate")
         (self.state_dir / "dnsmasq").mkdir(exist_ok=True)
         for service in services:
@@ -59,15 +58,16 @@ class Server:
             self.wait_for_seeder()
         return self
 
-    def start_service(self, service: str) -> subprocess.Popen:
+    def start_service(self, service: str, **env: str) -> subprocess.Popen:
         argv = unit_command(f"boottorrent-{service}", self.state_dir)
         if service == "tracker":
             # The unit runs it as a dynamic user; as root opentracker would
             # chroot into its working folder.
             argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] + argv
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{service}.log", "ab")
         process = self.host.popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                  env=environment(self.config_dir, self.state_dir))
+                                  env={**environment(self.config_dir, self.state_dir), **env})
         self.processes[service] = process
         return process
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -126,6 +127,13 @@ def test_two_clients_share_through_tracker(server_lab, tmp_path):
                "--command-line=marker=compute" in output
         assert (work / "initrd").read_bytes() == files["initrd.0"].read_bytes()
 
+    # `boottorrent status` shows both clients as they reported themselves.
+    shown = server.boottorrent("status").stdout
+    for work in (first_work, second_work):
+        line = next(l for l in shown.splitlines() if l.startswith(summary(work)["mac"]))
+        assert "compute" in line and "kexec" in line and "100%" in line, shown
+    assert shown.splitlines()[0].split()[:3] == ["IMAGE", "SIZE", "SEEDS"]
+
     second_summary = summary(second_work)
     assert second_summary["from_peers"] > 2 * MIB, second_summary
     assert summary(first_work)["uploaded"] > 2 * MIB
@@ -205,6 +213,24 @@ def test_reload_adds_image_without_disturbing_a_download(server_lab, tmp_path):
     assert (work / "images" / "first" / "kernel").read_bytes() == \
         first_files["kernel"].read_bytes()
     assert "attempt 1 of 3 failed" not in output
+
+
+def test_seeder_speaks_sd_notify(server_lab, tmp_path):
+    """READY=1, STATUS= and WATCHDOG=1 reach $NOTIFY_SOCKET, as under systemd."""
+    files = random_image(tmp_path / "src", "compute", {"kernel": MIB})
+    server = server_lab.server
+    register(server, "compute", files)
+    server.boottorrent("generate")
+    socket_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(socket_path))
+        listener.settimeout(20)
+        server.start_service("seeder", NOTIFY_SOCKET=str(socket_path), WATCHDOG_USEC="10000000")
+        messages = []
+        while not any("WATCHDOG=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+    assert messages[0].startswith("READY=1\nSTATUS=1 images, 0 peers"), messages
+    assert all("STATUS=" in m for m in messages)
 
 
 def test_units_verify(tmp_path):
