@@ -1,0 +1,380 @@
+"""The pivotal builder (boottorrent.pivotal): the base, kernel and config
+initramfs parts, built from this Debian system and Debian's kernel package,
+their contents and reproducibility, and a real boot of the result in QEMU
+(boottorrent.selftest).
+
+The base and kernel parts are cached in .cache/pivotal between runs, keyed
+by their inputs, so only the first run pays for building them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from boottorrent import pivotal
+from lab import kernel as lab_kernel
+from lab.netns import Lab
+from lab.qemu import VM
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "pivotal"
+CONFIG_NAME = "etc/boottorrent/pivotal.json"
+
+
+@dataclass
+class Entry:
+    mode: int
+    uid: int
+    mtime: int
+    data: bytes  # file content, or a symlink's target
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+def read_cpio(path: Path) -> dict[str, Entry]:
+    """The entries of a newc cpio, zstd-compressed or not."""
+    data = path.read_bytes()
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        data = subprocess.run(["zstd", "-dc"], input=data, check=True,
+                              capture_output=True).stdout
+    entries, offset = {}, 0
+    while True:
+        assert data[offset:offset + 6] == b"070701", f"bad cpio header at {offset}"
+        fields = [int(data[offset + 6 + 8 * i:offset + 14 + 8 * i], 16) for i in range(13)]
+        mode, uid, mtime, size, namesize = fields[1], fields[2], fields[5], fields[6], fields[11]
+        name_start = offset + 110
+        name = data[name_start:name_start + namesize - 1].decode()
+        data_start = (name_start + namesize + 3) & ~3
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = Entry(mode, uid, mtime, data[data_start:data_start + size])
+        offset = (data_start + size + 3) & ~3
+
+
+def resolve(entries: dict[str, Entry], name: str) -> str:
+    """Follow symlinks (also in parent directories) inside the archive."""
+    todo, done, hops = name.split("/"), [], 0
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            done = done[:-1]
+            continue
+        done.append(part)
+        entry = entries.get("/".join(done))
+        if entry and entry.is_link:
+            hops += 1
+            assert hops < 40, f"symlink loop at {name}"
+            target = entry.data.decode()
+            done = [] if target.startswith("/") else done[:-1]
+            todo = target.split("/") + todo
+    return "/".join(done)
+
+
+# -- fixtures ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base() -> Path:
+    return pivotal.cached_base(CACHE)
+
+
+@pytest.fixture(scope="module")
+def base_entries(base: Path) -> dict[str, Entry]:
+    return read_cpio(base)
+
+
+@pytest.fixture(scope="module")
+def kernel_part() -> pivotal.KernelPart:
+    return pivotal.build_kernel_part(lab_kernel.kernel_deb(), CACHE)
+
+
+@pytest.fixture(scope="module")
+def module_entries(kernel_part: pivotal.KernelPart) -> dict[str, Entry]:
+    return read_cpio(kernel_part.modules)
+
+
+# -- the base part -------------------------------------------------------------
+
+def test_base_is_merged_usr(base_entries):
+    for top, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"),
+                        ("lib64", "usr/lib64")):
+        assert base_entries[top].is_link and base_entries[top].data.decode() == target
+    stray = [n for n in base_entries if n.split("/")[0] in ("bin", "sbin", "lib", "lib64")
+             and "/" in n]
+    assert not stray
+
+
+def test_base_has_the_programs(base_entries):
+    def file(name: str) -> Entry:
+        entry = base_entries[resolve(base_entries, name)]
+        assert entry.is_file, name
+        return entry
+
+    assert file("bin/busybox").mode & 0o111
+    assert resolve(base_entries, "bin/sh") == "usr/bin/busybox"
+    assert resolve(base_entries, "sbin/modprobe") == "usr/bin/busybox"
+    assert resolve(base_entries, "sbin/poweroff") == "usr/bin/busybox"
+    assert file("usr/sbin/kexec").data.startswith(b"\x7fELF")
+    assert resolve(base_entries, "usr/bin/python3") == "usr/bin/python3.11"
+    assert file("usr/bin/python3").mode & 0o111
+    init = file("init")
+    assert init.mode & 0o111
+    assert init.data == (REPO / "pivotal" / "init").read_bytes()
+    # The dynamic loader at its real path through the /lib64 symlink.
+    assert file("lib64/ld-linux-x86-64.so.2").data.startswith(b"\x7fELF")
+    for library in ("libtorrent-rasterbar.so.2.0", "libboost_python311.so.1.74.0",
+                    "libssl.so.3", "libcrypto.so.3", "libstdc++.so.6", "libz.so.1", "libc.so.6"):
+        file(f"usr/lib/x86_64-linux-gnu/{library}")
+
+
+def test_base_has_python_modules_compiled(base_entries):
+    stdlib = "usr/lib/python3.11"
+    assert base_entries[f"{stdlib}/os.pyc"].is_file  # the interpreter's landmark
+    assert base_entries[f"{stdlib}/lib-dynload"].is_dir
+    for module in ("encodings/__init__", "encodings/utf_8", "json/__init__", "subprocess",
+                   "urllib/request", "argparse"):
+        assert base_entries[f"{stdlib}/{module}.pyc"].is_file, module
+    # Only what the client imports: no test suite, no tkinter, no sources.
+    assert not any(n.startswith((f"{stdlib}/test/", f"{stdlib}/tkinter")) for n in base_entries)
+    assert not [n for n in base_entries if n.startswith(stdlib) and n.endswith(".py")]
+    assert len([n for n in base_entries if n.endswith(".pyc")]) < 200
+    dist = "usr/lib/python3/dist-packages"
+    assert base_entries[f"{dist}/libtorrent.cpython-311-x86_64-linux-gnu.so"].is_file
+    client = base_entries[f"{dist}/boottorrent/client.py"]
+    assert client.data == (REPO / "boottorrent" / "client.py").read_bytes()
+    assert base_entries[f"{dist}/boottorrent/__pycache__/client.cpython-311.pyc"].is_file
+    assert f"{dist}/boottorrent/cli.py" not in base_entries  # the server side stays out
+
+
+def test_base_entries_are_normalized(base_entries):
+    assert {e.uid for e in base_entries.values()} == {0}
+    assert len({e.mtime for e in base_entries.values()}) == 1
+    assert list(base_entries) == sorted(base_entries)
+
+
+def test_base_python_runs_in_a_chroot(base: Path, tmp_path: Path):
+    """The base's python finds its modules, libtorrent and the client, with
+    nothing from the host: unpacked and run in a chroot (quick, no QEMU)."""
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(f"zstd -dc {base} | cpio -id --quiet", shell=True, cwd=root, check=True)
+    code = ("import sys, libtorrent, boottorrent.client; "
+            "s = libtorrent.session({'listen_interfaces': '127.0.0.1:0', 'enable_dht': False}); "
+            "print(sys.version.split()[0], libtorrent.__version__, sys.prefix)")
+    result = subprocess.run(["/usr/sbin/chroot", str(root), "/usr/bin/python3", "-S", "-c", code],
+                            env={"PYTHONPATH": "/usr/lib/python3/dist-packages",
+                                 "PYTHONDONTWRITEBYTECODE": "1"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[1].startswith("2.") and result.stdout.split()[2] == "/usr"
+    kexec = subprocess.run(["/usr/sbin/chroot", str(root), "/usr/sbin/kexec", "--version"],
+                           env={}, capture_output=True, text=True)
+    assert kexec.returncode == 0 and "kexec-tools" in kexec.stdout + kexec.stderr
+
+
+def test_base_build_is_reproducible(tmp_path: Path, monkeypatch):
+    """Two builds give the same archive (uncompressed here to keep the test
+    quick; zstd -T0 itself is deterministic)."""
+    monkeypatch.setattr(pivotal, "COMPRESS", ["cat"])
+    first = pivotal.build_base(tmp_path / "a.cpio")
+    os.umask(0o077)
+    try:
+        second = pivotal.build_base(tmp_path / "b.cpio")
+    finally:
+        os.umask(0o022)
+    assert first.read_bytes() == second.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_cached_base_is_reused(base: Path):
+    started = time.monotonic()
+    assert pivotal.cached_base(CACHE) == base
+    assert time.monotonic() - started < 5
+
+
+# -- the kernel part -------------------------------------------------------------
+
+def test_kernel_part_from_the_debian_package(kernel_part: pivotal.KernelPart):
+    assert kernel_part.version.endswith("-amd64")
+    assert kernel_part.vmlinuz.read_bytes()[0x202:0x206] == b"HdrS"
+    assert pivotal._bzimage_version(kernel_part.vmlinuz.read_bytes()) == kernel_part.version
+
+
+def test_kernel_part_has_the_nic_modules_and_their_dependencies(kernel_part, module_entries):
+    moddir = f"usr/lib/modules/{kernel_part.version}"
+    dep_text = module_entries[f"{moddir}/modules.dep"].data.decode()
+    deps = {}
+    for line in dep_text.splitlines():
+        module, _, needs = line.partition(":")
+        deps[module] = needs.split()
+    by_name = {Path(m).name.removesuffix(".ko").replace("-", "_"): m for m in deps}
+    for name in pivotal.NIC_MODULES:
+        assert name in by_name, f"{name} is not in modules.dep"
+    # Every module modules.dep names is in the archive, dependencies included.
+    for module, needs in deps.items():
+        for path in [module] + needs:
+            assert module_entries[f"{moddir}/{path}"].is_file, path
+            assert module_entries[f"{moddir}/{path}"].data.startswith(b"\x7fELF")
+    dependencies = {Path(p).name for needs in deps.values() for p in needs}
+    assert {"libphy.ko", "mdio_devres.ko", "virtio.ko", "virtio_ring.ko", "failover.ko",
+            "mdio.ko", "mlx4_core.ko"} <= dependencies
+    assert any(n.endswith("/virtio_ring.ko") for n in deps[by_name["virtio_net"]])
+    aliases = module_entries[f"{moddir}/modules.alias"].data.decode()
+    assert "alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci" in aliases
+    assert "virtio_net" in aliases
+    assert module_entries[f"{moddir}/modules.builtin"].is_file
+    # Everything under usr/: a lib/ entry would clash with the base's /lib symlink.
+    assert not [n for n in module_entries if n != "usr" and not n.startswith("usr/")]
+
+
+def test_kernel_part_is_cached(kernel_part: pivotal.KernelPart):
+    started = time.monotonic()
+    again = pivotal.build_kernel_part(lab_kernel.kernel_deb(), CACHE)
+    assert again == kernel_part
+    assert time.monotonic() - started < 5
+
+
+def test_kernel_part_from_a_bare_vmlinuz(kernel_part: pivotal.KernelPart):
+    """An unpacked kernel: the modules are found beside boot/vmlinuz-*."""
+    vmlinuz = lab_kernel.vmlinuz()
+    part = pivotal.build_kernel_part(vmlinuz, CACHE)
+    assert part.version == kernel_part.version
+    assert part.vmlinuz.read_bytes() == kernel_part.vmlinuz.read_bytes()
+    names = {Path(n).name for n in read_cpio(part.modules)}
+    assert {"virtio_net.ko", "r8169.ko", "libphy.ko", "modules.dep"} <= names
+    # The same kernel gives the same bytes, whichever way it was given.
+    assert part.modules.read_bytes() == kernel_part.modules.read_bytes()
+
+
+# -- the config part -------------------------------------------------------------
+
+def test_config_part_contents_and_determinism(tmp_path: Path):
+    files = {CONFIG_NAME: b'{"images": []}\n', "etc/boottorrent/extra": b"x"}
+    first = pivotal.build_config_part(files, tmp_path / "a.cpio")
+    second = pivotal.build_config_part(dict(reversed(files.items())), tmp_path / "b.cpio")
+    assert first.read_bytes() == second.read_bytes()
+    entries = read_cpio(first)
+    assert list(entries) == ["etc", "etc/boottorrent", "etc/boottorrent/extra", CONFIG_NAME]
+    assert entries["etc/boottorrent"].is_dir and entries["etc/boottorrent"].mode & 0o777 == 0o755
+    config = entries[CONFIG_NAME]
+    assert config.is_file and config.mode & 0o777 == 0o644 and config.uid == 0
+    assert config.data == files[CONFIG_NAME]
+    # GNU cpio reads it back too (as the other tests and admins do).
+    listing = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(first, "rb"),
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert CONFIG_NAME in listing
+
+
+def test_config_part_replaces_atomically(tmp_path: Path):
+    output = tmp_path / "config.cpio"
+    output.write_bytes(b"old")
+    pivotal.build_config_part({CONFIG_NAME: b"{}"}, output)
+    assert read_cpio(output)[CONFIG_NAME].data == b"{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.cpio"]
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../etc/passwd", "etc/../../x", ""])
+def test_config_part_rejects_names_outside_the_archive(tmp_path: Path, name: str):
+    with pytest.raises(pivotal.PivotalError):
+        pivotal.build_config_part({name: b"x"}, tmp_path / "c.cpio")
+
+
+# -- errors ----------------------------------------------------------------------
+
+def test_missing_kernel_is_a_clear_error(tmp_path: Path):
+    missing = tmp_path / "linux-image-9.9.9-amd64_9.9.9-1_amd64.deb"
+    with pytest.raises(pivotal.PivotalError, match=re.escape(str(missing))):
+        pivotal.build_kernel_part(missing, tmp_path / "cache")
+
+
+def _deb(tmp_path: Path, package: str, files: dict[str, bytes]) -> Path:
+    root = tmp_path / package
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: 1.0\nArchitecture: amd64\n"
+        "Maintainer: Test <test@example.org>\nDescription: test package\n")
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    deb = tmp_path / f"{package}_1.0_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(root), str(deb)],
+                   check=True, capture_output=True)
+    return deb
+
+
+def test_deb_that_is_not_a_kernel_is_a_clear_error(tmp_path: Path):
+    deb = _deb(tmp_path, "hello-world", {"usr/share/doc/hello-world/README": b"hi\n"})
+    with pytest.raises(pivotal.PivotalError, match=f"{re.escape(str(deb))}.*not a linux-image"):
+        pivotal.build_kernel_part(deb, tmp_path / "cache")
+
+
+def test_kernel_metapackage_is_a_clear_error(tmp_path: Path):
+    deb = _deb(tmp_path, "linux-image-amd64", {"usr/share/doc/linux-image-amd64/x": b"x"})
+    with pytest.raises(pivotal.PivotalError, match=f"{re.escape(str(deb))}.*no boot/vmlinuz"):
+        pivotal.build_kernel_part(deb, tmp_path / "cache")
+
+
+def test_file_that_is_neither_deb_nor_kernel_is_a_clear_error(tmp_path: Path):
+    junk = tmp_path / "vmlinuz-junk"
+    junk.write_bytes(os.urandom(4096))
+    with pytest.raises(pivotal.PivotalError, match=re.escape(str(junk))):
+        pivotal.build_kernel_part(junk, tmp_path / "cache")
+
+
+def test_vmlinuz_without_modules_is_a_clear_error(tmp_path: Path):
+    version = pivotal._bzimage_version(lab_kernel.vmlinuz().read_bytes())
+    if Path("/lib/modules", version).exists():
+        pytest.skip(f"this machine has /lib/modules/{version}")
+    lonely = tmp_path / "vmlinuz"
+    shutil.copyfile(lab_kernel.vmlinuz(), lonely)
+    with pytest.raises(pivotal.PivotalError, match=f"no modules for {re.escape(str(lonely))}.*{re.escape(version)}"):
+        pivotal.build_kernel_part(lonely, tmp_path / "cache")
+
+
+# -- booting it ------------------------------------------------------------------
+
+@pytest.mark.qemu
+def test_pivotal_selftest_boots_in_qemu(base: Path, kernel_part: pivotal.KernelPart,
+                                        tmp_path: Path):
+    """Debian's kernel with the three parts: the pivotal loads virtio_net,
+    runs python with libtorrent and kexec, and reports on the console."""
+    config = pivotal.build_config_part({CONFIG_NAME: b"{}\n"}, tmp_path / "config.cpio")
+    with Lab() as lab:
+        vm = VM(lab, "pivotal", tmp_path / "logs", "52:54:00:b0:07:01",
+                kernel=kernel_part.vmlinuz, initrds=[base, kernel_part.modules, config],
+                append="console=ttyS0 boottorrent.selftest", network=True)
+        vm.start()
+        try:
+            seconds = vm.wait_for(r"BOOTTORRENT-SELFTEST (OK|FAIL)[^\n]*\n", timeout=300)
+            console = vm.console()
+            assert "BOOTTORRENT-SELFTEST OK python=3." in console, console[-3000:]
+            line = next(l for l in console.splitlines() if "BOOTTORRENT-SELFTEST" in l)
+            print(f"{line} after {seconds:.1f} s")
+            assert "libtorrent=2." in line
+            # /init's coldplug found the NIC by its modalias.
+            assert re.search(r"network interface eth0 \(virtio_net, 52:54:00:b0:07:01\)", console)
+            assert vm.wait_exit(60) == 0  # poweroff -f ends QEMU
+        finally:
+            vm.stop()
