@@ -11,7 +11,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from boottorrent import __version__
+from boottorrent import __version__, pivotal
 from boottorrent.config import (ConfigError, all_problems, check_image_name, image_conf_path,
                                 image_conf_text, image_problems, load_config)
 from boottorrent.fsutil import locked, remove_tree, write_atomic
@@ -91,12 +91,24 @@ examples:
 """ + FILES_AND_ENVIRONMENT
 
 
+def _wrap(text: str) -> str:
+    """Fill each paragraph to the terminal width argparse would use."""
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), 78) for p in text.split("\n\n"))
+
+
+def _command(commands, name: str, run, summary: str, description: str,
+             epilog: str = FILES_AND_ENVIRONMENT) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=summary, description=_wrap(description),
+                                  epilog=epilog,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.set_defaults(run=run)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="boottorrent",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent("""\
-            Network boot of a cluster over BitTorrent.
+        prog="boottorrent", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap("""Network boot of a cluster over BitTorrent.
 
             A BootTorrent server answers PXE clients (dnsmasq), runs a tracker
             (opentracker) and seeds every registered image (the seeder). Clients
@@ -106,69 +118,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    add = commands.add_parser(
-        "add-image", help="register an image (same as boottorrent-add-image)",
-        description=ADD_IMAGE_DESCRIPTION, epilog=ADD_IMAGE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = _command(commands, "add-image", cmd_add_image,
+                   "register an image (same as boottorrent-add-image)",
+                   ADD_IMAGE_DESCRIPTION, ADD_IMAGE_EPILOG)
     _add_image_arguments(add)
-    add.set_defaults(run=cmd_add_image)
 
-    remove = commands.add_parser(
-        "remove-image", help="unregister an image and delete its images.d file",
-        description="Unregister an image, delete images.d/NAME.conf and regenerate. "
-        "The image's files are deleted once no service uses them.",
-        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    remove = _command(commands, "remove-image", cmd_remove_image,
+                      "unregister an image and delete its images.d file",
+                      """Unregister an image, delete images.d/NAME.conf and regenerate.
+                      The image's files are deleted once no service uses them.""")
     remove.add_argument("name", metavar="NAME")
-    _common_options(remove)
-    remove.set_defaults(run=cmd_remove_image)
 
-    listing = commands.add_parser(
-        "list", help="list registered images",
-        description="List registered images: name, size, infohash, registration time.")
-    _common_options(listing)
-    listing.set_defaults(run=cmd_list)
+    _command(commands, "list", cmd_list, "list registered images",
+             "List registered images: name, size, infohash, registration time.")
 
-    generate = commands.add_parser(
-        "generate", help="regenerate all files derived from configuration and registry",
-        description="Regenerate the dnsmasq and tracker configuration, the iPXE script, "
-        "the torrents' tracker URLs and the pivotal from the configuration and the "
-        "registry, atomically. boottorrent.service runs this at start and reload.",
-        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common_options(generate)
-    generate.set_defaults(run=cmd_generate)
+    _command(commands, "generate", cmd_generate,
+             "regenerate all files derived from configuration and registry",
+             """Regenerate the dnsmasq and tracker configuration, the iPXE script,
+             the torrents' tracker URLs and the pivotal from the configuration and
+             the registry, atomically. boottorrent.service runs this at start and
+             reload.""")
 
-    check = commands.add_parser(
-        "check", help="validate the whole configuration",
-        description="Validate boottorrent.conf and every images.d file; print every "
-        "problem, one line each; exit 2 if there is any.",
-        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common_options(check)
-    check.set_defaults(run=cmd_check)
+    _command(commands, "check", cmd_check, "validate the whole configuration",
+             """Validate boottorrent.conf and every images.d file; print every
+             problem, one line each; exit 2 if there is any.""")
 
-    seeder = commands.add_parser(
-        "seeder", help="run the seeder daemon (boottorrent-seeder.service)",
-        description="Seed every registered image with libtorrent and serve the boot "
-        "files, the images (web seed) and the status endpoint over HTTP. SIGHUP re-reads "
-        "the registry. Meant to run under systemd (Type=notify).",
-        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common_options(seeder)
-    seeder.set_defaults(run=cmd_seeder)
+    build = _command(commands, "build-pivotal", cmd_build_pivotal,
+                     "build the pivotal and show its size",
+                     """Build the pivotal's parts (the base unless the package ships it,
+                     the kernel part from [pivotal] kernel, the configuration part),
+                     regenerate, and print the size of each part. add-image and generate
+                     do this too, reusing every part whose inputs did not change.
 
-    status = commands.add_parser(
-        "status", help="show images, swarm and clients",
-        description="Per image: seeds, leechers, peers and bytes sent by the server. "
-        "Per client that reported: MAC, address, image, phase, progress, peers, and "
-        "bytes from the server and from peers. Asks the running seeder.",
-        epilog=FILES_AND_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+                     With --base-only, build only the base into --output (the package
+                     build does this).""")
+    build.add_argument("--base-only", action="store_true", help="build only the base part")
+    build.add_argument("--output", type=Path, metavar="FILE",
+                       help="with --base-only: where to write it")
+
+    _command(commands, "seeder", cmd_seeder,
+             "run the seeder daemon (boottorrent-seeder.service)",
+             """Seed every registered image with libtorrent and serve the boot files,
+             the images (web seed) and the status endpoint over HTTP. SIGHUP re-reads
+             the registry. Meant to run under systemd (Type=notify).""")
+
+    status = _command(commands, "status", cmd_status, "show images, swarm and clients",
+                      """Per image: seeds, leechers, peers and bytes sent by the server.
+                      Per client that reported: MAC, address, image, phase, progress,
+                      peers, and bytes from the server and from peers. Asks the running
+                      seeder.""")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
-    _common_options(status)
-    status.set_defaults(run=cmd_status)
+
+    for command in commands.choices.values():
+        if command is not add:
+            _common_options(command)
     return parser
 
 
 def add_image_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="boottorrent-add-image", description=ADD_IMAGE_DESCRIPTION,
+        prog="boottorrent-add-image", description=_wrap(ADD_IMAGE_DESCRIPTION),
         epilog=ADD_IMAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_image_arguments(parser)
@@ -281,6 +290,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     described = len(list((args.config_dir / "images.d").glob("*.conf")))
     print(f"configuration OK: {described} images described, {len(registered)} registered")
+    return 0
+
+
+def cmd_build_pivotal(args: argparse.Namespace) -> int:
+    if args.base_only:
+        if not args.output:
+            raise BadInput("--base-only needs --output FILE")
+        pivotal.build_base(args.output, progress=lambda line: print(f"pivotal: {line}",
+                                                                    file=sys.stderr))
+        print(f"{args.output}: {human_bytes(args.output.stat().st_size)}")
+        return 0
+    config = load_config(args.config_dir)
+    state = State(args.state_dir)
+    with locked(state.lock):
+        snapshot = regenerate(config, state, state.registry())
+    parts = snapshot / "boot" / "pivotal"
+    total = 0
+    for path in sorted(parts.iterdir(), key=lambda p: p.name != "vmlinuz"):
+        size = path.stat().st_size
+        total += size
+        print(f"{path.name:<18} {human_bytes(size):>10}")
+    initramfs = total - (parts / "vmlinuz").stat().st_size
+    print(f"{'initramfs (all)':<18} {human_bytes(initramfs):>10}")
+    print(f"{'total':<18} {human_bytes(total):>10}")
     return 0
 
 

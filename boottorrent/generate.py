@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from boottorrent import pivotal, render
@@ -26,7 +27,8 @@ def write_pivotal(config: Config, state: State, pivotal_json: bytes, target: Pat
     """The pivotal's kernel and its three initramfs parts, into target/."""
     try:
         kernel_part = pivotal.build_kernel_part(config.pivotal_kernel, state.cache)
-        base = pivotal.ensure_base(state.cache)
+        base = pivotal.ensure_base(state.cache, progress=lambda line: print(
+            f"pivotal: {line}", file=sys.stderr, flush=True))
     except pivotal.PivotalError as error:
         raise ConfigError(config.path, str(error), ("pivotal",), "kernel") from None
     target.mkdir(mode=0o755)
