@@ -28,6 +28,10 @@ class VM:
     append: str = "console=ttyS0"
     network: bool = True
     firmware: str = "bios"  # "bios" or "uefi" (OVMF, package ovmf)
+    # NIC option ROM: None keeps QEMU's own (iPXE); "" gives the NIC none, so
+    # OVMF boots with its own virtio-net driver and PXE client, as real UEFI
+    # machines do.
+    romfile: str | None = None
     process: subprocess.Popen | None = None
     started_at: float = 0.0
 
@@ -44,7 +48,8 @@ class VM:
         if self.network:
             tap = self.lab.add_tap(self.name)
             argv += ["-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
-                     "-device", f"virtio-net-pci,netdev=net0,mac={self.mac}"]
+                     "-device", f"virtio-net-pci,netdev=net0,mac={self.mac}"
+                     + (f",romfile={self.romfile}" if self.romfile is not None else "")]
         else:
             argv += ["-nic", "none"]
         if self.kernel:
