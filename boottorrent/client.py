@@ -83,6 +83,8 @@ class Report:
     message: str = ""
     started: float = field(default_factory=time.time)
     downloaded_at: float | None = None
+    verified_at: float | None = None  # when the SHA-256 check of the files passed
+    hashfails: int = 0  # pieces that failed their hash check (a bad peer or link)
 
 
 STARTED = time.monotonic()
@@ -253,6 +255,8 @@ class Swarm:
                 if alert.message() != self.last_error:
                     self.last_error = alert.message()
                     say(self.last_error)
+            elif isinstance(alert, lt.hash_failed_alert):
+                self.report.hashfails += 1
 
     def _announce_when_due(self) -> None:
         # opentracker's interval is 30 minutes; a boot swarm needs seconds.
@@ -295,7 +299,9 @@ class Swarm:
                 last_said = time.monotonic()
                 say(f"{self.image.name}: {status.progress:.0%} from {status.num_peers} peers "
                     f"({human_bytes(self.report.from_server)} from the server, "
-                    f"{human_bytes(self.report.from_peers)} from peers)")
+                    f"{human_bytes(self.report.from_peers)} from peers; tracker: "
+                    f"{max(status.num_complete, 0)} seeds, "
+                    f"{max(status.num_incomplete, 0)} downloading)")
         self.report.downloaded_at = time.time()
         say(f"{self.image.name}: downloaded, {human_bytes(self.report.from_server)} from the "
             f"server, {human_bytes(self.report.from_peers)} from peers")
@@ -342,10 +348,20 @@ def verify(image: Image, folder: Path) -> None:
             raise ClientError(f"{name}: SHA-256 does not match the registry")
 
 
-def kexec_commands(image: Image, folder: Path, work: Path) -> list[list[str]]:
+def image_cmdline(image: Image, mac: str) -> str:
+    """The image's command line, plus BOOTIF= (the pxelinux convention that
+    Debian's live-boot, dracut and others read) naming the NIC that booted,
+    unless the image sets it itself."""
+    cmdline = image.spec["cmdline"]
+    if mac and "BOOTIF=" not in cmdline:
+        cmdline = f"{cmdline} BOOTIF=01-{mac.replace(':', '-')}".strip()
+    return cmdline
+
+
+def kexec_commands(image: Image, folder: Path, work: Path, mac: str) -> list[list[str]]:
     """The kexec command lines that boot the image, and write the initrd."""
     kernel = folder / image.spec["kernel"]
-    load = ["kexec", "-s", "-l", str(kernel), f"--command-line={image.spec['cmdline']}"]
+    load = ["kexec", "-s", "-l", str(kernel), f"--command-line={image_cmdline(image, mac)}"]
     initrds = [folder / name for name in image.spec["initrds"]]
     if initrds:
         # kexec takes one initrd; the kernel unpacks concatenated archives.
@@ -391,10 +407,11 @@ def boot(args: argparse.Namespace, report: Report) -> list[list[str]]:
         swarm.download()
         folder = save_path / image.name
         verify(image, folder)
+        report.verified_at = time.time()
         swarm.seed()
         swarm.leave()
         report.phase = "kexec"
-        commands = kexec_commands(image, folder, args.work_dir)
+        commands = kexec_commands(image, folder, args.work_dir, report.mac)
         (args.work_dir / "summary.json").write_text(json.dumps(asdict(report), indent=1))
     finally:
         reporter.stop()

@@ -104,6 +104,11 @@ def _archive(tree: Path, output: Path, compress: list[str] | None) -> Path:
         if cpio.returncode or (packer and packer.returncode):
             raise PivotalError(f"packing {output} failed: "
                                f"{(cpio_err + packer_err).decode(errors='replace')}")
+        # A UEFI kernel's EFI stub loads the initrd= files back to back, and
+        # the kernel finds an uncompressed cpio only on a 4-byte boundary; it
+        # skips zero bytes between archives. So every part ends aligned.
+        with open(tmp, "ab") as out:
+            out.write(b"\0" * (-out.tell() % 4))
         os.chmod(tmp, 0o644)
         os.replace(tmp, output)
     finally:

@@ -123,8 +123,9 @@ def test_two_clients_share_through_tracker(server_lab, tmp_path):
         folder = work / "images" / "compute"
         assert (folder / "kernel").read_bytes() == files["kernel"].read_bytes()
         assert (folder / "initrd.0").read_bytes() == files["initrd.0"].read_bytes()
+        mac = summary(work)["mac"].replace(":", "-")
         assert f"dry run: kexec -s -l {folder / 'kernel'} --initrd={work / 'initrd'} " \
-               "--command-line=marker=compute" in output
+               f"--command-line=marker=compute BOOTIF=01-{mac}" in output
         assert (work / "initrd").read_bytes() == files["initrd.0"].read_bytes()
 
     # `boottorrent status` shows both clients as they reported themselves.

@@ -1,0 +1,1 @@
+"""`make demo`: a BootTorrent server and a few QEMU machines on one host."""
