@@ -186,9 +186,16 @@ class Image:
     name: str
     spec: dict
 
-    @property
-    def torrent(self) -> lt.torrent_info:
-        return lt.torrent_info(lt.bdecode(base64.b64decode(self.spec["torrent"])))
+    def torrent(self) -> tuple[lt.torrent_info, list[str]]:
+        """The torrent without its web seeds, and the web seeds.
+
+        The web seed is the fallback only: from the start it would make
+        every client pull from the server's HTTP side.
+        """
+        entry = lt.bdecode(base64.b64decode(self.spec["torrent"]))
+        seeds = entry.pop(b"url-list", [])
+        seeds = [seeds] if isinstance(seeds, bytes) else seeds
+        return lt.torrent_info(entry), [url.decode() for url in seeds]
 
 
 def choose_image(config: dict, params: dict[str, str], mac: str) -> Image:
@@ -217,17 +224,12 @@ class Swarm:
         self.server_finished = 0
         self.last_error = ""
         params = lt.add_torrent_params()
-        params.ti = image.torrent
+        params.ti, self.web_seeds = image.torrent()
         params.save_path = str(save_path)
         # The server is always a peer, also before the tracker answers.
         params.peers = [(config["server"], config["seeder_port"])]
         params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         self.handle = self.session.add_torrent(params)
-        # The web seed is the fallback only: from the start it would make
-        # every client pull from the server's HTTP side.
-        self.web_seeds = list(self.handle.url_seeds())
-        for url in self.web_seeds:
-            self.handle.remove_url_seed(url)
         self.last_announce = time.monotonic()
         report.size = params.ti.total_size()
 
@@ -251,7 +253,8 @@ class Swarm:
                                       + sum(self.server_connections.values()), received)
         self.report.from_peers = received - self.report.from_server
         for alert in self.session.pop_alerts():
-            if isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert)):
+            if isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
+                                  lt.url_seed_alert)):
                 if alert.message() != self.last_error:
                     self.last_error = alert.message()
                     say(self.last_error)
@@ -317,9 +320,10 @@ class Swarm:
             self.session.wait_for_alert(500)
             self._count_sources()
             status = self._update_report()
-            # num_incomplete is what the tracker said at the last announce;
-            # -1 until it answered.
-            if status.num_incomplete == 0 and not any(
+            # num_incomplete is what the tracker said at the last announce,
+            # -1 while it does not answer: then no new peer can find us
+            # either, and only the peers already connected count.
+            if status.num_incomplete <= 0 and not any(
                     not p.seed for p in self.handle.get_peer_info()):
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since >= self.config["seed_idle_time"]:

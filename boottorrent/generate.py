@@ -33,7 +33,7 @@ def write_pivotal(config: Config, state: State, pivotal_json: bytes, target: Pat
         raise ConfigError(config.path, str(error), ("pivotal",), "kernel") from None
     target.mkdir(mode=0o755)
     _place(kernel_part.vmlinuz, target / Path(render.PIVOTAL_KERNEL).name)
-    base_name, modules_name, config_name = (Path(p).name for p in render.PIVOTAL_INITRDS)
+    config_name, base_name, modules_name = (Path(p).name for p in render.PIVOTAL_INITRDS)
     _place(base, target / base_name)
     _place(kernel_part.modules, target / modules_name)
     pivotal.build_config_part({render.PIVOTAL_CONFIG: pivotal_json}, target / config_name)

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from boottorrent.fsutil import write_atomic
+
 # The interpreter the pivotal runs: Debian's, the one python3-libtorrent is
 # built for (not necessarily the one running this builder).
 TARGET_PYTHON = Path("/usr/bin/python3")
@@ -104,11 +106,6 @@ def _archive(tree: Path, output: Path, compress: list[str] | None) -> Path:
         if cpio.returncode or (packer and packer.returncode):
             raise PivotalError(f"packing {output} failed: "
                                f"{(cpio_err + packer_err).decode(errors='replace')}")
-        # A UEFI kernel's EFI stub loads the initrd= files back to back, and
-        # the kernel finds an uncompressed cpio only on a 4-byte boundary; it
-        # skips zero bytes between archives. So every part ends aligned.
-        with open(tmp, "ab") as out:
-            out.write(b"\0" * (-out.tell() % 4))
         os.chmod(tmp, 0o644)
         os.replace(tmp, output)
     finally:
@@ -122,15 +119,6 @@ def _tree_names(tree: Path) -> Iterator[str]:
         rel = os.path.relpath(top, tree)
         for name in dirs + files:
             yield name if rel == "." else f"{rel}/{name}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 # -- the config part ---------------------------------------------------------
@@ -492,7 +480,7 @@ def cached_base(cache_dir: Path, progress: Callable[[str], None] | None = None) 
     if output.exists() and manifest.exists() and _manifest_current(manifest):
         return output
     sources = _build_base(output, modules, progress)
-    _atomic_write(manifest, "".join(_fingerprint(p) + "\n" for p in sources).encode())
+    write_atomic(manifest, "".join(_fingerprint(p) + "\n" for p in sources))
     for old in cache_dir.glob("pivotal-base-*"):  # builds for older client code
         if old not in (output, manifest):
             old.unlink(missing_ok=True)

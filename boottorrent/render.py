@@ -20,7 +20,10 @@ from boottorrent.registry import ImageRecord, State
 IPXE_DIR = Path("/usr/lib/ipxe")
 IPXE_BINARIES = ("undionly.kpxe", "snponly.efi", "ipxe.efi")
 PIVOTAL_KERNEL = "pivotal/vmlinuz"
-PIVOTAL_INITRDS = ("pivotal/base.cpio.zst", "pivotal/modules.cpio.zst", "pivotal/config.cpio")
+# The uncompressed config part comes first: a UEFI kernel's EFI stub loads
+# the initrd= files back to back with no padding, and the kernel finds an
+# uncompressed cpio only on a 4-byte boundary; compressed ones anywhere.
+PIVOTAL_INITRDS = ("pivotal/config.cpio", "pivotal/base.cpio.zst", "pivotal/modules.cpio.zst")
 PIVOTAL_CONFIG = "etc/boottorrent/pivotal.json"
 
 environment = Environment(loader=PackageLoader("boottorrent"), undefined=StrictUndefined,
@@ -76,7 +79,10 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State) 
 
 
 def web_seed(config: Config, record: ImageRecord) -> str:
-    return f"{config.http_url}/images/{record.infohash}/"
+    """The image's URL on the seeder's HTTP side (BEP 19): the folder, to
+    which clients add NAME/FILE, or for a one-file image the file itself."""
+    folder = f"{config.http_url}/images/{record.infohash}/"
+    return folder if len(record.files) > 1 else f"{folder}{record.name}/{record.kernel.name}"
 
 
 def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:

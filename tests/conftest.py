@@ -4,11 +4,13 @@ and the real command line run as a subprocess on Debian's interpreter."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lab import kernel  # noqa: E402
+from lab.netns import Lab  # noqa: E402
+from lab.server import Server, environment  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 
@@ -120,3 +124,89 @@ def tree(path: Path) -> dict[str, str]:
 
 def copy_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, symlinks=True)
+
+
+# ---------------------------------------------------------------- a server in a lab
+
+MIB = 1 << 20
+
+
+def random_image(folder: Path, name: str, sizes: dict[str, int]) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    seed = name.encode()
+    for file_name, size in sizes.items():
+        # Deterministic and incompressible: chained SHA-512 blocks.
+        blocks, block = [], hashlib.sha512(seed + file_name.encode()).digest()
+        while len(blocks) * 64 < size:
+            block = hashlib.sha512(block).digest()
+            blocks.append(block)
+        files[file_name] = folder / f"{name}-{file_name}"
+        files[file_name].write_bytes(b"".join(blocks)[:size])
+    return files
+
+
+def register(server: Server, name: str, files: dict[str, Path]) -> None:
+    args = ["add-image", name, "--kernel", str(files["kernel"]), "--cmdline", f"marker={name}"]
+    for key in sorted(k for k in files if k.startswith("initrd")):
+        args += ["--initrd", str(files[key])]
+    server.boottorrent(*args)
+
+
+class ServerLab:
+    """A lab with a running BootTorrent server and helpers to add clients."""
+
+    def __init__(self, lab: Lab, tmp: Path, config_dir: Path, state_dir: Path):
+        self.lab = lab
+        self.tmp = tmp
+        self.host = lab.add_server()
+        self.server = Server(self.host, config_dir, state_dir, tmp / "logs")
+        self.config_dir = config_dir
+        self.state_dir = state_dir
+
+    def pivotal_json(self) -> Path:
+        """The pivotal's configuration as the config part carries it."""
+        cpio = self.state_dir / "current" / "boot" / "pivotal" / "config.cpio"
+        out = self.tmp / f"pivotal-{time.monotonic_ns()}.json"
+        data = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout",
+                               "etc/boottorrent/pivotal.json"], input=cpio.read_bytes(),
+                              capture_output=True, check=True).stdout
+        out.write_bytes(data)
+        return out
+
+    def start_client(self, name: str, image: str, shape_mbit: int | None = None,
+                     address: str | None = None,
+                     config: Path | None = None) -> tuple[subprocess.Popen, Path]:
+        host = self.lab.add_host(name, address=address)
+        if shape_mbit:
+            host.shape(shape_mbit)
+        work = self.tmp / name
+        work.mkdir()
+        log = open(self.tmp / f"{name}.log", "wb")
+        process = host.popen([PYTHON, "-m", "boottorrent.client", "--dry-run", "--image", image,
+                              "--config", str(config or self.pivotal_json()),
+                              "--work-dir", str(work)],
+                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             env=environment(self.config_dir, self.state_dir))
+        return process, work
+
+
+@pytest.fixture
+def server_lab(tmp_path, config_dir, state_dir):
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text() + "[clients]\nseed_idle_time = 2\nfallback_after = 120\n")
+    with Lab() as lab:
+        yield ServerLab(lab, tmp_path, config_dir, state_dir)
+
+
+def wait(process: subprocess.Popen, log: Path, timeout: float) -> str:
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{log.name} still running after {timeout} s:\n"
+                             + log.read_text(errors="replace")[-3000:]) from None
+    return log.read_text(errors="replace")
+
+
+def summary(work: Path) -> dict:
+    return json.loads((work / "summary.json").read_text())

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from boottorrent import render
 
 from lab import dhcp
 from lab.netns import SERVER_ADDRESS, Lab
@@ -38,12 +38,9 @@ STANDIN_ADDRESS = "198.18.0.2"
 STANDIN_RANGE = ("198.18.0.200", "198.18.0.250")
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
-# Exactly the environment boottorrent/render.py renders with.
-ENV = Environment(loader=PackageLoader("boottorrent"), undefined=StrictUndefined,
-                  keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+ENV = render.environment
 
-PIVOTAL = {"kernel": "pivotal/vmlinuz",
-           "initrds": ["pivotal/base.cpio.zst", "pivotal/modules.cpio.zst", "pivotal/config.cpio"],
+PIVOTAL = {"kernel": render.PIVOTAL_KERNEL, "initrds": list(render.PIVOTAL_INITRDS),
            "cmdline": "console=tty0 console=ttyS0,115200 quiet"}
 IMAGES = [{"name": "debian", "description": "Debian 12 compute node"},
           {"name": "rocky", "description": "Rocky Linux 9"}]
@@ -223,16 +220,16 @@ def test_ipxe_script_mac_table_menu_and_kernel(root):
             " || set boottorrent-image debian") in lines
     kernel = next(line for line in lines if line.startswith("kernel "))
     assert kernel.startswith(f"kernel --name vmlinuz {HTTP_URL}/boot/pivotal/vmlinuz ")
-    assert ("initrd=base.cpio.zst initrd=modules.cpio.zst initrd=config.cpio "
+    assert ("initrd=config.cpio initrd=base.cpio.zst initrd=modules.cpio.zst "
             "console=tty0 console=ttyS0,115200 quiet") in kernel
     assert "boottorrent.image=${boottorrent-image}" in kernel
     assert "BOOTIF=01-${netX/mac:hexhyp}" in kernel
     assert kernel.endswith("|| goto failed")
     initrds = [line for line in lines if line.startswith("initrd ")]
     assert initrds == [
+        f"initrd --name config.cpio {HTTP_URL}/boot/pivotal/config.cpio || goto failed",
         f"initrd --name base.cpio.zst {HTTP_URL}/boot/pivotal/base.cpio.zst || goto failed",
-        f"initrd --name modules.cpio.zst {HTTP_URL}/boot/pivotal/modules.cpio.zst || goto failed",
-        f"initrd --name config.cpio {HTTP_URL}/boot/pivotal/config.cpio || goto failed"]
+        f"initrd --name modules.cpio.zst {HTTP_URL}/boot/pivotal/modules.cpio.zst || goto failed"]
     assert "boot || goto failed" in lines
     # Failure is never a hang: retry after a pause, then reboot.
     failed = lines[lines.index(":failed"):]
