@@ -1,6 +1,7 @@
-"""End to end: two QEMU machines PXE-boot from a BootTorrent server, load the
-pivotal, download a test image from the server and from each other, and
-kexec into it. Run alone with `make test-qemu` (pytest -m qemu)."""
+"""End to end: two QEMU machines, one BIOS and one UEFI, PXE-boot from a
+BootTorrent server, load the pivotal, download a test image from the server
+and from each other, and kexec into it. Run alone with `make test-qemu`
+(pytest -m qemu)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
         # the first, so that the first has pieces to give when it asks.
         first = VM(lab, "vm1", tmp_path, mac="52:54:00:e2:e0:01", memory_mib=1024).start()
         time.sleep(STAGGER_S)
-        second = VM(lab, "vm2", tmp_path, mac="52:54:00:e2:e0:02", memory_mib=1024).start()
+        # The second is a UEFI machine with the firmware's own PXE client
+        # (no iPXE ROM): snponly.efi, then the pivotal through the EFI stub.
+        second = VM(lab, "vm2", tmp_path, mac="52:54:00:e2:e0:02", memory_mib=1024,
+                    firmware="uefi", romfile="").start()
 
         times = {}
         for vm in (first, second):
