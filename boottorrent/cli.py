@@ -338,6 +338,12 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"({getattr(error, 'reason', error)}); is boottorrent-seeder running?",
               file=sys.stderr)
         return EXIT_FAILURE
+    try:
+        current = status.with_tracker_counts(current, config.tracker_url)
+    except OSError as error:
+        print(f"boottorrent: the tracker at {config.tracker_url} does not answer "
+              f"({getattr(error, 'reason', error)}); counts are the seeder's",
+              file=sys.stderr)
     print(json.dumps(current, indent=1) if args.json else status.format_status(current))
     return 0
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
+
+import libtorrent as lt
 
 from boottorrent.progress import human_bytes
 
@@ -15,6 +18,30 @@ PHASES = ("dhcp", "pivotal", "downloading", "seeding", "kexec", "booted", "faile
 def fetch(http_url: str, timeout: float = 3.0) -> dict:
     with urllib.request.urlopen(f"{http_url}/status", timeout=timeout) as response:
         return json.load(response)
+
+
+def scrape(tracker_url: str, infohashes: list[str], timeout: float = 3.0) -> dict[str, dict]:
+    """The tracker's counts per infohash: complete, incomplete, downloaded."""
+    if not infohashes:
+        return {}
+    query = "&".join("info_hash=" + urllib.parse.quote_from_bytes(bytes.fromhex(h))
+                     for h in infohashes)
+    url = tracker_url.replace("/announce", "/scrape") + "?" + query
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        files = lt.bdecode(response.read()).get(b"files", {})
+    return {key.hex(): {k.decode(): v for k, v in counts.items()}
+            for key, counts in files.items()}
+
+
+def with_tracker_counts(status: dict, tracker_url: str) -> dict:
+    """Seeds, leechers and completions of each image as the tracker counts them."""
+    counts = scrape(tracker_url, [i["infohash"] for i in status.get("images", [])])
+    for image in status.get("images", []):
+        found = counts.get(image["infohash"], {})
+        image["seeds"] = found.get("complete", image["seeds"])
+        image["leechers"] = found.get("incomplete", image["leechers"])
+        image["completions"] = found.get("downloaded")
+    return status
 
 
 def bar(fraction: float, width: int = 20) -> str:
@@ -30,10 +57,13 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
 def format_status(status: dict, now: float | None = None) -> str:
     now = now or time.time()
     lines = []
-    images = [("IMAGE", "SIZE", "SEEDS", "LEECHERS", "PEERS", "SENT BY SEEDER", "UP RATE")]
+    images = [("IMAGE", "SIZE", "SEEDS", "LEECHERS", "COMPLETIONS", "PEERS", "SENT BY SEEDER",
+               "UP RATE")]
     for image in status.get("images", []):
+        completions = image.get("completions")
         images.append((image["name"], human_bytes(image["size"]), str(image["seeds"]),
-                       str(image["leechers"]), str(image["peers"]),
+                       str(image["leechers"]), "?" if completions is None else str(completions),
+                       str(image["peers"]),
                        human_bytes(image["uploaded"] + image.get("http_sent", 0)),
                        f"{human_bytes(image['upload_rate'])}/s"))
     lines += table(images) if len(images) > 1 else ["no images are being seeded"]

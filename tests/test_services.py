@@ -48,7 +48,10 @@ def test_two_clients_share_through_tracker(server_lab, tmp_path):
     for work in (first_work, second_work):
         line = next(l for l in shown.splitlines() if l.startswith(summary(work)["mac"]))
         assert "compute" in line and "kexec" in line and "100%" in line, shown
-    assert shown.splitlines()[0].split()[:3] == ["IMAGE", "SIZE", "SEEDS"]
+    header, image_row = shown.splitlines()[:2]
+    assert header.split()[:5] == ["IMAGE", "SIZE", "SEEDS", "LEECHERS", "COMPLETIONS"]
+    # From the tracker: the seeder is a seed, and both clients completed.
+    assert image_row.split()[:6] == ["compute", "24.0", "MiB", "1", "0", "2"], shown
 
     second_summary = summary(second_work)
     assert second_summary["from_peers"] > 2 * MIB, second_summary
