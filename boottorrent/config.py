@@ -245,20 +245,16 @@ def load_image(config_dir: Path, name: str) -> Image:
 
 def image_conf_text(kernel: Path, initrds: list[Path], cmdline: str, description: str) -> str:
     """The images.d file that `boottorrent-add-image NAME --kernel …` writes."""
-    def quote(value: str) -> str:
-        # json.dumps gives a double-quoted string configobj reads back as is,
-        # unless it holds both quote kinds, which a path or command line won't.
-        return json.dumps(value, ensure_ascii=False) if '"' not in value else f"'{value}'"
-
-    lines = ["# Written by boottorrent-add-image; edit and run it again to re-register.",
-             f"description = {quote(description)}",
-             f"kernel = {quote(str(kernel))}"]
-    if len(initrds) == 1:
-        lines.append(f"initrd = {quote(str(initrds[0]))},")
-    elif initrds:
-        lines.append("initrd = " + ", ".join(quote(str(p)) for p in initrds))
-    lines += [f"cmdline = {quote(cmdline)}", "method = kexec", "arch = x86_64", ""]
-    return "\n".join(lines)
+    obj = ConfigObj(list_values=True)
+    obj.initial_comment = ["# Written by boottorrent-add-image; edit and run it again to "
+                           "re-register."]
+    obj["description"] = description
+    obj["kernel"] = str(kernel)
+    obj["initrd"] = [str(p) for p in initrds]
+    obj["cmdline"] = cmdline
+    obj["method"] = "kexec"
+    obj["arch"] = "x86_64"
+    return "\n".join(obj.write()) + "\n"
 
 
 # ---------------------------------------------------------------- server
