@@ -24,34 +24,11 @@ from demo.image import GREETING, build_demo_image
 from lab.kernel import kernel_deb
 from lab.netns import Lab
 from lab.qemu import VM
-from lab.server import Server
+from lab.server import Server, lab_config
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
 IMAGE = "demo"
-
-CONFIG = """\
-[server]
-interface = eth0
-address = 198.18.0.1
-[dhcp]
-mode = full
-range_start = 198.18.0.100
-range_end = 198.18.0.199
-netmask = 255.255.255.0
-[tracker]
-announce_interval = 2
-[seeder]
-upload_slots = 4
-[pivotal]
-kernel = {kernel}
-[clients]
-seed_idle_time = 3
-[boot]
-default_image = demo
-menu_timeout = 0
-"""
-
 
 def say(message: str) -> None:
     print(f"demo: {message}", flush=True)
@@ -112,7 +89,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     (config_dir / "images.d").mkdir(parents=True)
     state_dir.mkdir(mode=0o755)
     kernel = kernel_deb()
-    (config_dir / "boottorrent.conf").write_text(CONFIG.format(kernel=kernel))
+    (config_dir / "boottorrent.conf").write_text(lab_config(
+        kernel, seeder={"upload_slots": 4}, clients={"seed_idle_time": 3}))
     shared_cache = CACHE / "state-cache"
     if shared_cache.is_dir():  # the pivotal parts the tests already built
         shutil.copytree(shared_cache, state_dir / "cache", copy_function=os.link)

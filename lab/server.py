@@ -19,6 +19,34 @@ PYTHON = "/usr/bin/python3"
 STATE_IN_UNITS = "/var/lib/boottorrent"
 
 
+# boottorrent.conf of a lab server: full DHCP on the lab's subnet (the
+# namespaces have no other DHCP server), announces every 2 s, no boot menu.
+LAB_CONFIG = """\
+[server]
+interface = eth0
+address = 198.18.0.1
+[dhcp]
+mode = full
+range_start = 198.18.0.100
+range_end = 198.18.0.199
+netmask = 255.255.255.0
+[tracker]
+announce_interval = 2
+[pivotal]
+kernel = {kernel}
+[boot]
+menu_timeout = 0
+"""
+
+
+def lab_config(kernel: Path | str, **sections: dict) -> str:
+    """LAB_CONFIG for this pivotal kernel, plus the given sections."""
+    text = LAB_CONFIG.format(kernel=kernel)
+    for section, values in sections.items():
+        text += f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+    return text
+
+
 def unit_command(unit: str, state_dir: Path) -> list[str]:
     """ExecStart= of one of our units, pointed at the lab's state folder."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)

@@ -20,26 +20,9 @@ sys.path.insert(0, str(REPO))
 
 from lab import kernel  # noqa: E402
 from lab.netns import Lab  # noqa: E402
-from lab.server import Server, environment  # noqa: E402
+from lab.server import Server, environment, lab_config  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
-
-SERVER_CONF = """\
-[server]
-interface = eth0
-address = 198.18.0.1
-[dhcp]
-mode = full
-range_start = 198.18.0.100
-range_end = 198.18.0.199
-netmask = 255.255.255.0
-[tracker]
-announce_interval = 2
-[pivotal]
-kernel = {kernel}
-[boot]
-menu_timeout = 0
-"""
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +47,7 @@ def pivotal_cache(pivotal_kernel: Path, tmp_path_factory) -> Path:
 def config_dir(tmp_path: Path, pivotal_kernel: Path) -> Path:
     path = tmp_path / "etc"
     (path / "images.d").mkdir(parents=True)
-    (path / "boottorrent.conf").write_text(SERVER_CONF.format(kernel=pivotal_kernel))
+    (path / "boottorrent.conf").write_text(lab_config(pivotal_kernel))
     return path
 
 

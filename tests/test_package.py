@@ -248,7 +248,7 @@ def test_configured_server_serves_the_lan(built, tmp_path):
     lt = pytest.importorskip("libtorrent")
     from lab import dhcp
     from lab.kernel import kernel_deb
-    from lab.server import fetch
+    from lab.server import fetch, lab_config
 
     kernel = kernel_deb()
     with Lab() as lab, SystemdContainer(CACHE, lab=lab, name="server", address=SERVER_ADDRESS,
@@ -258,8 +258,8 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         # 1. Configure, as an admin would. (ProtectHome= in the units:
         # nothing the server reads may live under /root.)
         ct.copy_in(kernel, "/srv/boottorrent/")
-        ct.path("/etc/boottorrent/boottorrent.conf").write_text(SERVER_CONF.format(
-            kernel=f"/srv/boottorrent/{kernel.name}"))
+        ct.path("/etc/boottorrent/boottorrent.conf").write_text(lab_config(
+            f"/srv/boottorrent/{kernel.name}", clients={"seed_time_max": 30, "seed_idle_time": 2}))
         ct.run(["boottorrent", "check"])
         # Debian's own opentracker.service holds port 6969 (README.Debian).
         ct.run(["systemctl", "disable", "--now", "opentracker.service"])
@@ -327,27 +327,6 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         # Purge a used installation: state, snapshots and all.
         ct.run(["systemctl", "stop", "boottorrent.service"])
         purge_and_check(ct)
-
-
-SERVER_CONF = """\
-[server]
-interface = eth0
-address = 198.18.0.1
-[dhcp]
-mode = full
-range_start = 198.18.0.100
-range_end = 198.18.0.199
-netmask = 255.255.255.0
-[tracker]
-announce_interval = 2
-[pivotal]
-kernel = {kernel}
-[boot]
-menu_timeout = 0
-[clients]
-seed_time_max = 30
-seed_idle_time = 2
-"""
 
 
 def main_pids(ct: SystemdContainer) -> dict[str, str]:
