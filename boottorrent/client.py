@@ -310,7 +310,14 @@ class Swarm:
             f"server, {human_bytes(self.report.from_peers)} from peers")
 
     def seed(self) -> None:
-        """Seed until no peer is incomplete for seed_idle_time, or seed_time_max."""
+        """Seed until no peer is incomplete for seed_idle_time, or seed_time_max.
+
+        Incomplete peers that the tracker still lists but that never connect
+        (a machine that died mid-download stays listed for the tracker's
+        peer timeout, half an hour) hold us for two more announce intervals
+        only: they would otherwise keep every client from booting until
+        seed_time_max.
+        """
         self.report.phase = "seeding"
         started = time.monotonic()
         idle_since: float | None = None
@@ -323,10 +330,13 @@ class Swarm:
             # num_incomplete is what the tracker said at the last announce,
             # -1 while it does not answer: then no new peer can find us
             # either, and only the peers already connected count.
-            if status.num_incomplete <= 0 and not any(
-                    not p.seed for p in self.handle.get_peer_info()):
+            # (peer_info.seed is the flag's value, always true: test the flags.)
+            if all(p.flags & lt.peer_info.seed for p in self.handle.get_peer_info()):
                 idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since >= self.config["seed_idle_time"]:
+                wait = self.config["seed_idle_time"]
+                if status.num_incomplete > 0:
+                    wait += 2 * self.config["announce_interval"]
+                if time.monotonic() - idle_since >= wait:
                     break
             else:
                 idle_since = None

@@ -45,7 +45,17 @@ def settings(listen: str, upload_slots: int, *, seed: bool) -> dict:
         "connections_limit": 2000 if seed else 500,
         "listen_queue_size": 3000,
         "connection_speed": 500,
+        # Commit little to any one peer ahead of time: libtorrent's defaults
+        # (3 s of requests per peer, whole pieces from fast peers) make every
+        # client ask the server for the same rare pieces at once, so the
+        # server sends each piece several times (measured in bench/RESULTS.md).
+        "request_queue_time": 1,
+        "whole_pieces_threshold": 0,
         "peer_connect_timeout": 3,
+        # A peer silent for 20 s is gone (a machine that crashed or kexec'd
+        # sends no FIN); keep-alives go out every 10 s. The default, 120 s,
+        # kept seeding clients waiting for peers that no longer exist.
+        "peer_timeout": 20,
         "request_timeout": 10,
         "piece_timeout": 10,
         # Labs and tests run several sessions behind one address.

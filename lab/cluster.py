@@ -1,0 +1,402 @@
+"""A whole BootTorrent cluster in the lab, for the fault tests, the benchmark
+and the demo: a server namespace running the real tracker and seeder (and
+dnsmasq if asked), images registered with the real CLI, and clients running
+the real pivotal client (`python3 -m boottorrent.client --dry-run`), each in
+its own namespace, every link shaped to the same rate.
+
+    with Cluster(tmp, rate_mbit=20) as cluster:
+        files = cluster.add_image("compute", {"kernel": 4 * MIB, "initrd.0": 12 * MIB})
+        cluster.start()
+        clients = [cluster.start_client(f"c{i}", "compute") for i in range(8)]
+        for client in clients:
+            client.wait(120)
+            assert client.has_image(files)
+
+Also a command-line helper run inside a namespace: `python3 -m lab.cluster
+seed ...` seeds a torrent from a folder with a bare libtorrent session that
+announces to the tracker like any peer; --trust makes it flag every piece as
+verified without reading it, so a corrupted copy is served as if it were
+good (the "bad peer" of the fault tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.netns import SERVER_ADDRESS, Host, Lab
+from lab.server import PYTHON, REPO, Server, environment, lab_config
+
+MIB = 1 << 20
+
+def pivotal_cache(cache: Path = REPO / ".cache" / "state-cache") -> Path:
+    """The pivotal's kernel and base parts, built once (as tests/conftest.py
+    does): `boottorrent generate` puts them into every snapshot."""
+    from boottorrent import pivotal
+    from lab import kernel
+    cache.mkdir(parents=True, exist_ok=True)
+    pivotal.build_kernel_part(kernel.kernel_deb(), cache)
+    pivotal.ensure_base(cache)
+    return cache
+
+
+def random_image(folder: Path, name: str, sizes: dict[str, int]) -> dict[str, Path]:
+    """Deterministic incompressible files NAME-FILE of the given sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for file_name, size in sizes.items():
+        path = folder / f"{name}-{file_name}"
+        with path.open("wb") as out:
+            counter = 0
+            while counter * MIB < size:
+                block = hashlib.shake_256(f"{name}/{file_name}/{counter}".encode()).digest(MIB)
+                out.write(block[:size - counter * MIB])
+                counter += 1
+        files[file_name] = path
+    return files
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.2) -> object:
+    """Poll condition() until it returns something true; its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Client:
+    """One pivotal client process in its namespace."""
+
+    cluster: "Cluster"
+    name: str
+    host: Host
+    image: str
+    work: Path
+    log_path: Path
+    process: subprocess.Popen | None = None
+    launched: float = 0.0  # time.time() just before the process was started
+    exited: float | None = None
+
+    def start(self) -> "Client":
+        self.work.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        self.launched = time.time()
+        self.process = self.host.popen(
+            [PYTHON, "-m", "boottorrent.client", "--dry-run", "--image", self.image,
+             "--config", str(self.cluster.pivotal_json()), "--work-dir", str(self.work)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env=environment(self.cluster.config_dir, self.cluster.state_dir))
+        log.close()
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the client to exit; its status (AssertionError with its log on timeout)."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} still running after {timeout} s:\n"
+                                 + self.log()[-4000:]) from None
+        self.exited = self.exited or time.time()
+        return code
+
+    def kill(self) -> None:
+        """Pull the plug: SIGKILL, no goodbye to the tracker."""
+        if self.running():
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def summary(self) -> dict:
+        return json.loads((self.work / "summary.json").read_text())
+
+    def folder(self) -> Path:
+        return self.work / "images" / self.image
+
+    def has_image(self, files: dict[str, Path]) -> bool:
+        """Whether the client's copy is byte for byte the registered files."""
+        for name, source in files.items():
+            copy = self.folder() / name
+            if not copy.is_file() or copy.stat().st_size != source.stat().st_size \
+                    or sha256(copy) != sha256(source):
+                return False
+        return True
+
+    def report(self, reports: dict[str, dict] | None = None) -> dict:
+        """The client's last report to the server ({} before its first)."""
+        reports = self.cluster.reports() if reports is None else reports
+        return reports.get(self.host.address, {})
+
+    def progress(self, reports: dict[str, dict] | None = None) -> float:
+        return float(self.report(reports).get("progress") or 0.0)
+
+
+@dataclass
+class Cluster:
+    """A lab with a BootTorrent server; see the module's docstring."""
+
+    tmp: Path
+    rate_mbit: int | None = None  # every link (server and clients), both ways
+    # boottorrent.conf settings over the lab's (None: the product's default)
+    conf: dict[str, dict[str, object]] = field(default_factory=dict)
+    cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.config_dir = self.tmp / "etc"
+        (self.config_dir / "images.d").mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        # World-readable, as /var/lib/boottorrent: dnsmasq drops privileges.
+        self.state_dir = Path(tempfile.mkdtemp(prefix="boottorrent-state-"))
+        self.state_dir.chmod(0o755)
+        subprocess.run(["cp", "-al", str(self.cache or pivotal_cache()),
+                        str(self.state_dir / "cache")], check=True)
+        self.lab = Lab()
+        self.server_host = self.lab.add_server()
+        if self.rate_mbit:
+            self.server_host.shape(self.rate_mbit)
+        self.server = Server(self.server_host, self.config_dir, self.state_dir,
+                             self.tmp / "logs")
+        self.clients: dict[str, Client] = {}
+        self._pivotal_json: Path | None = None
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.lab.close()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------ server side
+
+    def write_config(self) -> None:
+        """The lab's server configuration (lab.server.lab_config: full DHCP
+        mode, announces every 2 s) with self.conf's settings over it."""
+        from configobj import ConfigObj
+
+        from lab import kernel
+        config = ConfigObj(lab_config(kernel.kernel_deb()).splitlines())
+        for section, values in self.conf.items():
+            for key, value in values.items():
+                if value is None:  # back to the product's default
+                    config.get(section, {}).pop(key, None)
+                else:
+                    config.setdefault(section, {})[key] = str(value)
+        (self.config_dir / "boottorrent.conf").write_text("\n".join(config.write()) + "\n")
+
+    def add_image(self, name: str, sizes: dict[str, int],
+                  piece_size: int | None = None) -> dict[str, Path]:
+        """Make a random image (kernel, initrd.0, ...) and register it."""
+        files = random_image(self.tmp / "src", name, sizes)
+        self.register(name, files, piece_size)
+        return files
+
+    def register(self, name: str, files: dict[str, Path], piece_size: int | None = None) -> None:
+        """`boottorrent add-image`; piece_size overrides the piece size policy
+        of boottorrent/torrents.py (for the benchmark's experiments)."""
+        args = ["add-image", name, "--kernel", str(files["kernel"]),
+                "--cmdline", f"marker={name}"]
+        for key in sorted(k for k in files if k.startswith("initrd")):
+            args += ["--initrd", str(files[key])]
+        if piece_size is None:
+            self.server.boottorrent(*args)
+        else:
+            code = ("import sys; from boottorrent import torrents, cli; "
+                    f"torrents.piece_size_for = lambda total: {int(piece_size)}; "
+                    "sys.exit(cli.main(sys.argv[1:]))")
+            self.server_host.run([PYTHON, "-c", code, *args], cwd=REPO,
+                                 env=environment(self.config_dir, self.state_dir))
+        self._pivotal_json = None
+
+    def piece_size(self, image: str) -> int:
+        return self.registry()[image]["piece_size"]
+
+    def registry(self) -> dict:
+        return json.loads((self.state_dir / "current" / "registry.json").read_text())["images"]
+
+    def infohash(self, image: str) -> str:
+        return self.registry()[image]["infohash"]
+
+    def torrent(self, image: str) -> Path:
+        """The full torrent (tracker and web seed URLs) the server publishes."""
+        return self.state_dir / "current" / "torrents" / f"{image}.torrent"
+
+    def url(self, image: str, file: str) -> str:
+        return f"http://{SERVER_ADDRESS}:6980/images/{self.infohash(image)}/{image}/{file}"
+
+    def start(self, services: tuple[str, ...] = ("tracker", "seeder")) -> "Cluster":
+        self.server.start(services)
+        if "tracker" in services:
+            self.wait_for_port(6969)
+        return self
+
+    def wait_for_port(self, port: int, timeout: float = 15) -> None:
+        probe = (f"import socket; socket.create_connection(({SERVER_ADDRESS!r}, {port}), 1)"
+                 ".close()")
+        wait_for(lambda: self.server_host.run([PYTHON, "-c", probe], check=False).returncode == 0,
+                 timeout, f"port {port} on the server")
+
+    def restart_seeder(self) -> None:
+        self.server.stop_service("seeder")
+        self.server.start_service("seeder")
+        self.server.wait_for_seeder()
+
+    def pivotal_json(self) -> Path:
+        """The pivotal's configuration as the config part carries it."""
+        if self._pivotal_json is None:
+            cpio = self.state_dir / "current" / "boot" / "pivotal" / "config.cpio"
+            data = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout",
+                                   "etc/boottorrent/pivotal.json"], input=cpio.read_bytes(),
+                                  capture_output=True, check=True).stdout
+            path = self.tmp / f"pivotal-{time.monotonic_ns()}.json"
+            path.write_bytes(data)
+            self._pivotal_json = path
+        return self._pivotal_json
+
+    def reports(self) -> dict[str, dict]:
+        """The clients' last reports to the seeder, by address."""
+        return {r.get("address"): r for r in self.server.status()["clients"]}
+
+    def wire_bytes(self, host: Host) -> tuple[int, int]:
+        """(bytes the host sent, bytes it received) on the wire (Ethernet
+        frames), counted on the switch's end of its link."""
+        out = subprocess.run(["ip", "-n", self.lab.switch, "-j", "-s", "link", "show", "dev",
+                              host.peer_ifname], check=True, capture_output=True, text=True)
+        stats = json.loads(out.stdout)[0]["stats64"]
+        return stats["rx"]["bytes"], stats["tx"]["bytes"]
+
+    # ------------------------------------------------------------ clients
+
+    def add_host(self, name: str, address: str | None = "auto") -> Host:
+        host = self.lab.add_host(name, address=address)
+        if self.rate_mbit:
+            host.shape(self.rate_mbit)
+        return host
+
+    def client(self, name: str, image: str, host: Host | None = None) -> Client:
+        """A client (not started yet) on host, or on a new shaped host."""
+        client = Client(self, name, host or self.add_host(name), image,
+                        self.tmp / "clients" / name, self.tmp / "logs" / f"{name}.log")
+        self.clients[name] = client
+        return client
+
+    def start_client(self, name: str, image: str, host: Host | None = None) -> Client:
+        return self.client(name, image, host).start()
+
+    def wait_all(self, clients: list[Client], timeout: float) -> None:
+        """Wait for every client to exit with status 0."""
+        deadline = time.monotonic() + timeout
+        for client in clients:
+            code = client.wait(max(1.0, deadline - time.monotonic()))
+            if code != 0:
+                raise AssertionError(f"{client.name} exited with {code}:\n"
+                                     + client.log()[-4000:])
+
+
+# ---------------------------------------------------------------- a bare peer
+
+def corrupt_copy(files: dict[str, Path], image: str, target: Path,
+                 every: int = 1 << 16) -> Path:
+    """A copy of an image's files, laid out as a torrent's save path, with
+    one byte flipped every `every` bytes (so every piece is wrong)."""
+    folder = target / image
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        data = bytearray(source.read_bytes())
+        for offset in range(every // 2, len(data), every):
+            data[offset] ^= 0xFF
+        (folder / name).write_bytes(bytes(data))
+    return target
+
+
+def seed_main(argv: list[str]) -> int:
+    """Seed a torrent from a save path; write the torrent's counters as JSON
+    to --status-file every half second."""
+    import libtorrent as lt
+
+    from boottorrent import lan
+
+    parser = argparse.ArgumentParser(prog="python3 -m lab.cluster seed")
+    parser.add_argument("--torrent", type=Path, required=True)
+    parser.add_argument("--save-path", type=Path, required=True)
+    parser.add_argument("--listen", required=True, help="ADDRESS:PORT")
+    parser.add_argument("--status-file", type=Path, required=True)
+    parser.add_argument("--upload-slots", type=int, default=8)
+    parser.add_argument("--trust", action="store_true",
+                        help="flag every piece as verified without reading it")
+    args = parser.parse_args(argv)
+
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(True))
+    session = lan.session(args.listen, args.upload_slots, seed=True)
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(str(args.torrent))
+    params.save_path = str(args.save_path)
+    params.flags |= lt.torrent_flags.seed_mode
+    params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    if args.trust:
+        params.verified_pieces = [True] * params.ti.num_pieces()
+    handle = session.add_torrent(params)
+    last_announce, announced = 0.0, False
+    while not stop:
+        session.wait_for_alert(500)
+        for alert in session.pop_alerts():
+            announced = announced or isinstance(alert, lt.tracker_reply_alert)
+        if time.monotonic() - last_announce > 2:  # opentracker's own interval is 30 min
+            handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+            last_announce = time.monotonic()
+        status = handle.status()
+        tmp = args.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({
+            "uploaded": status.all_time_upload, "peers": status.num_peers,
+            "announced": announced,
+            "seeding": status.is_seeding, "state": str(status.state),
+            "peer_addresses": [p.ip[0] for p in handle.get_peer_info()]}))
+        tmp.replace(args.status_file)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["seed"]:
+        return seed_main(argv[1:])
+    print("usage: python3 -m lab.cluster seed --torrent T --save-path P --listen A:P "
+          "--status-file F [--trust]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
