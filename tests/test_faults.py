@@ -22,7 +22,7 @@ from lab.cluster import MIB, Cluster, Client, corrupt_copy, wait_for
 from lab.server import environment
 
 IMAGE = "compute"
-SIZES = {"kernel": 2 * MIB, "initrd.0": 6 * MIB}  # F = 8 MiB: 8 pieces of 1 MiB
+SIZES = {"kernel": 2 * MIB, "initrd.0": 6 * MIB}  # F = 8 MiB: 32 pieces of 256 KiB
 CONF = {
     "tracker": {"announce_interval": 2},
     # Clients leave soon after the swarm is done; no HTTP fallback within a

@@ -194,6 +194,8 @@ BAD_SERVER_CONFIGS = [
     ("malformed MAC in group", "menu_timeout = 0",
      "menu_timeout = 0\n[machines]\n[[rack1]]\nimage = compute\nmacs = 52:54:00:1",
      "[machines][rack1] macs:"),
+    ("one upload slot", "announce_interval = 2", "announce_interval = 2\n[seeder]\nupload_slots = 1",
+     "[seeder] upload_slots:"),
     ("not configobj", "[dhcp]", "[dhcp", "not valid configobj syntax"),
 ]
 
