@@ -236,6 +236,22 @@ def _remove_tree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
 
 
+def _debootstrap(target: Path, mirror: str, attempts: int = 3) -> None:
+    """debootstrap into target, retried: a mirror that fails one request
+    (seen in CI: "Failed getting release file") should not fail the suite."""
+    for attempt in range(1, attempts + 1):
+        try:
+            _run(["unshare", "--mount", "--propagation", "private",
+                  "debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
+                  SUITE, str(target), mirror], timeout=1800)
+            return
+        except ContainerCommandError:
+            if attempt == attempts:
+                raise
+            _remove_tree(target)
+            time.sleep(30 * attempt)
+
+
 def bookworm_rootfs(cache_dir: Path) -> Path:
     """The cached bookworm root file system tarball, built on first use.
 
@@ -256,9 +272,7 @@ def bookworm_rootfs(cache_dir: Path) -> Path:
         workdir = Path(tempfile.mkdtemp(prefix=f".{SUITE}-build-", dir=cache_dir))
         try:
             target = workdir / "root"
-            _run(["unshare", "--mount", "--propagation", "private",
-                  "debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
-                  SUITE, str(target), mirror], timeout=1800)
+            _debootstrap(target, mirror)
             _customise_rootfs(target)
             partial = workdir / "rootfs.tar.zst"
             _run(["tar", "--create", "--zstd", "--numeric-owner", "--xattrs", "--acls",

@@ -186,8 +186,9 @@ def wait(process: subprocess.Popen, log: Path, timeout: float) -> str:
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"{log.name} still running after {timeout} s:\n"
-                             + log.read_text(errors="replace")[-3000:]) from None
+        text = log.read_text(errors="replace")
+        shown = text if len(text) < 6000 else text[:2000] + "\n[...]\n" + text[-4000:]
+        raise AssertionError(f"{log.name} still running after {timeout} s:\n{shown}") from None
     return log.read_text(errors="replace")
 
 
