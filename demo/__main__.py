@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     state_dir.mkdir(mode=0o755)
     kernel = kernel_deb()
     (config_dir / "boottorrent.conf").write_text(lab_config(
-        kernel, seeder={"upload_slots": 4}, clients={"seed_idle_time": 3}))
+        kernel, clients={"seed_idle_time": 3}))
     shared_cache = CACHE / "state-cache"
     if shared_cache.is_dir():  # the pivotal parts the tests already built
         shutil.copytree(shared_cache, state_dir / "cache", copy_function=os.link)
