@@ -77,6 +77,11 @@ def store(image: Image, state: State, stream: TextIO) -> tuple[ImageRecord, Path
             conf_sha256=conf_digest(image), files=tuple(files))
         final = state.content_dir(infohash)
         if final.exists():
+            # Same content, stored already; a damaged torrent file beside it
+            # is mended from the one just made (same infohash, same info).
+            stored = final / "torrent"
+            if not stored.is_file() or stored.read_bytes() != torrent:
+                write_atomic(final / "torrent", torrent)
             remove_tree(work)
             return record, None
         work.chmod(0o755)

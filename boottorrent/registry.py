@@ -86,9 +86,6 @@ class State:
     def content_dir(self, infohash: str) -> Path:
         return self.images / infohash
 
-    def torrent_info(self, infohash: str) -> bytes:
-        return (self.content_dir(infohash) / "torrent").read_bytes()
-
     def registry(self) -> dict[str, ImageRecord]:
         """The committed registry (empty before the first registration)."""
         return read_registry(self.current)
@@ -130,9 +127,6 @@ class State:
             for content in self.images.iterdir():
                 if content.name not in needed:
                     remove_tree(content)
-
-
-
 
 
 def read_registry(snapshot: Path) -> dict[str, ImageRecord]:

@@ -86,8 +86,16 @@ def web_seed(config: Config, record: ImageRecord) -> str:
 
 
 def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
-    return torrents.with_urls(state.torrent_info(record.infohash), config.tracker_url,
-                              web_seed(config, record))
+    path = state.content_dir(record.infohash) / "torrent"
+    info = path.read_bytes()
+    try:
+        found = torrents.info_hash(info)
+    except ValueError as error:
+        found = f"unreadable ({error})"
+    if found != record.infohash:
+        raise ConfigError(path, f"corrupt torrent of image {record.name!r}: infohash {found}, "
+                          f"registered {record.infohash}; remove the image and register it again")
+    return torrents.with_urls(info, config.tracker_url, web_seed(config, record))
 
 
 def pivotal_config(config: Config, records: dict[str, ImageRecord], state: State) -> dict:

@@ -63,7 +63,7 @@ def create(save_path: Path, name: str, files: list[tuple[str, int]],
 
 
 def info_hash(torrent: bytes) -> str:
-    return str(lt.torrent_info(lt.bdecode(torrent)).info_hashes().v1)
+    return str(load(torrent).info_hashes().v1)
 
 
 def with_urls(torrent: bytes, tracker_url: str, web_seed: str) -> bytes:

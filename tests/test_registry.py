@@ -309,6 +309,21 @@ def test_missing_pivotal_kernel(image_files, config_dir, state_dir):
     assert not (config_dir / "images.d" / "compute.conf").exists()
 
 
+@pytest.mark.parametrize("damage", [b"not bencoded", b"d4:infod4:name1:xee"])
+def test_corrupt_torrent(damage, image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    torrent = state_dir / "images" / registry(state_dir)["compute"]["infohash"] / "torrent"
+    torrent.write_bytes(damage)
+    before = tree(state_dir), tree(config_dir)
+    result = cli("generate", config_dir=config_dir, state_dir=state_dir)
+    assert_bad_input(result, str(torrent), "corrupt torrent of image 'compute'")
+    assert (tree(state_dir), tree(config_dir)) == before
+    # The way out the message names works.
+    assert cli("remove-image", "compute", config_dir=config_dir,
+               state_dir=state_dir).returncode == 0
+    assert add(image_files, config_dir, state_dir).returncode == 0
+
+
 # ---------------------------------------------------------------- failures
 
 def test_disk_full_changes_nothing(image_files, config_dir, state_dir, tmp_path):
