@@ -191,9 +191,9 @@ def purge_and_check(ct: SystemdContainer) -> None:
                    check=False).stdout  # exit status 1: no such unit file
     assert units.strip() == "", units
     assert_nothing_of_ours_runs(ct)
-    # Policy: the system user is not removed on purge (its uid may own
-    # files elsewhere; a reinstallation finds the same uid).
-    ct.run(["getent", "passwd", "boottorrent"])
+    for database in ("passwd", "group"):
+        found = ct.run(["getent", database, "boottorrent"], check=False)
+        assert found.returncode == 2, found.stdout
 
 
 def test_install_and_purge(built):
