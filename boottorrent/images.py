@@ -23,8 +23,13 @@ def conf_digest(image: Image) -> str:
 
 def is_unchanged(image: Image, record: ImageRecord, state: State) -> bool:
     """True when re-registering would give the same torrent: same description
-    file, same source files by path, size and modification time."""
-    if record.conf_sha256 != conf_digest(image) or not state.content_dir(record.infohash).is_dir():
+    file, same source files by path, size and modification time, and the
+    stored torrent is intact."""
+    if record.conf_sha256 != conf_digest(image):
+        return False
+    try:
+        torrents.read_checked(state.content_dir(record.infohash) / "torrent", record.infohash)
+    except (OSError, ValueError):
         return False
     sources = image.files()
     if len(sources) != len(record.files):
@@ -81,7 +86,7 @@ def store(image: Image, state: State, stream: TextIO) -> tuple[ImageRecord, Path
             # is mended from the one just made (same infohash, same info).
             stored = final / "torrent"
             if not stored.is_file() or stored.read_bytes() != torrent:
-                write_atomic(final / "torrent", torrent)
+                write_atomic(stored, torrent)
             remove_tree(work)
             return record, None
         work.chmod(0o755)

@@ -87,14 +87,11 @@ def web_seed(config: Config, record: ImageRecord) -> str:
 
 def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
     path = state.content_dir(record.infohash) / "torrent"
-    info = path.read_bytes()
     try:
-        found = torrents.info_hash(info)
+        info = torrents.read_checked(path, record.infohash)
     except ValueError as error:
-        found = f"unreadable ({error})"
-    if found != record.infohash:
-        raise ConfigError(path, f"corrupt torrent of image {record.name!r}: infohash {found}, "
-                          f"registered {record.infohash}; remove the image and register it again")
+        raise ConfigError(path, f"corrupt torrent of image {record.name!r} ({error}); "
+                          f"`boottorrent-add-image {record.name}` stores it again") from None
     return torrents.with_urls(info, config.tracker_url, web_seed(config, record))
 
 

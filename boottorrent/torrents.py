@@ -66,6 +66,15 @@ def info_hash(torrent: bytes) -> str:
     return str(load(torrent).info_hashes().v1)
 
 
+def read_checked(path: Path, infohash: str) -> bytes:
+    """The torrent stored at path; ValueError unless it is intact and has this infohash."""
+    torrent = path.read_bytes()
+    found = info_hash(torrent)
+    if found != infohash:
+        raise ValueError(f"infohash {found}, registered {infohash}")
+    return torrent
+
+
 def with_urls(torrent: bytes, tracker_url: str, web_seed: str) -> bytes:
     """The torrent with our tracker and the server's HTTP web seed (BEP 19)."""
     entry = lt.bdecode(torrent)

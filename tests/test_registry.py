@@ -318,10 +318,12 @@ def test_corrupt_torrent(damage, image_files, config_dir, state_dir):
     result = cli("generate", config_dir=config_dir, state_dir=state_dir)
     assert_bad_input(result, str(torrent), "corrupt torrent of image 'compute'")
     assert (tree(state_dir), tree(config_dir)) == before
-    # The way out the message names works.
-    assert cli("remove-image", "compute", config_dir=config_dir,
-               state_dir=state_dir).returncode == 0
-    assert add(image_files, config_dir, state_dir).returncode == 0
+    # The way out the message names works, and keeps the infohash.
+    infohash = registry(state_dir)["compute"]["infohash"]
+    result = cli("add-image", "compute", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 0 and "compute: re-registered" in result.stdout, result.stderr
+    assert registry(state_dir)["compute"]["infohash"] == infohash
+    assert cli("generate", config_dir=config_dir, state_dir=state_dir).returncode == 0
 
 
 # ---------------------------------------------------------------- failures
