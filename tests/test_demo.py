@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import signal
 import subprocess
 
 import pytest
@@ -25,3 +27,41 @@ def test_demo_boots_two_machines_and_sums_up():
     # Everything the demo started is gone: no machine, no server, no work folder.
     assert subprocess.run(["pgrep", "-f", "boottorrent-demo-"]).returncode == 1
     assert "logs kept" not in result.stdout
+
+
+def namespaces() -> set[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                             check=True).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.strip()}
+
+
+@pytest.mark.qemu
+def test_demo_interrupted_cleans_up():
+    """Ctrl-C while a machine boots: the demo stops, and nothing it started
+    is left: no namespace, no QEMU, no server process."""
+    namespaces_before = namespaces()
+    demo = subprocess.Popen([PYTHON, "-m", "demo", "--vms", "1", "--image-mib", "8"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    output = []
+    try:
+        # The live table comes once every machine is powered on.
+        for line in demo.stdout:
+            output.append(line)
+            if line.startswith("MACHINE"):
+                break
+        assert subprocess.run(["pgrep", "-f", "qemu.*boottorrent-demo-"],
+                              capture_output=True).returncode == 0, "".join(output)
+    finally:
+        # Also when an assertion failed: a killed demo would leave its lab.
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    output.append(rest)
+    assert demo.returncode == 130, "".join(output)
+    assert "interrupted; everything it started is stopped and removed" in rest
+    # What it keeps is its logs, and it says where.
+    kept = re.search(r"logs kept in (/\S+)", rest)
+    assert kept, rest
+    shutil.rmtree(kept.group(1))
+    assert subprocess.run(["pgrep", "-f", "boottorrent-demo-"]).returncode == 1
+    assert namespaces() <= namespaces_before, namespaces() - namespaces_before
