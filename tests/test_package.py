@@ -239,11 +239,11 @@ def test_configured_server_serves_the_lan(built, tmp_path):
     5. a client downloads the image through the tracker and the seeder,
     then purge the used installation.
 
-    The client of step 5 is boottorrent.client --dry-run from this tree
-    (the code in the package and in its pivotal) on this machine's python,
-    in a lab namespace, with the pivotal configuration the server hands
-    out over HTTP. TODO: run it from the installed pivotal-base's own
-    python (chroot into the unpacked base) rather than this machine's.
+    The client of step 5 is the installed pivotal's own client (its
+    python, libtorrent and busybox, in a chroot of the unpacked base plus
+    the configuration part the server hands out over HTTP) with --dry-run,
+    in a lab namespace: all of the pivotal but its kernel and the kexec,
+    which the QEMU tests boot.
     """
     lt = pytest.importorskip("libtorrent")
     from lab import dhcp
@@ -285,24 +285,31 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         offers = dhcp.probe(pxe, arch=0, ipxe=True, user_class="iPXE", timeout=5)
         assert any(o.file.startswith(f"http://{SERVER_ADDRESS}") for o in offers), offers
 
-        # 5. A client downloads the image through the tracker and the seeder.
+        # 5. A client downloads the image through the tracker and the seeder,
+        # running the installed pivotal: its base and the config part the
+        # server hands out, unpacked as the kernel would, in a chroot.
         client = lab.add_host("client")
-        config_cpio = tmp_path / "config.cpio"
-        config_cpio.write_bytes(fetch(client, f"http://{SERVER_ADDRESS}:6980/boot/"
-                                      "pivotal/config.cpio"))
-        pivotal_json = tmp_path / "pivotal.json"
-        pivotal_json.write_bytes(subprocess.run(
-            ["cpio", "-i", "--quiet", "--to-stdout", "etc/boottorrent/pivotal.json"],
-            input=config_cpio.read_bytes(), capture_output=True, check=True).stdout)
-        work = tmp_path / "client"
-        result = client.run(["/usr/bin/python3", "-m", "boottorrent.client", "--config",
-                             str(pivotal_json), "--work-dir", str(work), "--image", "test",
-                             "--dry-run"], check=False, cwd=REPO, timeout=180,
-                            env={**BUILD_ENV, "PYTHONPATH": str(REPO),
+        root = tmp_path / "pivotal"
+        root.mkdir()
+        base = ct.path("/usr/lib/boottorrent/pivotal-base.cpio.zst")
+        subprocess.run(f"zstd -dc {base} | cpio -id --quiet", shell=True, cwd=root, check=True)
+        config_cpio = fetch(client, f"http://{SERVER_ADDRESS}:6980/boot/pivotal/config.cpio")
+        subprocess.run(["cpio", "-id", "--quiet"], input=config_cpio, cwd=root, check=True)
+        pivotal_json = root / "etc/boottorrent/pivotal.json"
+        # The mounts are private to this command (ip netns exec's own mount
+        # namespace); its /sys shows the client namespace's interface.
+        script = (f"mount -t proc proc {root}/proc && mount --rbind /sys {root}/sys && "
+                  f"mount --rbind /dev {root}/dev && mount -t tmpfs tmpfs {root}/run && "
+                  f"chroot {root} /usr/bin/python3 -S -m boottorrent.client "
+                  "--image test --dry-run; ")
+        script += f"status=$?; cp -a {root}/run/boottorrent {tmp_path}/client; exit $status"
+        result = client.run(["sh", "-c", script], check=False, timeout=180,
+                            env={"PATH": "/usr/sbin:/usr/bin", "LANG": "C.UTF-8",
+                                 "PYTHONPATH": "/usr/lib/python3/dist-packages",
                                  "PYTHONDONTWRITEBYTECODE": "1"})
         assert result.returncode == 0, result.stdout + result.stderr + ct.journal(lines=40)
         assert "dry run: kexec" in result.stdout, result.stdout
-        summary = json.loads((work / "summary.json").read_text())
+        summary = json.loads((tmp_path / "client" / "summary.json").read_text())
         assert summary["progress"] == 1.0 and summary["from_server"] > 0, summary
 
         # The tracker counted the client's completed download.
