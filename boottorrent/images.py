@@ -14,7 +14,7 @@ from boottorrent import torrents
 from boottorrent.config import Image
 from boottorrent.fsutil import copy_and_hash, remove_tree, write_atomic
 from boottorrent.progress import Progress
-from boottorrent.registry import FileRecord, ImageRecord, State
+from boottorrent.registry import TORRENT_FILE, FileRecord, ImageRecord, State
 
 
 def conf_digest(image: Image) -> str:
@@ -28,7 +28,7 @@ def is_unchanged(image: Image, record: ImageRecord, state: State) -> bool:
     if record.conf_sha256 != conf_digest(image):
         return False
     try:
-        torrents.read_checked(state.content_dir(record.infohash) / "torrent", record.infohash)
+        torrents.read_checked(state.torrent_path(record.infohash), record.infohash)
     except (OSError, ValueError):
         return False
     sources = image.files()
@@ -71,7 +71,7 @@ def store(image: Image, state: State, stream: TextIO) -> tuple[ImageRecord, Path
         torrent = torrents.create(work, image.name, [(f.name, f.size) for f in files],
                                   hashing.update)
         hashing.close()
-        write_atomic(work / "torrent", torrent)
+        write_atomic(work / TORRENT_FILE, torrent)
         infohash = torrents.info_hash(torrent)
 
         record = ImageRecord(
@@ -84,7 +84,7 @@ def store(image: Image, state: State, stream: TextIO) -> tuple[ImageRecord, Path
         if final.exists():
             # Same content, stored already; a damaged torrent file beside it
             # is mended from the one just made (same infohash, same info).
-            stored = final / "torrent"
+            stored = state.torrent_path(infohash)
             if not stored.is_file() or stored.read_bytes() != torrent:
                 write_atomic(stored, torrent)
             remove_tree(work)

@@ -26,6 +26,7 @@ from pathlib import Path
 from boottorrent.fsutil import remove_tree
 
 REGISTRY_FILE = "registry.json"
+TORRENT_FILE = "torrent"
 SNAPSHOTS_KEPT = 2  # the current one and the one before, which a seeder may still read
 
 
@@ -85,6 +86,9 @@ class State:
 
     def content_dir(self, infohash: str) -> Path:
         return self.images / infohash
+
+    def torrent_path(self, infohash: str) -> Path:
+        return self.content_dir(infohash) / TORRENT_FILE
 
     def registry(self) -> dict[str, ImageRecord]:
         """The committed registry (empty before the first registration)."""

@@ -86,7 +86,7 @@ def web_seed(config: Config, record: ImageRecord) -> str:
 
 
 def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
-    path = state.content_dir(record.infohash) / "torrent"
+    path = state.torrent_path(record.infohash)
     try:
         info = torrents.read_checked(path, record.infohash)
     except ValueError as error:
