@@ -7,17 +7,15 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 from boottorrent import __version__, pivotal
-from boottorrent.config import (ConfigError, all_problems, check_image_name, image_conf_path,
-                                image_conf_text, image_problems, load_config)
-from boottorrent.fsutil import locked, remove_tree, write_atomic
+from boottorrent.config import (Config, ConfigError, all_problems, check_image_name,
+                                default_image, load_config)
 from boottorrent.generate import regenerate
-from boottorrent.images import is_unchanged, store
 from boottorrent.progress import human_bytes
+from boottorrent.registration import NewImage, add_image, remove_image
 from boottorrent.registry import State
 
 EXIT_FAILURE = 1  # the work failed (disk full, a service error)
@@ -193,67 +191,39 @@ def cmd_add_image(args: argparse.Namespace) -> int:
         name = check_image_name(args.name)
     except ValueError as error:
         raise BadInput(str(error)) from None
-    conf_path = image_conf_path(args.config_dir, name)
-    state = State(args.state_dir)
-    with tempfile.TemporaryDirectory() as scratch:
-        if args.kernel:
-            if conf_path.exists():
-                raise ConfigError(conf_path, f"image {name!r} exists already; edit this file and "
-                                  f"run `boottorrent-add-image {name}`, or remove the image first")
-            for key in ("cmdline", "description"):
-                if "\n" in getattr(args, key) or "\r" in getattr(args, key):
-                    raise ConfigError(conf_path, "must be one line", key=key)
-            conf_text = image_conf_text(args.kernel.absolute(),
-                                        [p.absolute() for p in args.initrd],
-                                        args.cmdline, args.description)
-            # Validate the new file where it cannot be seen yet.
-            staged = Path(scratch) / conf_path.name
-            staged.write_text(conf_text)
-            image, problems = image_problems(staged)
-            if problems:
-                raise ConfigError(conf_path, problems[0].message, key=problems[0].key)
-        else:
-            if args.initrd or args.cmdline or args.description:
-                raise BadInput("--initrd, --cmdline and --description go with --kernel")
-            image, problems = image_problems(conf_path)
-            if problems:
-                raise problems[0]
-
-        with locked(state.lock):
-            registry = state.registry()
-            previous = registry.get(name)
-            if previous and is_unchanged(image, previous, state):
-                print(f"{name}: unchanged, infohash {previous.infohash}")
-                return 0
-            record, created = store(image, state, sys.stderr)
-            try:
-                if args.kernel:
-                    write_atomic(conf_path, conf_text)
-                regenerate(config, state, {**registry, name: record})
-            except BaseException:
-                if created:
-                    remove_tree(created)
-                if args.kernel:
-                    conf_path.unlink(missing_ok=True)
-                raise
-    action = "re-registered" if previous else "registered"
-    print(f"{name}: {action}, {human_bytes(record.size)} in {len(record.files)} files, "
-          f"piece size {human_bytes(record.piece_size)}, infohash {record.infohash}")
-    reload_services()
+    new = None
+    if args.kernel:
+        new = NewImage(args.kernel.absolute(), [p.absolute() for p in args.initrd],
+                       args.cmdline, args.description)
+    elif args.initrd or args.cmdline or args.description:
+        raise BadInput("--initrd, --cmdline and --description go with --kernel")
+    result = add_image(config, args.config_dir, State(args.state_dir), name, new, sys.stderr)
+    record = result.record
+    if result.action == "unchanged":
+        print(f"{name}: unchanged, infohash {record.infohash}")
+    else:
+        print(f"{name}: {result.action}, {human_bytes(record.size)} in {len(record.files)} "
+              f"files, piece size {human_bytes(record.piece_size)}, infohash {record.infohash}")
+        reload_services()
+    print(_default_line(config, result.default_image))
     return 0
+
+
+def _default_line(config: Config, image: str | None) -> str:
+    if image is None:
+        return "default image: none (no image is registered)"
+    if config.default_image:
+        return f"default image: {image} ([boot] default_image)"
+    return (f"default image: {image} (the first registered; set [boot] default_image in "
+            f"{config.path} to choose another)")
 
 
 def cmd_remove_image(args: argparse.Namespace) -> int:
     config = load_config(args.config_dir)
     state = State(args.state_dir)
-    with locked(state.lock):
-        registry = state.registry()
-        if args.name not in registry:
-            raise BadInput(f"{args.state_dir}: no image {args.name!r} is registered")
-        remaining = {n: r for n, r in registry.items() if n != args.name}
-        regenerate(config, state, remaining)
-        image_conf_path(args.config_dir, args.name).unlink(missing_ok=True)
+    remove_image(config, args.config_dir, state, args.name)
     print(f"{args.name}: removed")
+    print(_default_line(config, default_image(config, list(state.registry()))))
     reload_services()
     return 0
 
@@ -275,21 +245,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     config = load_config(args.config_dir)
     state = State(args.state_dir)
-    with locked(state.lock):
+    with state.transaction():
         snapshot = regenerate(config, state, state.registry())
     print(f"generated {snapshot}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    registered = set(State(args.state_dir).registry())
-    problems = all_problems(args.config_dir, registered)
+    registered = list(State(args.state_dir).registry())
+    problems, described = all_problems(args.config_dir, registered)
     for problem in problems:
         print(f"boottorrent: {problem}", file=sys.stderr)
     if problems:
         return EXIT_BAD_INPUT
-    described = len(list((args.config_dir / "images.d").glob("*.conf")))
-    print(f"configuration OK: {described} images described, {len(registered)} registered")
+    print(f"configuration OK: {len(described)} images described, {len(registered)} registered")
+    config = load_config(args.config_dir)
+    print(_default_line(config, default_image(config, registered)))
     return 0
 
 
@@ -303,7 +274,7 @@ def cmd_build_pivotal(args: argparse.Namespace) -> int:
         return 0
     config = load_config(args.config_dir)
     state = State(args.state_dir)
-    with locked(state.lock):
+    with state.transaction():
         snapshot = regenerate(config, state, state.registry())
     parts = snapshot / "boot" / "pivotal"
     total = 0

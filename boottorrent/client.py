@@ -151,6 +151,15 @@ def bring_up_network(bootif: str | None, report: Report, work: Path) -> str:
 
 # ---------------------------------------------------------------- reporting
 
+def send_report(url: str, report: Report) -> None:
+    body = json.dumps(asdict(report)).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=2).close()
+    except OSError:
+        pass  # the server may be busy; the next report will do
+
+
 class Reporter:
     """Sends the latest report to the server once a second, off the main loop."""
 
@@ -166,13 +175,7 @@ class Reporter:
             self.send()
 
     def send(self) -> None:
-        body = json.dumps(asdict(self.report)).encode()
-        request = urllib.request.Request(self.url, data=body,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            urllib.request.urlopen(request, timeout=2).close()
-        except OSError:
-            pass  # the server may be busy; the next report will do
+        send_report(self.url, self.report)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -297,6 +300,10 @@ class Swarm:
                 for url in self.web_seeds:
                     self.handle.add_url_seed(url)
                 self.web_seeds = []
+            elif time.monotonic() - stalled_since > 2 * self.config["fallback_after"]:
+                # Neither the swarm nor the server's HTTP side gave a byte
+                # for as long again: this attempt is over.
+                raise ClientError(self._stalled(status, 2 * self.config["fallback_after"]))
             self._announce_when_due()
             if time.monotonic() - last_said >= 2:
                 last_said = time.monotonic()
@@ -308,6 +315,15 @@ class Swarm:
         self.report.downloaded_at = time.time()
         say(f"{self.image.name}: downloaded, {human_bytes(self.report.from_server)} from the "
             f"server, {human_bytes(self.report.from_peers)} from peers")
+
+    def _stalled(self, status: lt.torrent_status, seconds: int) -> str:
+        last = f" (last error: {self.last_error})" if self.last_error else ""
+        if status.num_peers == 0:
+            return (f"no progress for {seconds} s and no peer: the server "
+                    f"{self.config['server']} does not answer{last}; is it running, and is "
+                    "this machine on its network?")
+        return (f"no progress for {seconds} s from {status.num_peers} peers nor from the "
+                f"server's HTTP side{last}")
 
     def seed(self) -> None:
         """Seed until no peer is incomplete for seed_idle_time, or seed_time_max.
@@ -403,8 +419,7 @@ def kexec(commands: list[list[str]]) -> None:
 
 # ---------------------------------------------------------------- main
 
-def boot(args: argparse.Namespace, report: Report) -> list[list[str]]:
-    config = json.loads(args.config.read_text())
+def boot(args: argparse.Namespace, config: dict, report: Report) -> list[list[str]]:
     params = kernel_parameters(Path("/proc/cmdline").read_text())
     if args.image:
         params["boottorrent.image"] = args.image
@@ -449,22 +464,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="do everything but the kexec: print its commands instead")
     args = parser.parse_args(argv)
 
+    config = json.loads(args.config.read_text())
     report = Report()
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            commands = boot(args, report)
+            commands = boot(args, config, report)
             break
         except (ClientError, OSError, RuntimeError, subprocess.CalledProcessError) as error:
             report.phase, report.message = "failed", str(error)
             say(f"attempt {attempt} of {ATTEMPTS} failed: {error}")
             if attempt == ATTEMPTS:
+                say(f"giving up after {ATTEMPTS} attempts: {error}")
                 return 1
             time.sleep(5)
     if args.dry_run:
         for command in commands:
             print("dry run: " + " ".join(command), flush=True)
         return 0
-    kexec(commands)
+    try:
+        kexec(commands)
+    except (ClientError, OSError, ValueError, subprocess.CalledProcessError) as error:
+        report.phase, report.message = "failed", f"kexec failed: {error}"
+        say(f"{report.message}; the image downloaded, but this machine cannot boot it")
+        send_report(config["report_url"], report)
     return 1
 
 

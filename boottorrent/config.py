@@ -10,20 +10,39 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
+from configobj import (ConfigObj, ConfigObjError, DuplicateError, NestingError,
+                       flatten_errors, get_extra_values)
 from validate import ValidateError, VdtTypeError, Validator
+
+from boottorrent import bzimage
+from boottorrent.fsutil import open_regular
 
 CONFIG_FILE = "boottorrent.conf"
 IMAGES_DIR = "images.d"
 
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAC_ADDRESS = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+# A Linux interface name (IFNAMSIZ is 16 with the NUL), without the
+# wildcards, commas and spaces that mean something else to dnsmasq.
+INTERFACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
+# Text that goes into the iPXE script: printable ASCII without what iPXE
+# would read as a setting ($), an operator (| &) or quoting (\ " ').
+IPXE_TEXT = re.compile(r"[ !#%(-[\]-{}~]*")
+DESCRIPTION_MAX = 80
+# x86 COMMAND_LINE_SIZE is 2048 bytes with the NUL. The pivotal appends
+# " BOOTIF=01-xx-xx-xx-xx-xx-xx" (28 bytes) to an image's command line.
+CMDLINE_MAX = 2047
+BOOTIF_LENGTH = 28
+# The iPXE script adds the initrd= names, the image name and BOOTIF= to the
+# pivotal's command line; this leaves them ample room.
+PIVOTAL_CMDLINE_MAX = 1024
 
 
 class ConfigError(Exception):
@@ -143,22 +162,61 @@ def check_image_name(name: str) -> str:
     return name
 
 
+def check_ipxe_text(text: str, limit: int) -> str:
+    """Text that goes into the iPXE script: nothing iPXE would run or expand."""
+    if not IPXE_TEXT.fullmatch(text):
+        raise ValueError("must be one line of printable ASCII without $ | & \\ \" ' "
+                         "(it goes into the iPXE script)")
+    if len(text) > limit:
+        raise ValueError(f"is {len(text)} characters long; at most {limit}")
+    return text
+
+
+def check_description(text: str) -> str:
+    return check_ipxe_text(text, DESCRIPTION_MAX)
+
+
+def check_cmdline(text: str, reserved: int = 0) -> str:
+    """A kernel command line the kernel takes whole: one line, no control
+    characters, within COMMAND_LINE_SIZE (less what is appended to it)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError("the kernel command line must be one line without control characters")
+    limit = CMDLINE_MAX - reserved
+    if len(text.encode()) > limit:
+        raise ValueError(f"is {len(text.encode())} bytes; the kernel takes at most {limit} here")
+    return text
+
+
+# configobj's own messages quote the offending line; a configuration file
+# may be a link to anything (a password file): say what is wrong and where.
+SYNTAX_ERRORS = {DuplicateError: "a key or section appears twice",
+                 NestingError: "a section is nested wrongly"}
+
+
+def _syntax_error(error: ConfigObjError) -> str:
+    line = getattr(error, "line_number", None)
+    what = next((text for kind, text in SYNTAX_ERRORS.items() if isinstance(error, kind)),
+                "neither a [section] nor a key = value")
+    where = f"line {line}: " if line else ""
+    return f"{where}not valid configobj syntax ({what})"
+
+
 def _read(path: Path, spec: str) -> tuple[ConfigObj, list[ConfigError]]:
     """Parse and validate one file; returns the ConfigObj and every problem."""
     try:
-        text = path.read_text(encoding="utf-8").splitlines()
+        with open_regular(path) as file:
+            text = file.read().decode("utf-8").splitlines()
     except FileNotFoundError:
         raise ConfigError(path, "no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(path, f"cannot read: {getattr(error, 'strerror', None) or error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "cannot read: not UTF-8 text") from None
+    except OSError as error:
+        raise ConfigError(path, f"cannot read: {error.strerror or error}") from None
     try:
         obj = ConfigObj(text, configspec=_spec(spec), file_error=True, list_values=True,
                         encoding="utf-8", raise_errors=True)
     except ConfigObjError as error:
-        line = getattr(error, "line_number", None)
-        detail = f"line {line}: " if line else ""
-        raise ConfigError(path, f"{detail}not valid configobj syntax ({error.msg})"
-                          if hasattr(error, "msg") else f"not valid configobj syntax ({error})") from None
+        raise ConfigError(path, _syntax_error(error)) from None
     problems: list[ConfigError] = []
     result = obj.validate(VALIDATOR, preserve_errors=True)
     for sections, key, error in flatten_errors(obj, result):
@@ -207,28 +265,37 @@ def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
         if not candidate.is_absolute():
             candidate = path.parent / candidate
         try:
-            size = candidate.stat().st_size
-            with candidate.open("rb"):
-                pass
+            with open_regular(candidate) as file:
+                size = os.fstat(file.fileno()).st_size
+                head = file.read(bzimage.HEADER_END)
         except FileNotFoundError:
             raise ConfigError(path, f"{value}: no such file", key=key) from None
         except OSError as error:
             raise ConfigError(path, f"{value}: cannot read: {error.strerror}", key=key) from None
-        if not candidate.is_file():
-            raise ConfigError(path, f"{value}: not a regular file", key=key)
         if size == 0:
             raise ConfigError(path, f"{value}: file is empty (0 bytes)", key=key)
+        if key == "kernel":
+            try:
+                bzimage.check(head)
+            except ValueError as error:
+                raise ConfigError(path, f"{value}: {error}", key=key) from None
         return candidate.resolve()
 
+    problems = []
+    for key, check in (("description", check_description),
+                       ("cmdline", lambda text: check_cmdline(text, BOOTIF_LENGTH))):
+        try:
+            check(obj[key])
+        except ValueError as error:
+            problems.append(ConfigError(path, str(error), key=key))
+    if problems:
+        return None, problems
     try:
-        cmdline = obj["cmdline"]
-        if "\n" in cmdline or "\r" in cmdline:
-            raise ConfigError(path, "the kernel command line must be one line", key="cmdline")
         image = Image(
             name=name, source=path, description=obj["description"],
             kernel=file_path("kernel", obj["kernel"]),
             initrds=tuple(file_path("initrd", value) for value in obj["initrd"]),
-            cmdline=cmdline, method=obj["method"], arch=obj["arch"])
+            cmdline=obj["cmdline"], method=obj["method"], arch=obj["arch"])
     except ConfigError as error:
         return None, [error]
     return image, []
@@ -301,6 +368,10 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         problems.append(ConfigError(path, "not set: name the network interface that faces "
                                     "the cluster (BootTorrent serves nothing until then)",
                                     ("server",), "interface"))
+    elif not INTERFACE_NAME.fullmatch(interface):
+        problems.append(ConfigError(path, f"{interface!r} is not a network interface name "
+                                    "(1 to 15 letters, digits, '.', '_' or '-', e.g. enp3s0 "
+                                    "or bond0.100)", ("server",), "interface"))
     elif address is None or netmask is None:
         found = interface_ipv4(interface)
         if found is None:
@@ -311,6 +382,24 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         else:
             address = address or str(found.ip)
             netmask = netmask or str(found.netmask)
+
+    # Every port on the server's address belongs to one service: libtorrent
+    # would silently take another port, opentracker or the HTTP side fail.
+    ports = {("tracker", "port"): obj["tracker"]["port"], ("seeder", "port"):
+             obj["seeder"]["port"], ("seeder", "http_port"): obj["seeder"]["http_port"]}
+    owners: dict[int, tuple[str, str]] = {}
+    for (section, key), port in ports.items():
+        if port in owners:
+            other = owners[port]
+            problems.append(ConfigError(path, f"{port} is [{other[0]}] {other[1]} already; "
+                                        "each service needs a port of its own",
+                                        (section,), key))
+        owners.setdefault(port, (section, key))
+
+    try:
+        check_ipxe_text(obj["pivotal"]["cmdline"], PIVOTAL_CMDLINE_MAX)
+    except ValueError as error:
+        problems.append(ConfigError(path, str(error), ("pivotal",), "cmdline"))
 
     kernel = Path(obj["pivotal"]["kernel"])
     if not kernel.is_file():
@@ -354,18 +443,63 @@ def load_config(config_dir: Path) -> Config:
     return config
 
 
-def all_problems(config_dir: Path, registered: set[str]) -> list[ConfigError]:
-    """Every problem in the whole configuration, for `boottorrent check`.
+def image_conf_paths(config_dir: Path) -> list[Path]:
+    """Every images.d/*.conf; a ConfigError if the folder cannot be listed
+    (a missing folder describes no image)."""
+    folder = config_dir / IMAGES_DIR
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        raise ConfigError(folder, f"cannot list: {error.strerror}") from None
+    return [folder / name for name in names if name.endswith(".conf")]
 
-    registered: the images in the registry, which the boot menu and the
-    MAC mapping may name.
+
+def default_image(config: Config, registered: list[str]) -> str | None:
+    """The image a machine boots when neither its MAC nor the menu says:
+    [boot] default_image, else the first image registered (which stays the
+    default until it is removed: registering another changes nothing)."""
+    return config.default_image or (registered[0] if registered else None)
+
+
+def registry_problems(config: Config, registered: list[str]) -> list[ConfigError]:
+    """What the configuration names that the registry lacks; `generate` and
+    `check` both refuse these. registered: the image names."""
+
+    def missing(image: str) -> str:
+        if image_conf_path(config.path.parent, image).is_file():
+            return (f"image {image!r} is described in {IMAGES_DIR}/ but not registered; "
+                    f"run `boottorrent-add-image {image}`")
+        return f"image {image!r} is not registered"
+
+    problems = []
+    if config.default_image and config.default_image not in registered:
+        problems.append(ConfigError(config.path, missing(config.default_image), ("boot",),
+                                    "default_image"))
+    for mac, image in sorted(config.mac_images.items()):
+        if image not in registered:
+            problems.append(ConfigError(config.path, f"{mac} boots {missing(image)}",
+                                        ("machines",), mac))
+    return problems
+
+
+def all_problems(config_dir: Path, registered: list[str]) -> tuple[list[ConfigError], set[str]]:
+    """Every problem in the whole configuration, for `boottorrent check`, and
+    the names of the valid image descriptions.
+
+    registered: the images in the registry, in registration order.
     """
     try:
         config, problems = config_problems(config_dir)
     except ConfigError as error:
         config, problems = None, [error]
     described: set[str] = set()
-    for path in sorted((config_dir / IMAGES_DIR).glob("*.conf")):
+    try:
+        paths = image_conf_paths(config_dir)
+    except ConfigError as error:
+        paths, problems = [], problems + [error]
+    for path in paths:
         try:
             image, image_errors = image_problems(path)
         except ConfigError as error:
@@ -374,12 +508,5 @@ def all_problems(config_dir: Path, registered: set[str]) -> list[ConfigError]:
         if image:
             described.add(image.name)
     if config:
-        known = described | registered
-        if config.default_image and config.default_image not in known:
-            problems.append(ConfigError(config.path, f"no image {config.default_image!r} in "
-                                        f"{IMAGES_DIR}/", ("boot",), "default_image"))
-        for mac, image in sorted(config.mac_images.items()):
-            if image not in known:
-                problems.append(ConfigError(config.path, f"{mac} boots image {image!r}, which "
-                                            f"is not in {IMAGES_DIR}/", ("machines",), mac))
-    return problems
+        problems += registry_problems(config, registered)
+    return problems, described

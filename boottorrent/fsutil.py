@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 FICLONE = 0x40049409  # linux/fs.h: share the source's blocks (copy-on-write)
 CHUNK = 1 << 20
@@ -33,6 +36,27 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         raise
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; OSError for anything else.
+
+    Opened without blocking and checked before any read: a FIFO (or a
+    device) given as a kernel or a configuration file would otherwise hang
+    the command forever.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def copy_and_hash(source: Path, target: Path, advance: Callable[[int], None]) -> str:
     """Copy source to target (a reflink where the filesystem can), return its sha256.
 
@@ -40,7 +64,7 @@ def copy_and_hash(source: Path, target: Path, advance: Callable[[int], None]) ->
     the registered copy too, under a running seeder.
     """
     digest = hashlib.sha256()
-    with source.open("rb") as src, target.open("wb") as dst:
+    with open_regular(source) as src, target.open("wb") as dst:
         try:
             fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
             cloned = True
@@ -59,12 +83,19 @@ def copy_and_hash(source: Path, target: Path, advance: Callable[[int], None]) ->
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on path (created if needed) for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a folder (created if needed) for the block.
+
+    The folder itself is locked, not a lock file in it: a command that
+    fails changes nothing in the folder, not even by creating a file.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: Path) -> None:

@@ -12,13 +12,14 @@ from typing import TextIO
 
 from boottorrent import torrents
 from boottorrent.config import Image
-from boottorrent.fsutil import copy_and_hash, remove_tree, write_atomic
+from boottorrent.fsutil import copy_and_hash, open_regular, remove_tree, write_atomic
 from boottorrent.progress import Progress
 from boottorrent.registry import TORRENT_FILE, FileRecord, ImageRecord, State
 
 
 def conf_digest(image: Image) -> str:
-    return hashlib.sha256(image.source.read_bytes()).hexdigest()
+    with open_regular(image.source) as file:
+        return hashlib.sha256(file.read()).hexdigest()
 
 
 def is_unchanged(image: Image, record: ImageRecord, state: State) -> bool:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from boottorrent import bzimage
 from boottorrent.fsutil import write_atomic
 
 # The interpreter the pivotal runs: Debian's, the one python3-libtorrent is
@@ -605,18 +606,6 @@ def _closure(modules: dict[str, _Module], roots: Iterable[str]) -> list[_Module]
     return sorted(wanted.values(), key=lambda m: m.path)
 
 
-def _bzimage_version(data: bytes) -> str:
-    """The kernel release from a bzImage's setup header (Documentation/x86/boot)."""
-    if len(data) < 0x210 or data[0x202:0x206] != b"HdrS":
-        raise ValueError("not an x86 bzImage")
-    pointer, = struct.unpack_from("<H", data, 0x20E)
-    start = pointer + 0x200
-    text = data[start:start + 256].split(b"\0", 1)[0].decode(errors="replace")
-    if not text:
-        raise ValueError("bzImage has no kernel version string")
-    return text.split()[0]
-
-
 class _KernelSource:
     """A kernel's image and modules, from a .deb or from a vmlinuz on disk."""
 
@@ -697,7 +686,7 @@ class _InstalledKernel(_KernelSource):
     def __init__(self, kernel: Path) -> None:
         self.kernel = kernel
         try:
-            self.version = _bzimage_version(kernel.read_bytes())
+            self.version = bzimage.version(kernel.read_bytes())
         except ValueError as error:
             raise PivotalError(f"{kernel} is neither a linux-image-*.deb nor a vmlinuz "
                                f"({error})") from error

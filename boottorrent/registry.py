@@ -8,22 +8,30 @@ Layout of the state directory:
     snapshots/<N>/...                              ... and every file made from it
     current -> snapshots/<N>                       what the services use
     cache/                                         pivotal parts, reusable
+    pending-conf.json                              an images.d file being added
 
 A change builds a whole new snapshot beside the current one and then swaps
 the `current` symlink with one rename(2): the registry and all generated
 files change together or not at all. Image files are stored by infohash, so
 a running seeder keeps reading the files it seeds until it reloads.
+
+Every change runs in State.transaction(): under the state lock, after
+undoing what a killed command left (unfinished folders, an images.d file
+written for an image that never got registered).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from boottorrent.fsutil import remove_tree
+from boottorrent.fsutil import locked, remove_tree, write_atomic
 
 REGISTRY_FILE = "registry.json"
 TORRENT_FILE = "torrent"
@@ -82,7 +90,7 @@ class State:
         self.snapshots = root / "snapshots"
         self.current = root / "current"
         self.cache = root / "cache"
-        self.lock = root / "lock"
+        self.pending_conf = root / "pending-conf.json"
 
     def content_dir(self, infohash: str) -> Path:
         return self.images / infohash
@@ -93,6 +101,49 @@ class State:
     def registry(self) -> dict[str, ImageRecord]:
         """The committed registry (empty before the first registration)."""
         return read_registry(self.current)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the state lock, after recovering from a killed command."""
+        with locked(self.root):
+            self._recover()
+            yield
+
+    @contextmanager
+    def adding_conf(self, path: Path, text: str, image: str) -> Iterator[None]:
+        """Write an images.d file for an image being registered.
+
+        The file is in /etc, outside the snapshot, so it cannot be part of
+        the commit's rename: a marker records it first, and the next
+        transaction removes it if the command died before image was
+        registered. On an error in the block it is removed at once.
+        """
+        write_atomic(self.pending_conf, json.dumps(
+            {"path": str(path), "image": image,
+             "sha256": hashlib.sha256(text.encode()).hexdigest()}))
+        try:
+            write_atomic(path, text)
+            yield
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            self.pending_conf.unlink(missing_ok=True)
+
+    def _recover(self) -> None:
+        if self.pending_conf.exists():
+            pending = json.loads(self.pending_conf.read_text())
+            path = Path(pending["path"])
+            try:
+                written = hashlib.sha256(path.read_bytes()).hexdigest() == pending["sha256"]
+            except FileNotFoundError:
+                written = False
+            if written and pending["image"] not in self.registry():
+                path.unlink()
+            self.pending_conf.unlink()
+        for folder in (self.snapshots, self.images):
+            for leftover in folder.glob(".new-*"):
+                remove_tree(leftover)
 
     def new_snapshot(self) -> Path:
         self.snapshots.mkdir(parents=True, exist_ok=True)
@@ -115,13 +166,7 @@ class State:
         return final
 
     def _collect_garbage(self) -> None:
-        """Remove old snapshots, unfinished ones, and images no snapshot kept needs.
-
-        Runs under the state lock, so an unfinished snapshot is a leftover of
-        a run that was killed.
-        """
-        for leftover in self.snapshots.glob(".new-*"):
-            remove_tree(leftover)
+        """Remove old snapshots, and images no snapshot kept needs."""
         numbered = sorted(p for p in self.snapshots.iterdir() if p.name.isdigit())
         kept, old = numbered[-SNAPSHOTS_KEPT:], numbered[:-SNAPSHOTS_KEPT]
         for snapshot in old:
@@ -142,7 +187,9 @@ def read_registry(snapshot: Path) -> dict[str, ImageRecord]:
 
 
 def registry_json(records: dict[str, ImageRecord]) -> str:
-    images = {name: records[name].to_json() for name in sorted(records)}
+    """The registry in registration order: the first image is the default
+    one unless the configuration names another."""
+    images = {name: record.to_json() for name, record in records.items()}
     return json.dumps({"version": 1, "images": images}, indent=2) + "\n"
 
 

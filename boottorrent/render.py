@@ -14,7 +14,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from boottorrent import torrents
-from boottorrent.config import Config, ConfigError
+from boottorrent.config import Config, ConfigError, default_image, registry_problems
 from boottorrent.registry import ImageRecord, State
 
 IPXE_DIR = Path("/usr/lib/ipxe")
@@ -34,21 +34,10 @@ def render(template: str, **context) -> str:
     return environment.get_template(template).render(**context)
 
 
-def default_image(config: Config, records: dict[str, ImageRecord]) -> str | None:
-    """The image a client boots when neither its MAC nor the menu says."""
-    if config.default_image:
-        if config.default_image not in records:
-            raise ConfigError(config.path, f"image {config.default_image!r} is not registered",
-                              ("boot",), "default_image")
-        return config.default_image
-    return min(records) if records else None
-
-
-def check_machines(config: Config, records: dict[str, ImageRecord]) -> None:
-    for mac, image in sorted(config.mac_images.items()):
-        if image not in records:
-            raise ConfigError(config.path, f"{mac} boots image {image!r}, which is not "
-                              "registered", ("machines",))
+def check_registry(config: Config, records: dict[str, ImageRecord]) -> None:
+    """The first of the problems `boottorrent check` reports for this registry."""
+    for problem in registry_problems(config, list(records)):
+        raise problem
 
 
 def boot_context(config: Config, records: dict[str, ImageRecord], state: State) -> dict:
@@ -72,7 +61,7 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State) 
                     "cmdline": config.pivotal_cmdline},
         "images": [{"name": r.name, "description": r.description or r.name}
                    for r in sorted(records.values(), key=lambda r: r.name)],
-        "default_image": default_image(config, records) or "",
+        "default_image": default_image(config, list(records)) or "",
         "menu_timeout": config.menu_timeout,
         "mac_images": dict(sorted(config.mac_images.items())),
     }
@@ -109,7 +98,7 @@ def pivotal_config(config: Config, records: dict[str, ImageRecord], state: State
         "seed_time_max": config.seed_time_max,
         "seed_idle_time": config.seed_idle_time,
         "fallback_after": config.fallback_after,
-        "default_image": default_image(config, records),
+        "default_image": default_image(config, list(records)),
         "mac_images": dict(sorted(config.mac_images.items())),
         "images": {
             r.name: {
@@ -133,7 +122,7 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
     Returns the pivotal configuration, which goes into the pivotal's
     config part.
     """
-    check_machines(config, records)
+    check_registry(config, records)
     boot = snapshot / "boot"
     boot.mkdir(mode=0o755)
     context = boot_context(config, records, state)

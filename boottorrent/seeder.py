@@ -9,9 +9,11 @@ watchdog kept fed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 
@@ -33,15 +35,52 @@ class Seeded:
     handle: lt.torrent_handle
 
 
+class ListenError(Exception):
+    """A port of the seeder's cannot be had; the message names it."""
+
+
+def wait_for_address(config: Config) -> None:
+    """Return once the server's address is on this host.
+
+    At boot the cluster NIC may come up after the seeder starts (dnsmasq
+    waits for it too, bind-dynamic). Until then the unit stays "activating"
+    with a STATUS= line saying why, and the watchdog is fed.
+    """
+    said = False
+    while True:
+        with socket.socket() as probe:
+            try:
+                probe.bind((config.address, 0))
+                return
+            except OSError as error:
+                if error.errno != errno.EADDRNOTAVAIL:
+                    raise
+        if not said:
+            log.warning("waiting for address %s on %s", config.address, config.interface)
+            said = True
+        daemon.notify(f"STATUS=waiting for address {config.address} on {config.interface}"
+                      + ("\nWATCHDOG=1" if "WATCHDOG_USEC" in os.environ else ""))
+        time.sleep(1)
+
+
 class Seeder:
     def __init__(self, config: Config, state: State):
         self.config = config
         self.state = state
         self.session = lan.session(f"{config.address}:{config.seeder_port}",
                                    config.upload_slots, seed=True)
+        # libtorrent takes another port rather than fail; clients would then
+        # knock on the configured one in vain.
+        if self.session.listen_port() != config.seeder_port:
+            raise ListenError(f"cannot listen on {config.address}:{config.seeder_port} "
+                              f"({config.path}: [seeder] port): is another program using it?")
         self.seeded: dict[str, Seeded] = {}  # by infohash
-        self.web = WebServer((config.address, config.http_port), state.root,
-                             self.status, lambda line: log.debug("http: %s", line))
+        try:
+            self.web = WebServer((config.address, config.http_port), state.root,
+                                 self.status, lambda line: log.debug("http: %s", line))
+        except OSError as error:
+            raise ListenError(f"cannot listen on {config.address}:{config.http_port} "
+                              f"({config.path}: [seeder] http_port): {error.strerror}") from None
         self._status: dict = {"images": [], "peers": []}
         self.reload_requested = False
         self.stop_requested = False
@@ -165,5 +204,11 @@ def setup_logging() -> None:
 
 def run(config: Config, state: State) -> int:
     setup_logging()
-    Seeder(config, state).run()
+    wait_for_address(config)
+    try:
+        seeder = Seeder(config, state)
+    except ListenError as error:
+        log.error("%s", error)
+        return 1
+    seeder.run()
     return 0

@@ -64,7 +64,20 @@ def random_image(folder: Path, name: str, sizes: dict[str, int]) -> dict[str, Pa
                 out.write(block[:size - counter * MIB])
                 counter += 1
         files[file_name] = path
+        if file_name == "kernel":
+            stamp_bzimage_header(path)
     return files
+
+
+def stamp_bzimage_header(path: Path) -> None:
+    """Give random bytes the boot protocol's header, which registration
+    checks for, so that they pass for an x86 kernel. Only for clients that
+    never boot it (--dry-run); machines that boot get a real kernel."""
+    from boottorrent import bzimage
+    with path.open("r+b") as file:
+        for offset, magic in (bzimage.BOOT_FLAG, bzimage.MAGIC):
+            file.seek(offset)
+            file.write(magic)
 
 
 def sha256(path: Path) -> str:

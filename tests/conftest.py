@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lab import kernel  # noqa: E402
+from lab.cluster import random_image, stamp_bzimage_header, wait_for  # noqa: E402,F401
 from lab.netns import Lab  # noqa: E402
 from lab.server import Server, environment, lab_config  # noqa: E402
 
@@ -73,6 +74,7 @@ def image_files(tmp_path: Path) -> dict[str, Path]:
                        ("initrd-b.img", 700_000)):
         files[name] = folder / name
         files[name].write_bytes(os.urandom(size))
+    stamp_bzimage_header(files["vmlinuz"])
     return files
 
 
@@ -112,21 +114,6 @@ def copy_tree(source: Path, target: Path) -> None:
 # ---------------------------------------------------------------- a server in a lab
 
 MIB = 1 << 20
-
-
-def random_image(folder: Path, name: str, sizes: dict[str, int]) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    seed = name.encode()
-    for file_name, size in sizes.items():
-        # Deterministic and incompressible: chained SHA-512 blocks.
-        blocks, block = [], hashlib.sha512(seed + file_name.encode()).digest()
-        while len(blocks) * 64 < size:
-            block = hashlib.sha512(block).digest()
-            blocks.append(block)
-        files[file_name] = folder / f"{name}-{file_name}"
-        files[file_name].write_bytes(b"".join(blocks)[:size])
-    return files
 
 
 def register(server: Server, name: str, files: dict[str, Path]) -> None:

@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import subprocess
+import uuid
+from pathlib import Path
 
 import pytest
 
 from conftest import PYTHON, REPO
 
 
+TAG = "BOOTTORRENT_TEST_RUN"
+
+
+def tagged_environment() -> tuple[dict[str, str], str]:
+    """An environment that marks every process this demo run starts (they
+    all inherit it), so that the test finds its own, not another run's."""
+    tag = uuid.uuid4().hex
+    return {**os.environ, TAG: tag}, tag
+
+
+def processes_of(tag: str) -> dict[int, str]:
+    """The processes whose environment carries tag: pid -> command line."""
+    marker = f"{TAG}={tag}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(
+                    b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
 @pytest.mark.qemu
 def test_demo_boots_two_machines_and_sums_up():
+    env, tag = tagged_environment()
     result = subprocess.run([PYTHON, "-m", "demo", "--vms", "2", "--image-mib", "16"],
-                            cwd=REPO, capture_output=True, text=True, timeout=900)
+                            cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = result.stdout[result.stdout.index("Summary:"):]
     assert re.search(r"Summary: image 'demo', [\d.]+ MiB, 2 machines", summary), summary
@@ -25,7 +55,7 @@ def test_demo_boots_two_machines_and_sums_up():
                 "BitTorrent.") in summary
     assert re.search(r"The server sent [\d.]+ MiB of image data for 2 x", summary), summary
     # Everything the demo started is gone: no machine, no server, no work folder.
-    assert subprocess.run(["pgrep", "-f", "boottorrent-demo-"]).returncode == 1
+    assert processes_of(tag) == {}
     assert "logs kept" not in result.stdout
 
 
@@ -40,9 +70,10 @@ def test_demo_interrupted_cleans_up():
     """Ctrl-C while a machine boots: the demo stops, and nothing it started
     is left: no namespace, no QEMU, no server process."""
     namespaces_before = namespaces()
+    env, tag = tagged_environment()
     demo = subprocess.Popen([PYTHON, "-m", "demo", "--vms", "1", "--image-mib", "8"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=env)
     output = []
     try:
         # The live table comes once every machine is powered on.
@@ -50,8 +81,8 @@ def test_demo_interrupted_cleans_up():
             output.append(line)
             if line.startswith("MACHINE"):
                 break
-        assert subprocess.run(["pgrep", "-f", "qemu.*boottorrent-demo-"],
-                              capture_output=True).returncode == 0, "".join(output)
+        started = processes_of(tag)
+        assert any("qemu-system" in argv for argv in started.values()), started
     finally:
         # Also when an assertion failed: a killed demo would leave its lab.
         demo.send_signal(signal.SIGINT)
@@ -63,5 +94,5 @@ def test_demo_interrupted_cleans_up():
     kept = re.search(r"logs kept in (/\S+)", rest)
     assert kept, rest
     shutil.rmtree(kept.group(1))
-    assert subprocess.run(["pgrep", "-f", "boottorrent-demo-"]).returncode == 1
+    assert processes_of(tag) == {}
     assert namespaces() <= namespaces_before, namespaces() - namespaces_before

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from lab.cluster import stamp_bzimage_header  # noqa: E402
 from lab.container import SystemdContainer  # noqa: E402
 from lab.netns import SERVER_ADDRESS, Lab  # noqa: E402
 
@@ -268,6 +269,7 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         image = ct.path("/srv/boottorrent/image")
         image.mkdir(parents=True)
         (image / "vmlinuz").write_bytes(os.urandom(3_000_000))
+        stamp_bzimage_header(image / "vmlinuz")
         (image / "initrd.img").write_bytes(os.urandom(2_000_000))
         ct.run(["boottorrent-add-image", "test", "--kernel", "/srv/boottorrent/image/vmlinuz",
                 "--initrd", "/srv/boottorrent/image/initrd.img", "--cmdline", "quiet"])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from boottorrent import pivotal
+from boottorrent import bzimage, pivotal
 from lab import kernel as lab_kernel
 from lab.netns import Lab
 from lab.qemu import VM
@@ -219,7 +219,7 @@ def test_cached_base_is_reused(base: Path):
 def test_kernel_part_from_the_debian_package(kernel_part: pivotal.KernelPart):
     assert kernel_part.version.endswith("-amd64")
     assert kernel_part.vmlinuz.read_bytes()[0x202:0x206] == b"HdrS"
-    assert pivotal._bzimage_version(kernel_part.vmlinuz.read_bytes()) == kernel_part.version
+    assert bzimage.version(kernel_part.vmlinuz.read_bytes()) == kernel_part.version
 
 
 def test_kernel_part_has_the_nic_modules_and_their_dependencies(kernel_part, module_entries):
@@ -344,7 +344,7 @@ def test_file_that_is_neither_deb_nor_kernel_is_a_clear_error(tmp_path: Path):
 
 
 def test_vmlinuz_without_modules_is_a_clear_error(tmp_path: Path):
-    version = pivotal._bzimage_version(lab_kernel.vmlinuz().read_bytes())
+    version = bzimage.version(lab_kernel.vmlinuz().read_bytes())
     if Path("/lib/modules", version).exists():
         pytest.skip(f"this machine has /lib/modules/{version}")
     lonely = tmp_path / "vmlinuz"

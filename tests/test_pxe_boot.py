@@ -24,6 +24,7 @@ import pytest
 from boottorrent import render
 
 from lab import dhcp
+from lab.cluster import wait_for
 from lab.netns import SERVER_ADDRESS, Lab
 from lab.qemu import VM
 from lab.testimage import (CMDLINE_PREFIX, EXTRA_PREFIX, MARKER_PREFIX, build_extra_initrd,
@@ -337,8 +338,6 @@ def test_interface_appearing_late(root):
     with Lab() as lab:
         server = lab.add_host("server", None)
         process = start_dnsmasq(server, conf, root / "dnsmasq.log")
-        time.sleep(1)
-        assert process.poll() is None
         # Now the interface: a second veth from the server to the bridge.
         peer = f"v{lab.tag}late"[:15]
         subprocess.run(lab.switch_command(["ip", "link", "add", peer, "type", "veth", "peer",
@@ -347,8 +346,12 @@ def test_interface_appearing_late(root):
                        check=True)
         server.run(["ip", "link", "set", "late0", "up"])
         server.run(["ip", "addr", "add", f"{SERVER_ADDRESS}/24", "dev", "late0"])
-        time.sleep(1)
-        (offer,) = probe_all(lab, {"bios": dict(arch=0)})["bios"]
+        # dnsmasq (still running: with bind-interfaces it would have exited)
+        # binds to the new address once it sees it; probe until it answers.
+        prober = lab.add_host("prober", None)
+        (offer,) = wait_for(lambda: dhcp.probe(prober, arch=0, timeout=2), 60,
+                            "dnsmasq to answer on the late interface")
+        assert process.poll() is None
         client = lab.add_host("client")
         client.run(["busybox", "tftp", "-g", "-r", "undionly.kpxe", "-l",
                     str(root / "fetched"), SERVER_ADDRESS], timeout=60)

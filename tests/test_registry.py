@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shlex
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
-from conftest import PYTHON, REPO, cli, tree
+from conftest import PYTHON, REPO, cli, stamp_bzimage_header, tree, wait_for
 
 
 def add(image_files, config_dir, state_dir, name="compute", **kwargs):
@@ -334,10 +335,18 @@ def test_disk_full_changes_nothing(image_files, config_dir, state_dir, tmp_path)
     assert add(image_files, config_dir, state_dir, name="small").returncode == 0
     big = tmp_path / "big.img"
     big.write_bytes(b"\0" * (40 << 20))
+    stamp_bzimage_header(big)
     before = tree(state_dir), tree(config_dir)
-    script = (f"set -e; mkdir -p /mnt; d=$(mktemp -d); cp -a {state_dir}/. $d/; "
+    # The command runs on the tmpfs copy; the trees compared are read there,
+    # after it failed, and printed as JSON on the last line.
+    dump = (f"import json, sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
+            f"from conftest import tree; "
+            f"print(json.dumps([tree(__import__('pathlib').Path({str(state_dir)!r})), "
+            f"tree(__import__('pathlib').Path({str(config_dir)!r}))]))")
+    script = (f"set -e; d=$(mktemp -d); cp -a {state_dir}/. $d/; "
               f"mount -t tmpfs -o size=48m tmpfs {state_dir}; cp -a $d/. {state_dir}/; "
-              f"{PYTHON} -m boottorrent add-image big --kernel {big}; ")
+              f"rm -rf $d; rc=0; {PYTHON} -m boottorrent add-image big --kernel {big} || rc=$?; "
+              f"{PYTHON} -c {shlex.quote(dump)}; exit $rc")
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                              script], capture_output=True, text=True,
                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -346,8 +355,8 @@ def test_disk_full_changes_nothing(image_files, config_dir, state_dir, tmp_path)
     assert result.returncode == 1, result.stderr
     assert "No space left on device" in result.stderr
     assert "nothing was changed" in result.stderr
-    # The tmpfs was private to that command; what it held was a copy.
-    assert (tree(state_dir), tree(config_dir)) == before
+    state_after, config_after = json.loads(result.stdout.splitlines()[-1])
+    assert (state_after, config_after) == before
 
 
 def test_interrupt_changes_nothing(image_files, config_dir, state_dir, tmp_path):
@@ -356,12 +365,15 @@ def test_interrupt_changes_nothing(image_files, config_dir, state_dir, tmp_path)
     with big.open("wb") as out:
         for _ in range(64):
             out.write(hashlib.sha512(out.tell().to_bytes(8, "little")).digest() * (1 << 18))
+    stamp_bzimage_header(big)
     before = tree(state_dir), tree(config_dir)
     process = subprocess.Popen(
         [PYTHON, "-m", "boottorrent", "add-image", "big", "--kernel", str(big),
          "--config-dir", str(config_dir), "--state-dir", str(state_dir)],
         cwd=REPO, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    # Interrupt it in the middle of storing the files.
+    wait_for(lambda: any((state_dir / "images").glob(".new-*/big/kernel")), 60,
+             "add-image to be copying the kernel")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

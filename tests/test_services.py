@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-from conftest import MIB, PYTHON, REPO, random_image, register, summary, wait
-from lab.server import fetch, unit_command
+from conftest import MIB, PYTHON, REPO, random_image, register, summary, wait, wait_for
+from lab.netns import Lab
+from lab.server import Server, fetch, unit_command
 
 
 def test_two_clients_share_through_tracker(server_lab, tmp_path):
@@ -24,12 +24,8 @@ def test_two_clients_share_through_tracker(server_lab, tmp_path):
     first, first_work = server_lab.start_client("c1", "compute")
     # Let the first get part of the image, then a second joins: it must get
     # pieces from the first, not only from the seeder.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        clients = server.status()["clients"]
-        if clients and clients[0].get("progress", 0) > 0.3:
-            break
-        time.sleep(0.5)
+    wait_for(lambda: any(c.get("progress", 0) > 0.3 for c in server.status()["clients"]), 120,
+             "the first client to hold 30 % of the image")
     second, second_work = server_lab.start_client("c2", "compute")
 
     for process, work, name in ((first, first_work, "c1"), (second, second_work, "c2")):
@@ -98,24 +94,19 @@ def test_reload_adds_image_without_disturbing_a_download(server_lab, tmp_path):
     server_lab.host.shape(30)
     server.start()
     client, work = server_lab.start_client("c1", "first")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        images = server.status()["images"]
-        if images and images[0]["uploaded"] > 4 * MIB:
-            break
-        time.sleep(0.3)
+    wait_for(lambda: server.status()["images"][0]["uploaded"] > 4 * MIB, 120,
+             "the seeder to have sent 4 MiB")
     uploaded_before = server.status()["images"][0]["uploaded"]
 
     second_files = random_image(tmp_path / "src", "second", {"kernel": 3 * MIB})
     register(server, "second", second_files)
     server.reload("seeder")
     server.reload("tracker")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def seeded() -> dict:
         names = {i["name"]: i for i in server.status()["images"]}
-        if "second" in names:
-            break
-        time.sleep(0.3)
+        return names if "second" in names else {}
+
+    names = wait_for(seeded, 60, "the seeder to seed the second image")
     assert set(names) == {"first", "second"}
     # The first image's torrent was not restarted: its counters went on.
     assert names["first"]["uploaded"] >= uploaded_before
@@ -150,6 +141,73 @@ def test_seeder_speaks_sd_notify(server_lab, tmp_path):
             messages.append(listener.recv(4096).decode())
     assert messages[0].startswith("READY=1\nSTATUS=1 images, 0 peers"), messages
     assert all("STATUS=" in m for m in messages)
+
+
+def notify_messages(listener: socket.socket):
+    while True:
+        yield listener.recv(4096).decode()
+
+
+def test_seeder_waits_for_its_address(tmp_path, config_dir, state_dir):
+    """At boot the cluster NIC may get its address after the seeder starts:
+    the seeder says it waits (STATUS=, the watchdog fed), then serves."""
+    files = random_image(tmp_path / "src", "compute", {"kernel": MIB})
+    with Lab() as lab:
+        host = lab.add_host("server", None)
+        server = Server(host, config_dir, state_dir, tmp_path / "logs")
+        register(server, "compute", files)
+        socket_path = tmp_path / "notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+            listener.bind(str(socket_path))
+            listener.settimeout(60)
+            process = server.start_service("seeder", NOTIFY_SOCKET=str(socket_path),
+                                           WATCHDOG_USEC="10000000")
+            messages = notify_messages(listener)
+            first = next(messages)
+            assert first == ("STATUS=waiting for address 198.18.0.1 on eth0\nWATCHDOG=1"), first
+            assert process.poll() is None, server.log("seeder")
+            host.run(["ip", "addr", "add", "198.18.0.1/24", "dev", "eth0"])
+            ready = next(m for m in messages if m.startswith("READY=1"))
+            assert "STATUS=1 images" in ready
+            client = lab.add_host("c1")
+            assert fetch(client, "http://198.18.0.1:6980/boot/boot.ipxe").startswith(b"#!ipxe")
+            # (the listener stays open: the seeder notifies until it is stopped)
+            server.stop_service("seeder")
+
+
+def test_seeder_refuses_a_taken_port(server_lab, tmp_path):
+    """libtorrent would listen on another port than the one clients are told;
+    the seeder exits instead, naming the address and the key."""
+    files = random_image(tmp_path / "src", "compute", {"kernel": MIB})
+    server = server_lab.server
+    register(server, "compute", files)
+    server.boottorrent("generate")
+    squatter = server_lab.host.popen([PYTHON, "-c", "import socket, time; s = socket.socket(); "
+                                      "s.bind(('198.18.0.1', 6881)); s.listen(); "
+                                      "print('listening', flush=True); time.sleep(600)"],
+                                     stdout=subprocess.PIPE, text=True)
+    assert squatter.stdout.readline() == "listening\n"
+    process = server.start_service("seeder")
+    assert process.wait(60) == 1
+    assert (f"cannot listen on 198.18.0.1:6881 ({server_lab.config_dir}/boottorrent.conf: "
+            "[seeder] port)") in server.log("seeder")
+    server_lab.lab.stop(squatter)
+
+
+def test_client_without_a_server_says_so_and_gives_up(server_lab, tmp_path):
+    """A link that stays down: each attempt ends after 2 x fallback_after
+    without progress, with a plain message, and the client exits (the
+    pivotal then opens its rescue shell)."""
+    conf = server_lab.config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("fallback_after = 120", "fallback_after = 5"))
+    files = random_image(tmp_path / "src", "compute", {"kernel": MIB})
+    register(server_lab.server, "compute", files)  # registered, but no service runs
+    client, _ = server_lab.start_client("c1", "compute", address="198.18.0.50")
+    output = wait(client, tmp_path / "c1.log", 300)
+    assert client.returncode == 1, output
+    assert ("no progress for 10 s and no peer: the server 198.18.0.1 does not answer"
+            in output), output
+    assert "giving up after 3 attempts" in output
 
 
 def test_units_verify(tmp_path):

