@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,13 @@ def image_files(tmp_path: Path) -> dict[str, Path]:
         files[name].write_bytes(os.urandom(size))
     stamp_bzimage_header(files["vmlinuz"])
     return files
+
+
+def interruptible() -> None:
+    """preexec_fn for a command a test sends SIGINT (Ctrl-C) to: a shell
+    that started this test run in the background ignores SIGINT, its
+    children inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli(*args: str | Path, config_dir: Path, state_dir: Path,

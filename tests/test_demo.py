@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO
+from conftest import PYTHON, REPO, interruptible
 
 
 TAG = "BOOTTORRENT_TEST_RUN"
@@ -73,7 +73,7 @@ def test_demo_interrupted_cleans_up():
     env, tag = tagged_environment()
     demo = subprocess.Popen([PYTHON, "-m", "demo", "--vms", "1", "--image-mib", "8"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=interruptible)
     output = []
     try:
         # The live table comes once every machine is powered on.

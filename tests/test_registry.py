@@ -15,7 +15,8 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
-from conftest import PYTHON, REPO, cli, stamp_bzimage_header, tree, wait_for
+from conftest import (PYTHON, REPO, cli, interruptible, stamp_bzimage_header, tree,
+                      wait_for)
 
 
 def add(image_files, config_dir, state_dir, name="compute", **kwargs):
@@ -370,7 +371,7 @@ def test_interrupt_changes_nothing(image_files, config_dir, state_dir, tmp_path)
     process = subprocess.Popen(
         [PYTHON, "-m", "boottorrent", "add-image", "big", "--kernel", str(big),
          "--config-dir", str(config_dir), "--state-dir", str(state_dir)],
-        cwd=REPO, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     # Interrupt it in the middle of storing the files.
     wait_for(lambda: any((state_dir / "images").glob(".new-*/big/kernel")), 60,
              "add-image to be copying the kernel")
