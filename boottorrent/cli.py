@@ -253,13 +253,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     registered = list(State(args.state_dir).registry())
-    problems, described = all_problems(args.config_dir, registered)
+    config, problems, described = all_problems(args.config_dir, registered)
     for problem in problems:
         print(f"boottorrent: {problem}", file=sys.stderr)
     if problems:
         return EXIT_BAD_INPUT
+    assert config
     print(f"configuration OK: {len(described)} images described, {len(registered)} registered")
-    config = load_config(args.config_dir)
     print(_default_line(config, default_image(config, registered)))
     return 0
 

@@ -249,6 +249,19 @@ def image_conf_path(config_dir: Path, name: str) -> Path:
     return config_dir / IMAGES_DIR / f"{name}.conf"
 
 
+def text_problems(path: Path, description: str, cmdline: str) -> list[ConfigError]:
+    """What is wrong with an image's description and command line."""
+    problems = []
+    for key, value, check in (
+            ("description", description, check_description),
+            ("cmdline", cmdline, lambda text: check_cmdline(text, BOOTIF_LENGTH))):
+        try:
+            check(value)
+        except ValueError as error:
+            problems.append(ConfigError(path, str(error), key=key))
+    return problems
+
+
 def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
     """Read images.d/NAME.conf; the image if it is valid, and every problem."""
     name = path.name.removesuffix(".conf")
@@ -281,13 +294,7 @@ def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
                 raise ConfigError(path, f"{value}: {error}", key=key) from None
         return candidate.resolve()
 
-    problems = []
-    for key, check in (("description", check_description),
-                       ("cmdline", lambda text: check_cmdline(text, BOOTIF_LENGTH))):
-        try:
-            check(obj[key])
-        except ValueError as error:
-            problems.append(ConfigError(path, str(error), key=key))
+    problems = text_problems(path, obj["description"], obj["cmdline"])
     if problems:
         return None, problems
     try:
@@ -484,9 +491,11 @@ def registry_problems(config: Config, registered: list[str]) -> list[ConfigError
     return problems
 
 
-def all_problems(config_dir: Path, registered: list[str]) -> tuple[list[ConfigError], set[str]]:
-    """Every problem in the whole configuration, for `boottorrent check`, and
-    the names of the valid image descriptions.
+def all_problems(config_dir: Path, registered: list[str]
+                 ) -> tuple[Config | None, list[ConfigError], set[str]]:
+    """Every problem in the whole configuration, for `boottorrent check`, with
+    the server configuration (None if invalid) and the names of the valid
+    image descriptions.
 
     registered: the images in the registry, in registration order.
     """
@@ -509,4 +518,4 @@ def all_problems(config_dir: Path, registered: list[str]) -> tuple[list[ConfigEr
             described.add(image.name)
     if config:
         problems += registry_problems(config, registered)
-    return problems, described
+    return config, problems, described

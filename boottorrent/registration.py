@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from boottorrent.config import (BOOTIF_LENGTH, Config, ConfigError, Image, check_cmdline,
-                                check_description, default_image, image_conf_path,
-                                image_conf_text, image_problems)
+from boottorrent.config import (Config, ConfigError, Image, default_image, image_conf_path,
+                                image_conf_text, image_problems, text_problems)
 from boottorrent.fsutil import remove_tree
 from boottorrent.generate import regenerate
 from boottorrent.images import is_unchanged, store
@@ -65,13 +65,9 @@ def add_image(config: Config, config_dir: Path, state: State, name: str,
                 raise ConfigError(conf_path, f"image {name!r} exists already; edit this file "
                                   f"and run `boottorrent-add-image {name}`, or remove the "
                                   "image first")
-            for key, value, check in (
-                    ("cmdline", new.cmdline, lambda text: check_cmdline(text, BOOTIF_LENGTH)),
-                    ("description", new.description, check_description)):
-                try:
-                    check(value)
-                except ValueError as error:
-                    raise ConfigError(conf_path, str(error), key=key) from None
+            # Before the file is written: configobj cannot quote every value.
+            for problem in text_problems(conf_path, new.description, new.cmdline):
+                raise problem
             conf_text = image_conf_text(new.kernel, new.initrds, new.cmdline, new.description)
             image = _staged_image(conf_path, conf_text)
         else:
@@ -85,18 +81,17 @@ def add_image(config: Config, config_dir: Path, state: State, name: str,
         if previous and not new and is_unchanged(image, previous, state):
             return Registered(previous, "unchanged", default_image(config, list(registry)))
         records = {**registry}
-        if conf_text is None:
-            record, created = _store_and_commit(config, state, image, records, stream)
-        else:
-            with state.adding_conf(conf_path, conf_text, name):
-                record, created = _store_and_commit(config, state, image, records, stream)
+        writing = (nullcontext() if conf_text is None
+                   else state.adding_conf(conf_path, conf_text, name))
+        with writing:
+            record = _store_and_commit(config, state, image, records, stream)
     return Registered(record, "re-registered" if previous else "registered",
                       default_image(config, list(records)))
 
 
 def _store_and_commit(config: Config, state: State, image: Image,
                       records: dict[str, ImageRecord],
-                      stream: TextIO) -> tuple[ImageRecord, Path | None]:
+                      stream: TextIO) -> ImageRecord:
     record, created = store(image, state, stream)
     # Updating a key keeps its place: a re-registered image keeps its turn.
     records[image.name] = record
@@ -106,7 +101,7 @@ def _store_and_commit(config: Config, state: State, image: Image,
         if created:
             remove_tree(created)
         raise
-    return record, created
+    return record
 
 
 def remove_image(config: Config, config_dir: Path, state: State, name: str) -> None:
