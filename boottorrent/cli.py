@@ -10,10 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-from boottorrent import __version__, pivotal
+from boottorrent import __version__
 from boottorrent.config import (Config, ConfigError, all_problems, check_image_name,
                                 default_image, load_config)
 from boottorrent.generate import regenerate
+from boottorrent.initramfs import base, kernel
 from boottorrent.progress import human_bytes
 from boottorrent.registration import NewImage, add_image, remove_image
 from boottorrent.registry import State
@@ -145,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "build the pivotal and show its size",
                      """Build the pivotal's parts (the base unless the package ships it,
                      the kernel part from [pivotal] kernel, the configuration part),
-                     regenerate, and print the size of each part. add-image and generate
-                     do this too, reusing every part whose inputs did not change.
+                     regenerate, and print the network drivers that went in, a warning
+                     for each driver whose firmware this server lacks, and the size of
+                     each part. add-image and generate do this too, reusing every part
+                     whose inputs did not change.
 
                      With --base-only, build only the base into --output (the package
                      build does this).""")
@@ -268,14 +271,19 @@ def cmd_build_pivotal(args: argparse.Namespace) -> int:
     if args.base_only:
         if not args.output:
             raise BadInput("--base-only needs --output FILE")
-        pivotal.build_base(args.output, progress=lambda line: print(f"pivotal: {line}",
-                                                                    file=sys.stderr))
+        base.build_base(args.output, progress=lambda line: print(f"pivotal: {line}",
+                                                                 file=sys.stderr))
         print(f"{args.output}: {human_bytes(args.output.stat().st_size)}")
         return 0
     config = load_config(args.config_dir)
     state = State(args.state_dir)
     with state.transaction():
         snapshot = regenerate(config, state, state.registry())
+    kernel_part = kernel.build_kernel_part(config.pivotal_kernel, state.cache)  # cached
+    print(f"kernel {kernel_part.version}, {len(kernel_part.drivers)} network drivers: "
+          + " ".join(kernel_part.drivers))
+    for warning in kernel_part.warnings():
+        print(warning)
     parts = snapshot / "boot" / "pivotal"
     total = 0
     for path in sorted(parts.iterdir(), key=lambda p: p.name != "vmlinuz"):

@@ -8,7 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from boottorrent import pivotal, render
+from boottorrent import render
+from boottorrent.initramfs import PivotalError, archive, base, kernel
 from boottorrent.config import Config, ConfigError
 from boottorrent.fsutil import remove_tree
 from boottorrent.registry import REGISTRY_FILE, ImageRecord, State, registry_json
@@ -25,18 +26,24 @@ def _place(source: Path, target: Path) -> None:
 
 def write_pivotal(config: Config, state: State, pivotal_json: bytes, target: Path) -> None:
     """The pivotal's kernel and its three initramfs parts, into target/."""
+    def progress(line: str) -> None:
+        print(f"pivotal: {line}", file=sys.stderr, flush=True)
+
     try:
-        kernel_part = pivotal.build_kernel_part(config.pivotal_kernel, state.cache)
-        base = pivotal.ensure_base(state.cache, progress=lambda line: print(
-            f"pivotal: {line}", file=sys.stderr, flush=True))
-    except pivotal.PivotalError as error:
+        kernel_part = kernel.build_kernel_part(config.pivotal_kernel, state.cache, progress)
+        base_part = base.ensure_base(state.cache, progress)
+    except PivotalError as error:
         raise ConfigError(config.path, str(error), ("pivotal",), "kernel") from None
+    if kernel_part.missing_firmware:
+        progress(f"{len(kernel_part.missing_firmware)} of the {len(kernel_part.drivers)} "
+                 "network drivers may ask for firmware this server lacks "
+                 "(`boottorrent build-pivotal` names them)")
     target.mkdir(mode=0o755)
     _place(kernel_part.vmlinuz, target / Path(render.PIVOTAL_KERNEL).name)
     config_name, base_name, modules_name = (Path(p).name for p in render.PIVOTAL_INITRDS)
-    _place(base, target / base_name)
+    _place(base_part, target / base_name)
     _place(kernel_part.modules, target / modules_name)
-    pivotal.build_config_part({render.PIVOTAL_CONFIG: pivotal_json}, target / config_name)
+    archive.build_config_part({render.PIVOTAL_CONFIG: pivotal_json}, target / config_name)
 
 
 def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) -> Path:

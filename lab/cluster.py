@@ -40,14 +40,19 @@ from lab.server import PYTHON, REPO, Server, environment, lab_config
 
 MIB = 1 << 20
 
-def pivotal_cache(cache: Path = REPO / ".cache" / "state-cache") -> Path:
+# The pivotal's kernel and base parts, built once for the tests, the demo and
+# the benchmark.
+PIVOTAL_CACHE = REPO / ".cache" / "state-cache"
+
+
+def pivotal_cache(cache: Path = PIVOTAL_CACHE) -> Path:
     """The pivotal's kernel and base parts, built once (as tests/conftest.py
     does): `boottorrent generate` puts them into every snapshot."""
-    from boottorrent import pivotal
-    from lab import kernel
+    from boottorrent.initramfs import base, kernel
+    from lab.kernel import kernel_deb
     cache.mkdir(parents=True, exist_ok=True)
-    pivotal.build_kernel_part(kernel.kernel_deb(), cache)
-    pivotal.ensure_base(cache)
+    kernel.build_kernel_part(kernel_deb(), cache)
+    base.ensure_base(cache)
     return cache
 
 

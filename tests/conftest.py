@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lab import kernel  # noqa: E402
+from lab.cluster import pivotal_cache as cluster_pivotal_cache  # noqa: E402
 from lab.cluster import random_image, stamp_bzimage_header, wait_for  # noqa: E402,F401
 from lab.netns import Lab  # noqa: E402
 from lab.server import Server, environment, lab_config  # noqa: E402
@@ -34,15 +35,10 @@ def pivotal_kernel() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pivotal_cache(pivotal_kernel: Path, tmp_path_factory) -> Path:
+def pivotal_cache() -> Path:
     """The pivotal's base and kernel parts, built once for the whole session
     (tests then hardlink them into each state folder's cache)."""
-    from boottorrent import pivotal
-    cache = REPO / ".cache" / "state-cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    pivotal.build_kernel_part(pivotal_kernel, cache)
-    pivotal.ensure_base(cache)
-    return cache
+    return cluster_pivotal_cache()
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
-"""The pivotal builder (boottorrent.pivotal): the base, kernel and config
+"""The pivotal builder (boottorrent.initramfs): the base, kernel and config
 initramfs parts, built from this Debian system and Debian's kernel package,
 their contents and reproducibility, and a real boot of the result in QEMU
 (boottorrent.selftest).
 
-The base and kernel parts are cached in .cache/pivotal between runs, keyed
-by their inputs, so only the first run pays for building them.
+The base and kernel parts are cached in the lab's pivotal cache between runs
+(the one every test shares), keyed by their inputs, so only the first run
+pays for building them.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from boottorrent import bzimage, pivotal
+from boottorrent import bzimage
+from boottorrent.initramfs import PivotalError, archive, kernel
+from boottorrent.initramfs.base import build_base, cached_base
 from lab import kernel as lab_kernel
+from lab.cluster import PIVOTAL_CACHE
 from lab.netns import Lab
 from lab.qemu import VM
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".cache" / "pivotal"
+CACHE = PIVOTAL_CACHE
 CONFIG_NAME = "etc/boottorrent/pivotal.json"
 
 
@@ -95,7 +99,7 @@ def resolve(entries: dict[str, Entry], name: str) -> str:
 
 @pytest.fixture(scope="module")
 def base() -> Path:
-    return pivotal.cached_base(CACHE)
+    return cached_base(CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +108,12 @@ def base_entries(base: Path) -> dict[str, Entry]:
 
 
 @pytest.fixture(scope="module")
-def kernel_part() -> pivotal.KernelPart:
-    return pivotal.build_kernel_part(lab_kernel.kernel_deb(), CACHE)
+def kernel_part() -> kernel.KernelPart:
+    return kernel.build_kernel_part(lab_kernel.kernel_deb(), CACHE)
 
 
 @pytest.fixture(scope="module")
-def module_entries(kernel_part: pivotal.KernelPart) -> dict[str, Entry]:
+def module_entries(kernel_part: kernel.KernelPart) -> dict[str, Entry]:
     return read_cpio(kernel_part.modules)
 
 
@@ -197,11 +201,11 @@ def test_base_python_runs_in_a_chroot(base: Path, tmp_path: Path):
 def test_base_build_is_reproducible(tmp_path: Path, monkeypatch):
     """Two builds give the same archive (uncompressed here to keep the test
     quick; zstd -T0 itself is deterministic)."""
-    monkeypatch.setattr(pivotal, "COMPRESS", ["cat"])
-    first = pivotal.build_base(tmp_path / "a.cpio")
+    monkeypatch.setattr(archive, "COMPRESS", ["cat"])
+    first = build_base(tmp_path / "a.cpio")
     os.umask(0o077)
     try:
-        second = pivotal.build_base(tmp_path / "b.cpio")
+        second = build_base(tmp_path / "b.cpio")
     finally:
         os.umask(0o022)
     assert first.read_bytes() == second.read_bytes()
@@ -210,13 +214,17 @@ def test_base_build_is_reproducible(tmp_path: Path, monkeypatch):
 
 def test_cached_base_is_reused(base: Path):
     started = time.monotonic()
-    assert pivotal.cached_base(CACHE) == base
+    assert cached_base(CACHE) == base
     assert time.monotonic() - started < 5
 
 
 # -- the kernel part -------------------------------------------------------------
 
-def test_kernel_part_from_the_debian_package(kernel_part: pivotal.KernelPart):
+NIC_DRIVERS = ("virtio_net", "virtio_pci", "e1000", "e1000e", "igb", "ixgbe", "i40e", "ice",
+               "bnxt_en", "tg3", "r8169", "mlx4_en", "mlx5_core", "igc", "bnx2x", "qede",
+               "sfc", "cxgb4", "be2net", "enic", "vmxnet3", "hv_netvsc", "ena", "gve")
+
+def test_kernel_part_from_the_debian_package(kernel_part: kernel.KernelPart):
     assert kernel_part.version.endswith("-amd64")
     assert kernel_part.vmlinuz.read_bytes()[0x202:0x206] == b"HdrS"
     assert bzimage.version(kernel_part.vmlinuz.read_bytes()) == kernel_part.version
@@ -230,8 +238,14 @@ def test_kernel_part_has_the_nic_modules_and_their_dependencies(kernel_part, mod
         module, _, needs = line.partition(":")
         deps[module] = needs.split()
     by_name = {Path(m).name.removesuffix(".ko").replace("-", "_"): m for m in deps}
-    for name in pivotal.NIC_MODULES:
+    # What initramfs-tools' `auto_add_modules net` takes: the common server
+    # and virtual NICs, not only a fixed short list.
+    for name in NIC_DRIVERS:
         assert name in by_name, f"{name} is not in modules.dep"
+        assert name in kernel_part.drivers
+    assert not {"veth", "tun", "bonding", "dummy"} & set(by_name)  # excluded there too
+    assert module_entries[f"{moddir}/boottorrent-nics"].data.decode().split() == \
+        list(kernel_part.drivers)
     # Every module modules.dep names is in the archive, dependencies included.
     for module, needs in deps.items():
         for path in [module] + needs:
@@ -249,17 +263,17 @@ def test_kernel_part_has_the_nic_modules_and_their_dependencies(kernel_part, mod
     assert not [n for n in module_entries if n != "usr" and not n.startswith("usr/")]
 
 
-def test_kernel_part_is_cached(kernel_part: pivotal.KernelPart):
+def test_kernel_part_is_cached(kernel_part: kernel.KernelPart):
     started = time.monotonic()
-    again = pivotal.build_kernel_part(lab_kernel.kernel_deb(), CACHE)
+    again = kernel.build_kernel_part(lab_kernel.kernel_deb(), CACHE)
     assert again == kernel_part
     assert time.monotonic() - started < 5
 
 
-def test_kernel_part_from_a_bare_vmlinuz(kernel_part: pivotal.KernelPart):
+def test_kernel_part_from_a_bare_vmlinuz(kernel_part: kernel.KernelPart):
     """An unpacked kernel: the modules are found beside boot/vmlinuz-*."""
     vmlinuz = lab_kernel.vmlinuz()
-    part = pivotal.build_kernel_part(vmlinuz, CACHE)
+    part = kernel.build_kernel_part(vmlinuz, CACHE)
     assert part.version == kernel_part.version
     assert part.vmlinuz.read_bytes() == kernel_part.vmlinuz.read_bytes()
     names = {Path(n).name for n in read_cpio(part.modules)}
@@ -268,12 +282,35 @@ def test_kernel_part_from_a_bare_vmlinuz(kernel_part: pivotal.KernelPart):
     assert part.modules.read_bytes() == kernel_part.modules.read_bytes()
 
 
+def test_kernel_part_names_the_firmware_it_lacks(kernel_part, module_entries, tmp_path):
+    """Firmware a shipped module asks for (kmod's modinfo on the shipped
+    files) is in the part if the server has it, else named in a warning."""
+    for name, entry in module_entries.items():
+        if name.endswith(".ko"):
+            (tmp_path / Path(name).name).write_bytes(entry.data)
+    info = subprocess.run(["modinfo", *map(str, sorted(tmp_path.glob("*.ko")))],
+                          check=True, capture_output=True, text=True).stdout
+    asked = {line.split(":", 1)[1].strip() for line in info.splitlines()
+             if line.startswith("firmware:")}
+    on_server = {name for name in asked
+                 if any(Path("/usr/lib/firmware", name + s).is_file() for s in ("", ".xz", ".zst"))}
+    shipped = {name.removeprefix("usr/lib/firmware/").removesuffix(".xz").removesuffix(".zst")
+               for name, entry in module_entries.items()
+               if name.startswith("usr/lib/firmware/") and entry.is_file}
+    assert shipped == on_server
+    named = {f for files in kernel_part.missing_firmware.values() for f in files}
+    assert named == asked - on_server
+    warnings = "\n".join(kernel_part.warnings())
+    for driver, files in kernel_part.missing_firmware.items():
+        assert f"warning: {driver} " in warnings and files[0] in warnings
+
+
 # -- the config part -------------------------------------------------------------
 
 def test_config_part_contents_and_determinism(tmp_path: Path):
     files = {CONFIG_NAME: b'{"images": []}\n', "etc/boottorrent/extra": b"x"}
-    first = pivotal.build_config_part(files, tmp_path / "a.cpio")
-    second = pivotal.build_config_part(dict(reversed(files.items())), tmp_path / "b.cpio")
+    first = archive.build_config_part(files, tmp_path / "a.cpio")
+    second = archive.build_config_part(dict(reversed(files.items())), tmp_path / "b.cpio")
     assert first.read_bytes() == second.read_bytes()
     entries = read_cpio(first)
     assert list(entries) == ["etc", "etc/boottorrent", "etc/boottorrent/extra", CONFIG_NAME]
@@ -290,23 +327,23 @@ def test_config_part_contents_and_determinism(tmp_path: Path):
 def test_config_part_replaces_atomically(tmp_path: Path):
     output = tmp_path / "config.cpio"
     output.write_bytes(b"old")
-    pivotal.build_config_part({CONFIG_NAME: b"{}"}, output)
+    archive.build_config_part({CONFIG_NAME: b"{}"}, output)
     assert read_cpio(output)[CONFIG_NAME].data == b"{}"
     assert [p.name for p in tmp_path.iterdir()] == ["config.cpio"]
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../etc/passwd", "etc/../../x", ""])
 def test_config_part_rejects_names_outside_the_archive(tmp_path: Path, name: str):
-    with pytest.raises(pivotal.PivotalError):
-        pivotal.build_config_part({name: b"x"}, tmp_path / "c.cpio")
+    with pytest.raises(PivotalError):
+        archive.build_config_part({name: b"x"}, tmp_path / "c.cpio")
 
 
 # -- errors ----------------------------------------------------------------------
 
 def test_missing_kernel_is_a_clear_error(tmp_path: Path):
     missing = tmp_path / "linux-image-9.9.9-amd64_9.9.9-1_amd64.deb"
-    with pytest.raises(pivotal.PivotalError, match=re.escape(str(missing))):
-        pivotal.build_kernel_part(missing, tmp_path / "cache")
+    with pytest.raises(PivotalError, match=re.escape(str(missing))):
+        kernel.build_kernel_part(missing, tmp_path / "cache")
 
 
 def _deb(tmp_path: Path, package: str, files: dict[str, bytes]) -> Path:
@@ -326,21 +363,21 @@ def _deb(tmp_path: Path, package: str, files: dict[str, bytes]) -> Path:
 
 def test_deb_that_is_not_a_kernel_is_a_clear_error(tmp_path: Path):
     deb = _deb(tmp_path, "hello-world", {"usr/share/doc/hello-world/README": b"hi\n"})
-    with pytest.raises(pivotal.PivotalError, match=f"{re.escape(str(deb))}.*not a linux-image"):
-        pivotal.build_kernel_part(deb, tmp_path / "cache")
+    with pytest.raises(PivotalError, match=f"{re.escape(str(deb))}.*not a linux-image"):
+        kernel.build_kernel_part(deb, tmp_path / "cache")
 
 
 def test_kernel_metapackage_is_a_clear_error(tmp_path: Path):
     deb = _deb(tmp_path, "linux-image-amd64", {"usr/share/doc/linux-image-amd64/x": b"x"})
-    with pytest.raises(pivotal.PivotalError, match=f"{re.escape(str(deb))}.*no boot/vmlinuz"):
-        pivotal.build_kernel_part(deb, tmp_path / "cache")
+    with pytest.raises(PivotalError, match=f"{re.escape(str(deb))}.*no boot/vmlinuz"):
+        kernel.build_kernel_part(deb, tmp_path / "cache")
 
 
 def test_file_that_is_neither_deb_nor_kernel_is_a_clear_error(tmp_path: Path):
     junk = tmp_path / "vmlinuz-junk"
     junk.write_bytes(os.urandom(4096))
-    with pytest.raises(pivotal.PivotalError, match=re.escape(str(junk))):
-        pivotal.build_kernel_part(junk, tmp_path / "cache")
+    with pytest.raises(PivotalError, match=re.escape(str(junk))):
+        kernel.build_kernel_part(junk, tmp_path / "cache")
 
 
 def test_vmlinuz_without_modules_is_a_clear_error(tmp_path: Path):
@@ -349,18 +386,18 @@ def test_vmlinuz_without_modules_is_a_clear_error(tmp_path: Path):
         pytest.skip(f"this machine has /lib/modules/{version}")
     lonely = tmp_path / "vmlinuz"
     shutil.copyfile(lab_kernel.vmlinuz(), lonely)
-    with pytest.raises(pivotal.PivotalError, match=f"no modules for {re.escape(str(lonely))}.*{re.escape(version)}"):
-        pivotal.build_kernel_part(lonely, tmp_path / "cache")
+    with pytest.raises(PivotalError, match=f"no modules for {re.escape(str(lonely))}.*{re.escape(version)}"):
+        kernel.build_kernel_part(lonely, tmp_path / "cache")
 
 
 # -- booting it ------------------------------------------------------------------
 
 @pytest.mark.qemu
-def test_pivotal_selftest_boots_in_qemu(base: Path, kernel_part: pivotal.KernelPart,
+def test_pivotal_selftest_boots_in_qemu(base: Path, kernel_part: kernel.KernelPart,
                                         tmp_path: Path):
     """Debian's kernel with the three parts: the pivotal loads virtio_net,
     runs python with libtorrent and kexec, and reports on the console."""
-    config = pivotal.build_config_part({CONFIG_NAME: b"{}\n"}, tmp_path / "config.cpio")
+    config = archive.build_config_part({CONFIG_NAME: b"{}\n"}, tmp_path / "config.cpio")
     with Lab() as lab:
         vm = VM(lab, "pivotal", tmp_path / "logs", "52:54:00:b0:07:01",
                 kernel=kernel_part.vmlinuz, initrds=[base, kernel_part.modules, config],

@@ -1,0 +1,363 @@
+"""The pivotal's kernel and its modules part: the network drivers of one
+Debian kernel, chosen as initramfs-tools' ``auto_add_modules net`` chooses
+them, their dependencies as kmod resolves them, and their firmware."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from boottorrent import bzimage
+from boottorrent.initramfs import PivotalError, Progress, archive, say
+from boottorrent.initramfs.base import BUSYBOX
+from boottorrent.initramfs.staging import which
+
+# initramfs-tools' hook-functions, `auto_add_modules net`: every module under
+# kernel/drivers/net except these (directory or file names).
+NET_DRIVERS = "kernel/drivers/net"
+NET_EXCLUDED = (
+    "appletalk", "arcnet", "bonding", "can", "cdc-phonet.ko", "cdc_mbim.ko",
+    "cdc_subset.ko", "cx82310_eth.ko", "dummy.ko", "gl620a.ko", "hamradio", "hippi",
+    "hso.ko", "huawei_cdc_ncm.ko", "ifb.ko", "ipheth.ko", "irda", "kalmia.ko",
+    "lg-vl600.ko", "macvlan.ko", "macvtap.ko", "net1080.ko", "pcmcia", "plusb.ko",
+    "qmi_wwan.ko", "sb1000.ko", "sierra_net.ko", "team", "tokenring", "tun.ko",
+    "veth.ko", "wan", "wimax", "wireless", "xen-netback.ko", "zaurus.ko")
+# virtio_net sits on the virtio_pci transport: not a symbol dependency.
+EXTRA_MODULES = ("virtio_pci",)
+# The NIC drivers among those: every Ethernet driver (mlx4_en binds no bus
+# itself: mlx4_core loads it) and any module with an alias on a device bus.
+# The other modules (PHYs, tunnels) are loaded by what needs them.
+_ETHERNET = "kernel/drivers/net/ethernet/"
+_DEVICE_BUSES = ("pci", "usb", "virtio", "vmbus", "xen", "platform", "acpi")
+
+_COMPRESSED = {".xz": ["xz", "-dc"], ".zst": ["zstd", "-qdc"], ".gz": ["gzip", "-dc"]}
+_FIRMWARE = Path("/usr/lib/firmware")
+
+
+@dataclass(frozen=True)
+class KernelPart:
+    """A kernel for the pivotal: its bzImage and its modules initramfs part."""
+
+    vmlinuz: Path
+    modules: Path  # zstd-compressed newc cpio, usr/lib/modules/<version>/...
+    version: str
+    drivers: tuple[str, ...] = ()  # the NIC drivers shipped
+    # driver -> firmware files it may ask for that this server does not have
+    missing_firmware: dict[str, list[str]] = field(default_factory=dict, compare=False)
+
+    def warnings(self) -> list[str]:
+        return [f"warning: {driver} may ask for firmware this server lacks "
+                f"(/usr/lib/firmware): {', '.join(files)}"
+                for driver, files in sorted(self.missing_firmware.items())]
+
+
+@dataclass
+class _Module:
+    name: str          # as modprobe knows it: "virtio_net"
+    path: str          # relative to lib/modules/<version>, as in the kernel package
+    source: Path       # the file to read
+    firmware: list[str] = field(default_factory=list)
+    device: bool = False  # binds hardware (see _DEVICE_BUSES)
+
+
+def _module_name(filename: str) -> str:
+    return filename.split(".ko", 1)[0].replace("-", "_")
+
+
+def _excluded(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern + ("*" if pattern.endswith(".ko") else ""))
+               for pattern in NET_EXCLUDED)
+
+
+def net_driver_names(moddir: Path) -> list[str]:
+    """What `auto_add_modules net` would add from moddir (lib/modules/<version>)."""
+    names = []
+    for top, dirs, files in os.walk(moddir / NET_DRIVERS):
+        dirs[:] = sorted(d for d in dirs if not _excluded(d))
+        names += [_module_name(f) for f in files if ".ko" in f and not _excluded(f)]
+    return sorted(names)
+
+
+# -- reading a kernel --------------------------------------------------------
+
+@contextmanager
+def _unpacked(kernel: Path) -> Iterator[tuple[Path, Path]]:
+    """(vmlinuz, module directory) of a linux-image-*.deb unpacked by
+    dpkg-deb, or of a bare vmlinuz whose modules are on disk: beside it
+    (<root>/boot/vmlinuz-* with <root>/lib/modules/<version>) or installed."""
+    with open(kernel, "rb") as f:
+        is_deb = f.read(8) == b"!<arch>\n"
+    if not is_deb:
+        yield kernel, _installed_modules(kernel)
+        return
+    _check_kernel_package(kernel)
+    with tempfile.TemporaryDirectory(prefix="pivotal-kernel.") as tmp:
+        root = Path(tmp)
+        unpack = subprocess.run(["dpkg-deb", "-x", str(kernel), tmp], capture_output=True,
+                                text=True)
+        if unpack.returncode:
+            raise PivotalError(f"{kernel}: dpkg-deb cannot unpack it: {unpack.stderr.strip()}")
+        images = sorted((root / "boot").glob("vmlinuz-*"))
+        if not images:
+            raise PivotalError(f"{kernel} contains no boot/vmlinuz-*: "
+                               "give the versioned kernel package, not a metapackage")
+        moddirs = sorted(d for sub in ("lib/modules", "usr/lib/modules")
+                         for d in (root / sub).glob("*") if d.is_dir())
+        versions = {p.name.removeprefix("vmlinuz-") for p in images} | {d.name for d in moddirs}
+        if len(versions) != 1 or len(moddirs) != 1:
+            raise PivotalError(f"{kernel} holds several kernel versions: {sorted(versions)}")
+        yield images[0], moddirs[0]
+
+
+def _check_kernel_package(deb: Path) -> None:
+    from debian.arfile import ArError
+    from debian.debfile import DebError, DebFile
+    try:
+        package = DebFile(str(deb)).debcontrol().get("Package", "")
+    except (ArError, DebError, OSError, KeyError, ValueError) as error:
+        raise PivotalError(f"{deb} is not a Debian package: {error}") from error
+    if not package.startswith("linux-image-"):
+        raise PivotalError(f"{deb} is {package!r}, not a linux-image-* kernel package")
+
+
+def _installed_modules(kernel: Path) -> Path:
+    try:
+        version = bzimage.version(kernel.read_bytes())
+    except ValueError as error:
+        raise PivotalError(f"{kernel} is neither a linux-image-*.deb nor a vmlinuz "
+                           f"({error})") from error
+    candidates = [kernel.resolve().parent.parent / sub / version
+                  for sub in ("lib/modules", "usr/lib/modules")]
+    candidates.append(Path("/lib/modules") / version)
+    for candidate in candidates:
+        if (candidate / "kernel").is_dir():
+            return candidate
+    raise PivotalError(f"no modules for {kernel} (kernel {version}): looked in "
+                       + ", ".join(map(str, candidates)))
+
+
+class _Kmod:
+    """kmod's depmod, modprobe and modinfo on a module directory, through a
+    scratch tree of symlinks, so that the directory itself is never written."""
+
+    def __init__(self, moddir: Path, scratch: Path) -> None:
+        self.moddir = moddir
+        self.version = moddir.name
+        self.root = scratch
+        staged = scratch / "lib/modules" / self.version
+        staged.mkdir(parents=True)
+        (staged / "kernel").symlink_to(moddir / "kernel")
+        for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+            if (moddir / name).exists():
+                shutil.copyfile(moddir / name, staged / name)
+        self.staged = staged
+        self._run(which("depmod", "kmod"), "-b", str(scratch), self.version)
+
+    def _run(self, program: Path, *args: str) -> str:
+        result = subprocess.run([str(program), *args], capture_output=True, text=True)
+        if result.returncode:
+            raise PivotalError(f"{program.name} {' '.join(args)} failed: "
+                               f"{result.stderr.strip()}")
+        return result.stdout
+
+    def closure(self, names: list[str]) -> list[_Module]:
+        """The modules and every module they need, as modprobe would load them."""
+        out = self._run(which("modprobe", "kmod"), "-d", str(self.root), "-S", self.version,
+                        "--show-depends", "--ignore-install", "-a", *names)
+        modules = {}
+        for line in out.splitlines():
+            words = line.split()
+            if words[:1] == ["insmod"]:
+                rel = str(Path(words[1]).relative_to(self.staged))
+                modules[rel] = _Module(_module_name(Path(rel).name), rel, self.moddir / rel,
+                                       device=rel.startswith(_ETHERNET))
+        found = sorted(modules.values(), key=lambda m: m.path)
+        self._read_info(found)
+        return found
+
+    def known(self, name: str) -> bool:
+        """The module exists in this kernel, as a file or built in."""
+        result = subprocess.run([str(which("modinfo", "kmod")), "-b", str(self.root),
+                                 "-k", self.version, "-F", "name", name], capture_output=True)
+        return result.returncode == 0
+
+    def _read_info(self, modules: list[_Module]) -> None:
+        out = self._run(which("modinfo", "kmod"), *(str(m.source) for m in modules))
+        by_file = {str(m.source): m for m in modules}
+        current = None
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            value = value.strip()
+            if key == "filename":
+                current = by_file.get(value)
+            elif current and key == "firmware":
+                current.firmware.append(value)
+            elif current and key == "alias" and value.split(":", 1)[0] in _DEVICE_BUSES:
+                current.device = True
+
+
+def _firmware_files(names: list[str]) -> dict[str, Path]:
+    """The host's firmware files for these names (as the kernel would find
+    them, also compressed), keyed by their path under lib/firmware."""
+    found = {}
+    for name in sorted(set(names)):
+        for suffix in ("", ".xz", ".zst"):
+            path = _FIRMWARE / (name + suffix)
+            if path.is_file():
+                found[name + suffix] = path
+                break
+    return found
+
+
+def _firmware_key(firmware: dict[str, Path]) -> list[list[str]]:
+    return [[name, hashlib.sha256(path.read_bytes()).hexdigest()]
+            for name, path in sorted(firmware.items())]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _builder_key() -> str:
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("__init__.py", "archive.py", "kernel.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:8]
+
+
+# -- the part ----------------------------------------------------------------
+
+def build_kernel_part(kernel: Path, cache_dir: Path, progress: Progress = None) -> KernelPart:
+    """The pivotal's kernel and its network-driver modules part.
+
+    kernel is a linux-image-*.deb (unpacked with dpkg-deb, not installed) or
+    a vmlinuz whose modules are on disk. The result is cached in cache_dir by
+    the kernel file's sha256, so a second call is quick. Raises PivotalError
+    with the file's name when the kernel is unusable.
+    """
+    kernel = Path(kernel)
+    if not kernel.is_file():
+        raise PivotalError(f"kernel {kernel} does not exist")
+    kernel_key = _file_sha256(kernel)[:16]
+    entry = Path(cache_dir) / f"kernel-{kernel_key}-{_builder_key()}"
+    cached = _cached(entry)
+    if cached:
+        return cached
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    say(progress, f"reading the network drivers of {kernel.name}")
+    with tempfile.TemporaryDirectory(prefix=".kernel-", dir=entry.parent) as tmp, \
+            _unpacked(kernel) as (vmlinuz, moddir):
+        work = Path(tmp)
+        kmod = _Kmod(moddir, work / "kmod")
+        roots = net_driver_names(moddir) + [n for n in EXTRA_MODULES if kmod.known(n)]
+        if not roots:
+            raise PivotalError(f"{kernel} has no network drivers under {NET_DRIVERS}")
+        wanted = kmod.closure(roots)
+        drivers = sorted(m.name for m in wanted if m.device and m.name in roots)
+        firmware = _firmware_files([f for m in wanted for f in m.firmware])
+        missing = {m.name: [f for f in m.firmware if not _firmware_files([f])]
+                   for m in wanted}
+        shutil.copyfile(vmlinuz, work / f"vmlinuz-{kmod.version}")
+        (work / f"vmlinuz-{kmod.version}").chmod(0o644)
+        modules = work / f"modules-{kmod.version}.cpio.zst"
+        _build_modules_part(moddir, wanted, drivers, firmware, modules, work / "tree")
+        meta = {"version": kmod.version, "vmlinuz": f"vmlinuz-{kmod.version}",
+                "modules": modules.name, "drivers": drivers,
+                "missing_firmware": {k: v for k, v in missing.items() if v},
+                "firmware_names": sorted({f for m in wanted for f in m.firmware}),
+                "firmware": _firmware_key(firmware)}
+        (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        shutil.rmtree(work / "tree")
+        shutil.rmtree(work / "kmod")
+        _store(work, entry)
+    for old in entry.parent.glob(f"kernel-{kernel_key}-*"):  # by an older builder
+        if old != entry:
+            shutil.rmtree(old, ignore_errors=True)
+    part = _cached(entry)
+    assert part
+    say(progress, f"{len(part.drivers)} network drivers for kernel {part.version}: "
+        + " ".join(part.drivers))
+    for warning in part.warnings():
+        say(progress, warning)
+    return part
+
+
+def _store(work: Path, entry: Path) -> None:
+    """Rename the finished work folder to entry (the TemporaryDirectory
+    context still removes a folder of work's name, so one is left there)."""
+    if entry.exists():  # a stale entry (firmware changed) or a concurrent build
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        os.rename(work, entry)
+    except OSError:  # another build won the race: keep its result
+        if not _cached(entry):
+            raise
+    else:
+        os.chmod(entry, 0o755)
+        os.mkdir(work)
+
+
+def _cached(entry: Path) -> KernelPart | None:
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    # Firmware comes from the host's firmware packages, which may have changed.
+    if _firmware_key(_firmware_files(meta["firmware_names"])) != meta["firmware"]:
+        return None
+    return KernelPart(entry / meta["vmlinuz"], entry / meta["modules"], meta["version"],
+                      tuple(meta["drivers"]), meta["missing_firmware"])
+
+
+def _plain_module(source: Path) -> bytes:
+    """A module's ELF bytes: busybox modprobe has no decompressor, and the
+    part is compressed as a whole anyway."""
+    for suffix, command in _COMPRESSED.items():
+        if source.name.endswith(".ko" + suffix):
+            return subprocess.run([*command, str(source)], check=True,
+                                  capture_output=True).stdout
+    return source.read_bytes()
+
+
+def _build_modules_part(moddir: Path, wanted: list[_Module], drivers: list[str],
+                        firmware: dict[str, Path], output: Path, root: Path) -> None:
+    version = moddir.name
+    target = root / "usr/lib/modules" / version
+    target.mkdir(parents=True)
+    for module in wanted:
+        path = target / re.sub(r"\.ko\.(xz|zst|gz)$", ".ko", module.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_plain_module(module.source))
+        path.chmod(0o644)
+    if (moddir / "modules.builtin").exists():
+        shutil.copyfile(moddir / "modules.builtin", target / "modules.builtin")
+    (target / "boottorrent-nics").write_text("".join(f"{n}\n" for n in drivers))
+    # busybox's depmod writes the modules.dep/alias/symbols that its modprobe reads.
+    subprocess.run([str(BUSYBOX), "depmod", "-b", str(root / "usr"), version],
+                   check=True, capture_output=True)
+    for name in ("modules.dep", "modules.alias", "modules.symbols"):
+        path = target / name
+        if path.exists():  # line order follows readdir: sort for reproducibility
+            path.write_text("".join(sorted(path.read_text().splitlines(keepends=True))))
+    for name, path in firmware.items():
+        dest = root / "usr/lib/firmware" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+        dest.chmod(0o644)
+    archive.fix_dir_modes(root)
+    archive.archive(root, output, archive.COMPRESS)
