@@ -15,7 +15,7 @@ from boottorrent.config import (Config, ConfigError, all_problems, check_image_n
                                 default_image, load_config)
 from boottorrent.generate import regenerate
 from boottorrent.initramfs import base, kernel
-from boottorrent.progress import human_bytes
+from boottorrent.pivotal.console import human_bytes
 from boottorrent.registration import NewImage, add_image, remove_image
 from boottorrent.registry import State
 

@@ -7,15 +7,9 @@ import sys
 import time
 from typing import TextIO
 
+from boottorrent.pivotal.console import human_bytes
+
 PLAIN_LINE_EVERY = 5.0  # seconds between lines when not on a terminal
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError
 
 
 class Progress:

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import libtorrent as lt
 from systemd import daemon, journal
 
-from boottorrent import lan, torrents
+from boottorrent import torrents
+from boottorrent.pivotal import lan
 from boottorrent.config import Config
-from boottorrent.progress import human_bytes
+from boottorrent.pivotal.console import human_bytes
 from boottorrent.registry import ImageRecord, State, read_registry
 from boottorrent.web import WebServer
 

@@ -10,7 +10,7 @@ import urllib.request
 
 import libtorrent as lt
 
-from boottorrent.progress import human_bytes
+from boottorrent.pivotal.console import human_bytes
 
 PHASES = ("dhcp", "pivotal", "downloading", "seeding", "kexec", "booted", "failed")
 

@@ -3,7 +3,7 @@ and the status endpoint that pivotals report to.
 
     GET  /boot/PATH                    STATE/current/boot/PATH (iPXE script, pivotal)
     GET  /images/INFOHASH/NAME/FILE    a registered file (BEP 19 web seed; Range)
-    POST /report                       a pivotal's state, JSON (see client.py)
+    POST /report                       a pivotal's state, JSON (see pivotal/report.py)
     GET  /status                       the seeder's and the clients' state, JSON
 
 It lives in the seeder process rather than in a separate web server: the
@@ -44,6 +44,22 @@ class Reports:
     def all(self) -> list[dict]:
         with self._lock:
             return sorted(self._by_mac.values(), key=lambda r: str(r.get("mac")))
+
+
+def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
+    """(first byte, last byte, partial?) to send of a file of size bytes for
+    a Range header ("" when there is none; a form we do not serve means the
+    whole file, as RFC 9110 allows), or None when it cannot be satisfied."""
+    wanted = RANGE.fullmatch(header)
+    if not (wanted and (wanted[1] or wanted[2])):
+        return 0, size - 1, False
+    if wanted[1]:
+        start, end = int(wanted[1]), min(int(wanted[2] or size - 1), size - 1)
+    else:  # the last N bytes
+        start, end = max(size - int(wanted[2]), 0), size - 1
+    if start > end or start >= size:
+        return None
+    return start, end, True
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -95,21 +111,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         with path.open("rb") as file:
             size = os.fstat(file.fileno()).st_size
-            start, end = 0, size - 1
-            status = HTTPStatus.OK
-            wanted = RANGE.fullmatch(self.headers.get("Range", ""))
-            if wanted and (wanted[1] or wanted[2]):
-                if wanted[1]:
-                    start, end = int(wanted[1]), min(int(wanted[2] or size - 1), size - 1)
-                else:  # the last N bytes
-                    start = max(size - int(wanted[2]), 0)
-                if start > end or start >= size:
-                    self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-                    self.send_header("Content-Range", f"bytes */{size}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                status = HTTPStatus.PARTIAL_CONTENT
+            wanted = byte_range(self.headers.get("Range", ""), size)
+            if wanted is None:
+                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            start, end, partial = wanted
+            status = HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Accept-Ranges", "bytes")

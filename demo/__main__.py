@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from boottorrent.progress import human_bytes
+from boottorrent.pivotal.console import human_bytes
 from boottorrent.status import bar, table
 from demo.image import GREETING, build_demo_image
 from lab.kernel import kernel_deb

@@ -1,7 +1,7 @@
 """A whole BootTorrent cluster in the lab, for the fault tests, the benchmark
 and the demo: a server namespace running the real tracker and seeder (and
 dnsmasq if asked), images registered with the real CLI, and clients running
-the real pivotal client (`python3 -m boottorrent.client --dry-run`), each in
+the real pivotal client (`python3 -m boottorrent.pivotal --dry-run`), each in
 its own namespace, every link shaped to the same rate.
 
     with Cluster(tmp, rate_mbit=20) as cluster:
@@ -125,7 +125,7 @@ class Client:
         log = open(self.log_path, "wb")
         self.launched = time.time()
         self.process = self.host.popen(
-            [PYTHON, "-m", "boottorrent.client", "--dry-run", "--image", self.image,
+            [PYTHON, "-m", "boottorrent.pivotal", "--dry-run", "--image", self.image,
              "--config", str(self.cluster.pivotal_json()), "--work-dir", str(self.work)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             env=environment(self.cluster.config_dir, self.cluster.state_dir))
@@ -364,7 +364,7 @@ def seed_main(argv: list[str]) -> int:
     to --status-file every half second."""
     import libtorrent as lt
 
-    from boottorrent import lan
+    from boottorrent.pivotal import lan
 
     parser = argparse.ArgumentParser(prog="python3 -m lab.cluster seed")
     parser.add_argument("--torrent", type=Path, required=True)

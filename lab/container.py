@@ -187,7 +187,7 @@ def debian_mirror(suite: str = SUITE) -> str:
 def _sources_for_chroot(suite: str = SUITE) -> str:
     stanzas = []
     for entry in debian_sources(suite):
-        lines = [f"Types: deb", f"URIs: {' '.join(entry['uris'])}",
+        lines = ["Types: deb", f"URIs: {' '.join(entry['uris'])}",
                  f"Suites: {' '.join(entry['suites'])}", "Components: main"]
         signed_by = entry.get("signed-by")
         if signed_by and signed_by[0].startswith("/usr/share/keyrings/debian-archive"):

@@ -157,7 +157,7 @@ class ServerLab:
         work = self.tmp / name
         work.mkdir()
         log = open(self.tmp / f"{name}.log", "wb")
-        process = host.popen([PYTHON, "-m", "boottorrent.client", "--dry-run", "--image", image,
+        process = host.popen([PYTHON, "-m", "boottorrent.pivotal", "--dry-run", "--image", image,
                               "--config", str(config or self.pivotal_json()),
                               "--work-dir", str(work)],
                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT,

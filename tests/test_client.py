@@ -1,4 +1,4 @@
-"""The pivotal's client (python3 -m boottorrent.client --dry-run) in network
+"""The pivotal's client (python3 -m boottorrent.pivotal --dry-run) in network
 namespaces against the real server services."""
 
 from __future__ import annotations

@@ -302,7 +302,7 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         # namespace); its /sys shows the client namespace's interface.
         script = (f"mount -t proc proc {root}/proc && mount --rbind /sys {root}/sys && "
                   f"mount --rbind /dev {root}/dev && mount -t tmpfs tmpfs {root}/run && "
-                  f"chroot {root} /usr/bin/python3 -S -m boottorrent.client "
+                  f"chroot {root} /usr/bin/python3 -S -m boottorrent.pivotal "
                   "--image test --dry-run; ")
         script += f"status=$?; cp -a {root}/run/boottorrent {tmp_path}/client; exit $status"
         result = client.run(["sh", "-c", script], check=False, timeout=180,

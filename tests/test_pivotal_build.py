@@ -164,10 +164,14 @@ def test_base_has_python_modules_compiled(base_entries):
     assert len([n for n in base_entries if n.endswith(".pyc")]) < 200
     dist = "usr/lib/python3/dist-packages"
     assert base_entries[f"{dist}/libtorrent.cpython-311-x86_64-linux-gnu.so"].is_file
-    client = base_entries[f"{dist}/boottorrent/client.py"]
-    assert client.data == (REPO / "boottorrent" / "client.py").read_bytes()
-    assert base_entries[f"{dist}/boottorrent/__pycache__/client.cpython-311.pyc"].is_file
-    assert f"{dist}/boottorrent/cli.py" not in base_entries  # the server side stays out
+    # The pivotal program's package, all of it and nothing else of ours.
+    shipped = sorted(n.removeprefix(f"{dist}/") for n in base_entries
+                     if n.startswith(f"{dist}/boottorrent/") and n.endswith(".py"))
+    package = sorted(str(p.relative_to(REPO)) for p in (REPO / "boottorrent" / "pivotal").glob("*.py"))
+    assert shipped == ["boottorrent/__init__.py", *package]
+    main = base_entries[f"{dist}/boottorrent/pivotal/__main__.py"]
+    assert main.data == (REPO / "boottorrent" / "pivotal" / "__main__.py").read_bytes()
+    assert base_entries[f"{dist}/boottorrent/pivotal/__pycache__/swarm.cpython-311.pyc"].is_file
 
 
 def test_base_entries_are_normalized(base_entries):
@@ -184,7 +188,7 @@ def test_base_python_runs_in_a_chroot(base: Path, tmp_path: Path):
     root = tmp_path / "root"
     root.mkdir()
     subprocess.run(f"zstd -dc {base} | cpio -id --quiet", shell=True, cwd=root, check=True)
-    code = ("import sys, libtorrent, boottorrent.client; "
+    code = ("import sys, libtorrent, boottorrent.pivotal.__main__; "
             "s = libtorrent.session({'listen_interfaces': '127.0.0.1:0', 'enable_dht': False}); "
             "print(sys.version.split()[0], libtorrent.__version__, sys.prefix)")
     result = subprocess.run(["/usr/sbin/chroot", str(root), "/usr/bin/python3", "-S", "-c", code],

@@ -20,7 +20,7 @@ DIST_PACKAGES = PurePosixPath("/usr/lib/python3/dist-packages")
 
 # The module the pivotal runs and modules it may import lazily at run time,
 # which importing the program alone would not load.
-PROGRAM_MODULE = "boottorrent.client"
+PROGRAM_MODULE = "boottorrent.pivotal.__main__"
 LAZY_MODULES = ("encodings.ascii", "encodings.latin_1", "encodings.idna",
                 "encodings.utf_8_sig")
 
@@ -62,7 +62,7 @@ class PythonModules:
     stdlib: Path
     sources: list[Path]     # .py files outside our package
     extensions: list[Path]  # .so extension modules
-    package: list[Path]     # .py files of the boottorrent package
+    package: list[Path]     # .py files of boottorrent.pivotal (and boottorrent/__init__)
 
 
 def package_root() -> Path:
@@ -95,6 +95,10 @@ def resolve_modules() -> PythonModules:
             continue  # built-in or frozen into the interpreter
         path = Path(origin)
         if path.is_relative_to(package_dir):
+            if not (path.is_relative_to(package_dir / "pivotal")
+                    or path == package_dir / "__init__.py"):
+                raise PivotalError(f"the pivotal program imports {path}, which is not part of "
+                                   f"its package {package_dir / 'pivotal'}")
             found.package.append(path)
         elif path.suffix == ".py":
             found.sources.append(path)

@@ -1,0 +1,98 @@
+"""The pivotal's program, run as python3 -m boottorrent.pivotal by
+pivotal/init: network, image, swarm, kexec, retried ATTEMPTS times."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from boottorrent.pivotal import ClientError
+from boottorrent.pivotal.console import human_bytes, say
+from boottorrent.pivotal.kexec import kexec, kexec_commands, verify
+from boottorrent.pivotal.network import bring_up_network, kernel_parameters
+from boottorrent.pivotal.report import Report, Reporter, send_report
+from boottorrent.pivotal.swarm import Swarm, choose_image
+
+CONFIG = Path("/etc/boottorrent/pivotal.json")
+WORK_DIR = Path("/run/boottorrent")
+ATTEMPTS = 3
+
+
+def boot(args: argparse.Namespace, config: dict, report: Report) -> list[list[str]]:
+    params = kernel_parameters(Path("/proc/cmdline").read_text())
+    if args.image:
+        params["boottorrent.image"] = args.image
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    bring_up_network(params.get("BOOTIF"), report, args.work_dir)
+    image = choose_image(config, params, report.mac)
+    report.image = image.name
+    reporter = Reporter(config["report_url"], report)
+    try:
+        say(f"booting image {image.name} ({human_bytes(image.spec['size'])}) from "
+            f"{config['server']}")
+        save_path = args.work_dir / "images"
+        swarm = Swarm(config, image, save_path, f"{report.address}:{args.port}", report)
+        swarm.download()
+        folder = save_path / image.name
+        verify(image, folder)
+        report.verified_at = time.time()
+        swarm.seed()
+        swarm.leave()
+        report.phase = "kexec"
+        commands = kexec_commands(image, folder, args.work_dir, report.mac)
+        (args.work_dir / "summary.json").write_text(json.dumps(asdict(report), indent=1))
+    finally:
+        reporter.stop()
+    return commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="boottorrent.pivotal",
+        description="The pivotal's client: get an address, download the image over "
+        "BitTorrent from the server and the other machines, seed it while others "
+        "still need it, then kexec into it.")
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help="the pivotal configuration (default: %(default)s)")
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
+                        help="where the image is downloaded, in RAM (default: %(default)s)")
+    parser.add_argument("--image", help="boot this image (default: from the kernel command "
+                        "line, the MAC mapping, or the server's default)")
+    parser.add_argument("--port", type=int, default=6881, help="BitTorrent port")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="do everything but the kexec: print its commands instead")
+    args = parser.parse_args(argv)
+
+    config = json.loads(args.config.read_text())
+    report = Report()
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            commands = boot(args, config, report)
+            break
+        except (ClientError, OSError, RuntimeError, subprocess.CalledProcessError) as error:
+            report.phase, report.message = "failed", str(error)
+            say(f"attempt {attempt} of {ATTEMPTS} failed: {error}")
+            if attempt == ATTEMPTS:
+                say(f"giving up after {ATTEMPTS} attempts: {error}")
+                return 1
+            time.sleep(5)
+    if args.dry_run:
+        for command in commands:
+            print("dry run: " + " ".join(command), flush=True)
+        return 0
+    try:
+        kexec(commands)
+    except (ClientError, OSError, ValueError, subprocess.CalledProcessError) as error:
+        report.phase, report.message = "failed", f"kexec failed: {error}"
+        say(f"{report.message}; the image downloaded, but this machine cannot boot it")
+        send_report(config["report_url"], report)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The pivotal's download: one torrent from the server and the other
+machines, then seeding it while others still need it, with an account of
+who sent what."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import libtorrent as lt
+
+from boottorrent.pivotal import ClientError, lan
+from boottorrent.pivotal.console import human_bytes, say
+from boottorrent.pivotal.report import Report
+
+
+@dataclass
+class Image:
+    name: str
+    spec: dict
+
+    def torrent(self) -> tuple[lt.torrent_info, list[str]]:
+        """The torrent without its web seeds, and the web seeds.
+
+        The web seed is the fallback only: from the start it would make
+        every client pull from the server's HTTP side.
+        """
+        entry = lt.bdecode(base64.b64decode(self.spec["torrent"]))
+        seeds = entry.pop(b"url-list", [])
+        seeds = [seeds] if isinstance(seeds, bytes) else seeds
+        return lt.torrent_info(entry), [url.decode() for url in seeds]
+
+
+def choose_image(config: dict, params: dict[str, str], mac: str) -> Image:
+    name = params.get("boottorrent.image") or config["mac_images"].get(mac) \
+        or config["default_image"]
+    if not name:
+        raise ClientError("no image registered on the server")
+    if name not in config["images"]:
+        raise ClientError(f"image {name!r} is not in this pivotal's configuration")
+    return Image(name, config["images"][name])
+
+
+class SourceCounter:
+    """The payload received, split into what the server sent and what peers sent.
+
+    libtorrent counts payload per connection (peer_info.total_download); a
+    connection's counter is gone when it closes and starts again from 0 when
+    the peer reconnects, so the last value of every connection seen is kept
+    and added up. The torrent's own total, read before the connections,
+    only adds bytes from connections that came and went between two updates,
+    which go to the peers. (Taking the peers' share as that total minus the
+    server's, read after the connections, made it jump up and back to 0
+    while only the server was connected: the bytes that arrived in between.)
+    Both figures only grow.
+    """
+
+    def __init__(self, server: str):
+        self.server = server
+        self.connections: dict[tuple, int] = {}  # (remote, local endpoint) -> bytes
+        self.closed = {True: 0, False: 0}  # from the server? -> bytes of closed connections
+        self.from_server = 0
+        self.from_peers = 0
+
+    def update(self, received: int, peers: list[tuple[tuple, tuple, int]]) -> tuple[int, int]:
+        """received: the torrent's payload total, read before peers, the
+        (remote endpoint, local endpoint, bytes received) of each connection."""
+        for remote, local, total in peers:
+            key = (tuple(remote), tuple(local))
+            last = self.connections.get(key, 0)
+            if total < last:  # the same endpoints again: a new connection
+                self.closed[remote[0] == self.server] += last
+            self.connections[key] = total
+        by_source = dict(self.closed)
+        for (remote, _), total in self.connections.items():
+            by_source[remote[0] == self.server] += total
+        self.from_server = max(self.from_server, by_source[True])
+        self.from_peers = max(self.from_peers, by_source[False],
+                              received - self.from_server)
+        return self.from_server, self.from_peers
+
+
+class Swarm:
+    """One torrent download, then seeding, with accounting of who sent what."""
+
+    def __init__(self, config: dict, image: Image, save_path: Path, listen: str,
+                 report: Report):
+        self.config = config
+        self.image = image
+        self.report = report
+        self.session = lan.session(listen, config["upload_slots"], seed=False)
+        # Keep the connection to the server when both are seeds, so that the
+        # last bytes it sent are still counted.
+        self.session.apply_settings({"close_redundant_connections": False})
+        self.sources = SourceCounter(config["server"])
+        self.last_error = ""
+        params = lt.add_torrent_params()
+        params.ti, self.web_seeds = image.torrent()
+        params.save_path = str(save_path)
+        # The server is always a peer, also before the tracker answers.
+        params.peers = [(config["server"], config["seeder_port"])]
+        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        self.handle = self.session.add_torrent(params)
+        self.last_announce = time.monotonic()
+        report.size = params.ti.total_size()
+
+    def _count_sources(self) -> None:
+        # The torrent's total first, then the connections: see SourceCounter.
+        received = self.handle.status().total_payload_download
+        peers = [(p.ip, p.local_endpoint, p.total_download) for p in self.handle.get_peer_info()]
+        self.report.from_server, self.report.from_peers = self.sources.update(received, peers)
+        for alert in self.session.pop_alerts():
+            if isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
+                                  lt.url_seed_alert)):
+                if alert.message() != self.last_error:
+                    self.last_error = alert.message()
+                    say(self.last_error)
+            elif isinstance(alert, lt.hash_failed_alert):
+                self.report.hashfails += 1
+
+    def _announce_when_due(self) -> None:
+        # opentracker's interval is 30 minutes; a boot swarm needs seconds.
+        if time.monotonic() - self.last_announce >= self.config["announce_interval"]:
+            self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+            self.last_announce = time.monotonic()
+
+    def _update_report(self) -> lt.torrent_status:
+        status = self.handle.status()
+        self.report.progress = status.progress
+        self.report.peers = status.num_peers
+        self.report.download_rate = status.download_payload_rate
+        self.report.upload_rate = status.upload_payload_rate
+        self.report.uploaded = status.all_time_upload
+        return status
+
+    def download(self) -> None:
+        self.report.phase = "downloading"
+        last_progress, stalled_since = -1, time.monotonic()
+        last_said = 0.0
+        while True:
+            self.session.wait_for_alert(500)
+            self._count_sources()
+            status = self._update_report()
+            if status.is_seeding:
+                break
+            if status.state == lt.torrent_status.downloading and status.errc.value():
+                raise ClientError(f"download failed: {status.errc.message()}")
+            if status.total_wanted_done != last_progress:
+                last_progress, stalled_since = status.total_wanted_done, time.monotonic()
+            elif (self.web_seeds and time.monotonic() - stalled_since
+                  > self.config["fallback_after"]):
+                say(f"no progress for {self.config['fallback_after']} s: "
+                    "falling back to HTTP from the server")
+                for url in self.web_seeds:
+                    self.handle.add_url_seed(url)
+                self.web_seeds = []
+            elif time.monotonic() - stalled_since > 2 * self.config["fallback_after"]:
+                # Neither the swarm nor the server's HTTP side gave a byte
+                # for as long again: this attempt is over.
+                raise ClientError(self._stalled(status, 2 * self.config["fallback_after"]))
+            self._announce_when_due()
+            if time.monotonic() - last_said >= 2:
+                last_said = time.monotonic()
+                say(f"{self.image.name}: {status.progress:.0%} from {status.num_peers} peers "
+                    f"({human_bytes(self.report.from_server)} from the server, "
+                    f"{human_bytes(self.report.from_peers)} from peers; tracker: "
+                    f"{max(status.num_complete, 0)} seeds, "
+                    f"{max(status.num_incomplete, 0)} downloading)")
+        self.report.downloaded_at = time.time()
+        say(f"{self.image.name}: downloaded, {human_bytes(self.report.from_server)} from the "
+            f"server, {human_bytes(self.report.from_peers)} from peers")
+
+    def _stalled(self, status: lt.torrent_status, seconds: int) -> str:
+        last = f" (last error: {self.last_error})" if self.last_error else ""
+        if status.num_peers == 0:
+            return (f"no progress for {seconds} s and no peer: the server "
+                    f"{self.config['server']} does not answer{last}; is it running, and is "
+                    "this machine on its network?")
+        return (f"no progress for {seconds} s from {status.num_peers} peers nor from the "
+                f"server's HTTP side{last}")
+
+    def seed(self) -> None:
+        """Seed until no peer is incomplete for seed_idle_time, or seed_time_max.
+
+        Incomplete peers that the tracker still lists but that never connect
+        (a machine that died mid-download stays listed for the tracker's
+        peer timeout, half an hour) hold us for two more announce intervals
+        only: they would otherwise keep every client from booting until
+        seed_time_max.
+        """
+        self.report.phase = "seeding"
+        started = time.monotonic()
+        idle_since: float | None = None
+        self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+        self.last_announce = time.monotonic()
+        while time.monotonic() - started < self.config["seed_time_max"]:
+            self.session.wait_for_alert(500)
+            self._count_sources()
+            status = self._update_report()
+            # num_incomplete is what the tracker said at the last announce,
+            # -1 while it does not answer: then no new peer can find us
+            # either, and only the peers already connected count.
+            # (peer_info.seed is the flag's value, always true: test the flags.)
+            if all(p.flags & lt.peer_info.seed for p in self.handle.get_peer_info()):
+                idle_since = idle_since or time.monotonic()
+                wait = self.config["seed_idle_time"]
+                if status.num_incomplete > 0:
+                    wait += 2 * self.config["announce_interval"]
+                if time.monotonic() - idle_since >= wait:
+                    break
+            else:
+                idle_since = None
+            self._announce_when_due()
+        say(f"{self.image.name}: seeded {human_bytes(self.report.uploaded)} to peers")
+
+    def leave(self) -> None:
+        """Tell the tracker we are gone before the kernel is replaced."""
+        self.handle.pause()
+        self.session.wait_for_alert(2000)
+        self.session.pause()

@@ -1,0 +1,90 @@
+"""Unit tests of the pivotal program's pure parts: kernel parameters, image
+choice, the image's command line and the account of who sent what."""
+
+from __future__ import annotations
+
+import pytest
+
+from boottorrent.pivotal import ClientError
+from boottorrent.pivotal.kexec import image_cmdline
+from boottorrent.pivotal.network import bootif_mac, kernel_parameters
+from boottorrent.pivotal.swarm import Image, SourceCounter, choose_image
+
+SERVER = "198.18.0.1"
+CONFIG = {"images": {"compute": {"cmdline": "quiet"}, "gpu": {"cmdline": ""}},
+          "mac_images": {"52:54:00:00:00:02": "gpu"}, "default_image": "compute"}
+
+
+def test_kernel_parameters():
+    params = kernel_parameters("console=ttyS0 quiet BOOTIF=01-52-54-00-AA-bb-0c "
+                               "boottorrent.image=gpu root=UUID=a=b\n")
+    assert params == {"console": "ttyS0", "quiet": "", "BOOTIF": "01-52-54-00-AA-bb-0c",
+                      "boottorrent.image": "gpu", "root": "UUID=a=b"}
+    assert bootif_mac(params["BOOTIF"]) == "52:54:00:aa:bb:0c"
+    assert bootif_mac(None) is None
+
+
+@pytest.mark.parametrize("params, mac, expected", [
+    ({"boottorrent.image": "gpu"}, "52:54:00:00:00:01", "gpu"),   # the iPXE menu or mapping
+    ({}, "52:54:00:00:00:02", "gpu"),                              # the MAC mapping
+    ({}, "52:54:00:00:00:03", "compute"),                          # the default
+])
+def test_image_choice(params, mac, expected):
+    assert choose_image(CONFIG, params, mac).name == expected
+
+
+def test_image_choice_errors():
+    with pytest.raises(ClientError, match="'other' is not in this pivotal"):
+        choose_image(CONFIG, {"boottorrent.image": "other"}, "")
+    with pytest.raises(ClientError, match="no image registered"):
+        choose_image({**CONFIG, "default_image": None}, {}, "")
+
+
+def test_image_cmdline_names_the_boot_nic():
+    image = Image("compute", {"cmdline": "quiet"})
+    assert image_cmdline(image, "52:54:00:aa:bb:0c") == "quiet BOOTIF=01-52-54-00-aa-bb-0c"
+    assert image_cmdline(Image("x", {"cmdline": ""}), "52:54:00:aa:bb:0c") == \
+        "BOOTIF=01-52-54-00-aa-bb-0c"
+    own = Image("x", {"cmdline": "BOOTIF=01-00-00-00-00-00-01"})
+    assert image_cmdline(own, "52:54:00:aa:bb:0c") == "BOOTIF=01-00-00-00-00-00-01"
+    assert image_cmdline(image, "") == "quiet"
+
+
+def server_connection(total: int, port: int = 40000):
+    return ((SERVER, 6881), ("198.18.0.100", port), total)
+
+
+def peer_connection(total: int, address: str = "198.18.0.101", port: int = 6881):
+    return ((address, port), ("198.18.0.100", 40001), total)
+
+
+def test_only_the_server_connected_means_nothing_from_peers():
+    """The torrent's total is read before the connections; bytes that arrive
+    in between must not show up as coming from peers (they did: from_peers
+    went 1.2 MiB, 0, 121 KiB, 0 on a machine only the server served)."""
+    counter = SourceCounter(SERVER)
+    for step in range(1, 50):
+        total = step * 300_000  # the server connection's counter
+        received = total - 150_000  # the torrent's total, read a moment before
+        assert counter.update(received, [server_connection(total)]) == (total, 0)
+
+
+def test_reconnections_and_closed_connections_are_kept():
+    counter = SourceCounter(SERVER)
+    assert counter.update(0, [server_connection(1000), peer_connection(500)]) == (1000, 500)
+    # The peer's connection closed: its bytes stay counted.
+    assert counter.update(1500, [server_connection(3000)]) == (3000, 500)
+    # The server reconnected from the same local port: its counter restarts.
+    assert counter.update(3500, [server_connection(200)]) == (3200, 500)
+    # A new connection from the same peer, another one from a second peer.
+    assert counter.update(3700, [server_connection(200), peer_connection(100, port=6882),
+                                 peer_connection(50, "198.18.0.102")]) == (3200, 650)
+
+
+def test_bytes_of_unseen_connections_go_to_the_peers_and_nothing_shrinks():
+    counter = SourceCounter(SERVER)
+    # A peer connected, sent 700 bytes and left between two updates.
+    assert counter.update(1700, [server_connection(1000)]) == (1000, 700)
+    # The connections' sum catching up never takes bytes back.
+    assert counter.update(1700, [server_connection(1000), peer_connection(100)]) == (1000, 700)
+    assert counter.update(2900, [server_connection(1000), peer_connection(1900)]) == (1000, 1900)
