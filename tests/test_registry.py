@@ -331,8 +331,8 @@ def test_corrupt_torrent(damage, image_files, config_dir, state_dir):
 # ---------------------------------------------------------------- failures
 
 def test_disk_full_changes_nothing(image_files, config_dir, state_dir, tmp_path):
-    """Register onto a 16 MiB tmpfs (in a private mount namespace) an image
-    that does not fit; the registry and generated files stay as they were."""
+    """Register onto a tmpfs (in a private mount namespace) with 24 MiB free
+    an image of 40 MiB; the registry and generated files stay as they were."""
     assert add(image_files, config_dir, state_dir, name="small").returncode == 0
     big = tmp_path / "big.img"
     big.write_bytes(b"\0" * (40 << 20))
@@ -345,7 +345,8 @@ def test_disk_full_changes_nothing(image_files, config_dir, state_dir, tmp_path)
             f"print(json.dumps([tree(__import__('pathlib').Path({str(state_dir)!r})), "
             f"tree(__import__('pathlib').Path({str(config_dir)!r}))]))")
     script = (f"set -e; d=$(mktemp -d); cp -a {state_dir}/. $d/; "
-              f"mount -t tmpfs -o size=48m tmpfs {state_dir}; cp -a $d/. {state_dir}/; "
+              f"size=$(( $(du -sm $d | cut -f1) + 24 )); "
+              f"mount -t tmpfs -o size=${{size}}m tmpfs {state_dir}; cp -a $d/. {state_dir}/; "
               f"rm -rf $d; rc=0; {PYTHON} -m boottorrent add-image big --kernel {big} || rc=$?; "
               f"{PYTHON} -c {shlex.quote(dump)}; exit $rc")
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
