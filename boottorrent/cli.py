@@ -11,8 +11,9 @@ import textwrap
 from pathlib import Path
 
 from boottorrent import __version__
-from boottorrent.config import (Config, ConfigError, all_problems, check_image_name,
-                                default_image, load_config)
+from boottorrent.config import Config, all_problems, default_image, load_config
+from boottorrent.configfile import ConfigError
+from boottorrent.imageconf import check_image_name
 from boottorrent.generate import regenerate
 from boottorrent.initramfs import base, kernel
 from boottorrent.pivotal.console import human_bytes

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from boottorrent import render
 from boottorrent.initramfs import PivotalError, archive, base, kernel
-from boottorrent.config import Config, ConfigError
+from boottorrent.config import Config
+from boottorrent.configfile import ConfigError
 from boottorrent.fsutil import remove_tree
 from boottorrent.registry import REGISTRY_FILE, ImageRecord, State, registry_json
 
@@ -56,7 +57,7 @@ def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) ->
     try:
         (snapshot / REGISTRY_FILE).write_text(registry_json(records))
         pivotal_config = render.write_snapshot(config, records, state, snapshot)
-        write_pivotal(config, state, render.pivotal_config_bytes(pivotal_config),
+        write_pivotal(config, state, pivotal_config.to_json(),
                       snapshot / "boot" / "pivotal")
         return state.commit(snapshot)
     except BaseException:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from boottorrent import torrents
-from boottorrent.config import Image
+from boottorrent.imageconf import Image
 from boottorrent.fsutil import copy_and_hash, open_regular, remove_tree, write_atomic
 from boottorrent.progress import Progress
 from boottorrent.registry import TORRENT_FILE, FileRecord, ImageRecord, State

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from boottorrent.config import (Config, ConfigError, Image, default_image, image_conf_path,
-                                image_conf_text, image_problems, text_problems)
+from boottorrent.config import Config, default_image
+from boottorrent.configfile import ConfigError
+from boottorrent.imageconf import (Image, image_conf_path, image_conf_text, image_problems,
+                                   text_problems)
 from boottorrent.fsutil import remove_tree
 from boottorrent.generate import regenerate
 from boottorrent.images import is_unchanged, store

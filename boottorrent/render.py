@@ -7,14 +7,15 @@ is written in place. Templates live in boottorrent/templates/.
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from boottorrent import torrents
-from boottorrent.config import Config, ConfigError, default_image, registry_problems
+from boottorrent.config import Config, default_image, registry_problems
+from boottorrent.configfile import ConfigError
+from boottorrent.pivotal.wire import ImageSpec, PivotalConfig
 from boottorrent.registry import ImageRecord, State
 
 IPXE_DIR = Path("/usr/lib/ipxe")
@@ -84,39 +85,29 @@ def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
     return torrents.with_urls(info, config.tracker_url, web_seed(config, record))
 
 
-def pivotal_config(config: Config, records: dict[str, ImageRecord], state: State) -> dict:
+def pivotal_config(config: Config, records: dict[str, ImageRecord],
+                   torrents_by_name: dict[str, bytes]) -> PivotalConfig:
     """What the pivotal needs to know; shipped as etc/boottorrent/pivotal.json."""
-    return {
-        "version": 1,
-        "server": config.address,
-        "tracker": config.tracker_url,
-        "http": config.http_url,
-        "seeder_port": config.seeder_port,
-        "report_url": f"{config.http_url}/report",
-        "announce_interval": config.announce_interval,
-        "upload_slots": config.upload_slots,
-        "seed_time_max": config.seed_time_max,
-        "seed_idle_time": config.seed_idle_time,
-        "fallback_after": config.fallback_after,
-        "default_image": default_image(config, list(records)),
-        "mac_images": dict(sorted(config.mac_images.items())),
-        "images": {
-            r.name: {
-                "infohash": r.infohash,
-                "torrent": base64.b64encode(full_torrent(config, state, r)).decode(),
-                "method": r.method,
-                "cmdline": r.cmdline,
-                "kernel": r.kernel.name,
-                "initrds": [f.name for f in r.initrds],
-                "size": r.size,
-                "sha256": {f.name: f.sha256 for f in r.files},
-            } for r in sorted(records.values(), key=lambda r: r.name)
-        },
-    }
+    return PivotalConfig(
+        server=config.address,
+        seeder_port=config.seeder_port,
+        report_url=f"{config.http_url}/report",
+        swarm=config.swarm,
+        default_image=default_image(config, list(records)),
+        mac_images=dict(sorted(config.mac_images.items())),
+        images={r.name: ImageSpec(
+            torrent=base64.b64encode(torrents_by_name[r.name]).decode(),
+            kernel=r.kernel.name,
+            initrds=[f.name for f in r.initrds],
+            cmdline=r.cmdline,
+            size=r.size,
+            sha256={f.name: f.sha256 for f in r.files},
+            method=r.method,
+        ) for r in sorted(records.values(), key=lambda r: r.name)})
 
 
 def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State,
-                   snapshot: Path) -> dict:
+                   snapshot: Path) -> PivotalConfig:
     """Write every derived file except the pivotal parts into snapshot.
 
     Returns the pivotal configuration, which goes into the pivotal's
@@ -140,10 +131,7 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
 
     torrent_dir = snapshot / "torrents"
     torrent_dir.mkdir(mode=0o755)
-    for record in records.values():
-        (torrent_dir / f"{record.name}.torrent").write_bytes(full_torrent(config, state, record))
-    return pivotal_config(config, records, state)
-
-
-def pivotal_config_bytes(pivotal: dict) -> bytes:
-    return (json.dumps(pivotal, indent=1, sort_keys=True) + "\n").encode()
+    torrents_by_name = {r.name: full_torrent(config, state, r) for r in records.values()}
+    for name, torrent in torrents_by_name.items():
+        (torrent_dir / f"{name}.torrent").write_bytes(torrent)
+    return pivotal_config(config, records, torrents_by_name)

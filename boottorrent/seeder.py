@@ -69,7 +69,7 @@ class Seeder:
         self.config = config
         self.state = state
         self.session = lan.session(f"{config.address}:{config.seeder_port}",
-                                   config.upload_slots, seed=True)
+                                   config.swarm.upload_slots, seed=True)
         # libtorrent takes another port rather than fail; clients would then
         # knock on the configured one in vain.
         if self.session.listen_port() != config.seeder_port:

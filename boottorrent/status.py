@@ -12,9 +12,6 @@ import libtorrent as lt
 
 from boottorrent.pivotal.console import human_bytes
 
-PHASES = ("dhcp", "pivotal", "downloading", "seeding", "kexec", "booted", "failed")
-
-
 def fetch(http_url: str, timeout: float = 3.0) -> dict:
     with urllib.request.urlopen(f"{http_url}/status", timeout=timeout) as response:
         return json.load(response)

@@ -3,7 +3,7 @@ and the status endpoint that pivotals report to.
 
     GET  /boot/PATH                    STATE/current/boot/PATH (iPXE script, pivotal)
     GET  /images/INFOHASH/NAME/FILE    a registered file (BEP 19 web seed; Range)
-    POST /report                       a pivotal's state, JSON (see pivotal/report.py)
+    POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report)
     GET  /status                       the seeder's and the clients' state, JSON
 
 It lives in the seeder process rather than in a separate web server: the
@@ -20,9 +20,12 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from boottorrent.pivotal.wire import Report
 
 REPORT_MAX_BYTES = 16384
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -35,11 +38,12 @@ class Reports:
         self._lock = threading.Lock()
         self._by_mac: dict[str, dict] = {}
 
-    def add(self, report: dict, address: str) -> None:
-        report = {**report, "address": report.get("address") or address,
-                  "received": time.time()}
+    def add(self, report: Report, address: str) -> None:
+        """address: where the report came from, which is what it is shown
+        under (a report's body does not choose whose entry it replaces)."""
+        entry = {**asdict(report), "address": address, "received": time.time()}
         with self._lock:
-            self._by_mac[str(report.get("mac") or address)] = report
+            self._by_mac[report.mac or address] = entry
 
     def all(self) -> list[dict]:
         with self._lock:
@@ -87,11 +91,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             return
         try:
-            report = json.loads(self.rfile.read(length))
-            if not isinstance(report, dict):
-                raise ValueError
-        except ValueError:
-            self.send_error(HTTPStatus.BAD_REQUEST, "a JSON object is expected")
+            data = json.loads(self.rfile.read(length))
+            if not isinstance(data, dict):
+                raise ValueError("a JSON object is expected")
+            report = Report.from_dict(data)
+        except ValueError as error:
+            self.send_error(HTTPStatus.BAD_REQUEST, str(error))
             return
         self.server.reports.add(report, self.client_address[0])
         self._send_json({"ok": True})

@@ -74,6 +74,15 @@ def random_image(folder: Path, name: str, sizes: dict[str, int]) -> dict[str, Pa
     return files
 
 
+def add_image_args(name: str, files: dict[str, Path]) -> list[str]:
+    """`boottorrent add-image` of files (kernel, initrd.0, ...), with the
+    command line marker=NAME that booted machines print."""
+    args = ["add-image", name, "--kernel", str(files["kernel"]), "--cmdline", f"marker={name}"]
+    for key in sorted(k for k in files if k.startswith("initrd")):
+        args += ["--initrd", str(files[key])]
+    return args
+
+
 def stamp_bzimage_header(path: Path) -> None:
     """Give random bytes the boot protocol's header, which registration
     checks for, so that they pass for an x86 kernel. Only for clients that
@@ -116,17 +125,20 @@ class Client:
     image: str
     work: Path
     log_path: Path
+    config: Path | None = None  # a pivotal.json of its own (default: the server's)
     process: subprocess.Popen | None = None
     launched: float = 0.0  # time.time() just before the process was started
     exited: float | None = None
 
     def start(self) -> "Client":
         self.work.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.launched = time.time()
         self.process = self.host.popen(
             [PYTHON, "-m", "boottorrent.pivotal", "--dry-run", "--image", self.image,
-             "--config", str(self.cluster.pivotal_json()), "--work-dir", str(self.work)],
+             "--config", str(self.config or self.cluster.pivotal_json()),
+             "--work-dir", str(self.work)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             env=environment(self.cluster.config_dir, self.cluster.state_dir))
         log.close()
@@ -244,10 +256,7 @@ class Cluster:
     def register(self, name: str, files: dict[str, Path], piece_size: int | None = None) -> None:
         """`boottorrent add-image`; piece_size overrides the piece size policy
         of boottorrent/torrents.py (for the benchmark's experiments)."""
-        args = ["add-image", name, "--kernel", str(files["kernel"]),
-                "--cmdline", f"marker={name}"]
-        for key in sorted(k for k in files if k.startswith("initrd")):
-            args += ["--initrd", str(files[key])]
+        args = add_image_args(name, files)
         if piece_size is None:
             self.server.boottorrent(*args)
         else:
@@ -323,15 +332,17 @@ class Cluster:
             host.shape(self.rate_mbit)
         return host
 
-    def client(self, name: str, image: str, host: Host | None = None) -> Client:
+    def client(self, name: str, image: str, host: Host | None = None,
+               config: Path | None = None) -> Client:
         """A client (not started yet) on host, or on a new shaped host."""
         client = Client(self, name, host or self.add_host(name), image,
-                        self.tmp / "clients" / name, self.tmp / "logs" / f"{name}.log")
+                        self.tmp / "clients" / name, self.tmp / "logs" / f"{name}.log", config)
         self.clients[name] = client
         return client
 
-    def start_client(self, name: str, image: str, host: Host | None = None) -> Client:
-        return self.client(name, image, host).start()
+    def start_client(self, name: str, image: str, host: Host | None = None,
+                     config: Path | None = None) -> Client:
+        return self.client(name, image, host, config).start()
 
     def wait_all(self, clients: list[Client], timeout: float) -> None:
         """Wait for every client to exit with status 0."""

@@ -3,15 +3,16 @@
 systemd-nspawn needs a host systemd; the lab machines have none. This module
 does by hand what nspawn does, with util-linux tools only:
 
-* ``bookworm_rootfs(cache_dir)`` debootstraps a minimal bookworm (minbase plus
-  systemd, dbus, apt, iproute2, procps, ca-certificates) once and caches it as
+* ``bookworm_rootfs(cache_dir)`` builds a minimal bookworm (minbase plus
+  systemd, dbus, apt, iproute2, procps, ca-certificates) once with
+  mmdebstrap, from the sources this machine's apt uses (as apt itself reads
+  them: ``apt-get indextargets``), and caches it as
   ``bookworm-rootfs-<key>.tar.zst`` in ``cache_dir`` (the repository's
-  ``.cache/``). ``<key>`` hashes the recipe and the mirror, so a changed
-  recipe builds a new cache. The build happens in a temporary directory, the
-  tarball is written under a temporary name and renamed into place only when
-  complete, under a lock: an interrupted debootstrap is never taken for the
-  cache. debootstrap runs in a private mount namespace, so the /proc and /sys
-  it mounts in the target vanish with it even if it is killed.
+  ``.cache/``). ``<key>`` hashes the recipe and the sources, so a changed
+  recipe builds a new cache. mmdebstrap writes the tarball under a temporary
+  name, renamed into place only when complete, under a lock: an interrupted
+  build is never taken for the cache. It runs in a private mount namespace,
+  so whatever it mounts vanishes with it even if it is killed.
 
 * ``SystemdContainer`` extracts a fresh copy of that tarball into a temporary
   directory (a test never dirties the cache) and boots it: ``ip netns exec``
@@ -34,8 +35,8 @@ does by hand what nspawn does, with util-linux tools only:
 
 How apt installs a local .deb and its dependencies without any network:
 ``stage_debs()`` copies the .debs into the root file system and runs, in a
-plain chroot that uses the host's network (as debootstrap itself does, in a
-private mount and pid namespace), ``apt-get update`` and
+plain chroot that uses the host's network (in a private mount and pid
+namespace), ``apt-get update`` and
 ``apt-get install --download-only ./x.deb``. This resolves the dependencies
 against the container's own dpkg database, so exactly the archives the
 container lacks land in its ``/var/cache/apt/archives``. Inside the booted
@@ -63,7 +64,6 @@ import fcntl
 import hashlib
 import itertools
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -73,10 +73,12 @@ import time
 import uuid
 from pathlib import Path
 
+from debian.deb822 import Deb822
+
 SUITE = "bookworm"
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "apt", "iproute2", "procps", "ca-certificates"]
 # Bump when the way the cached root file system is made changes.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINER_ENV = {
@@ -109,91 +111,27 @@ class ContainerCommandError(subprocess.CalledProcessError):
 # Mirror: whatever this machine's apt uses.
 
 
-def apt_sources() -> list[dict[str, list[str]]]:
-    """This machine's apt sources as dicts (types, uris, suites, components, signed-by)."""
-    entries: list[dict[str, list[str]]] = []
-    files = [Path("/etc/apt/sources.list")]
-    files += sorted(Path("/etc/apt/sources.list.d").glob("*"))
-    for path in files:
-        if not path.is_file():
-            continue
-        text = path.read_text(errors="replace")
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields: dict[str, list[str]] = {}
-                key = None
-                for line in stanza.splitlines():
-                    if line.startswith("#") or not line.strip():
-                        continue
-                    if line[0].isspace() and key:
-                        fields[key] += line.split()
-                        continue
-                    key, _, value = line.partition(":")
-                    key = key.strip().lower()
-                    fields[key] = value.split()
-                if fields.get("enabled", ["yes"])[0].lower() == "no":
-                    continue
-                if "uris" in fields and "suites" in fields:
-                    fields.setdefault("types", ["deb"])
-                    fields.setdefault("components", [])
-                    entries.append(fields)
-        elif path.name == "sources.list" or path.suffix == ".list":
-            for line in text.splitlines():
-                line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                words = line.split()
-                options: dict[str, list[str]] = {}
-                if len(words) > 1 and words[1].startswith("["):
-                    opts = []
-                    while words and not words[1].endswith("]"):
-                        opts.append(words.pop(1))
-                    opts.append(words.pop(1))
-                    for opt in " ".join(opts).strip("[]").split():
-                        k, _, v = opt.partition("=")
-                        options[k.lower()] = v.split(",")
-                if len(words) < 3:
-                    continue
-                entry = {"types": [words[0]], "uris": [words[1]], "suites": [words[2]],
-                         "components": words[3:]}
-                if "signed-by" in options:
-                    entry["signed-by"] = options["signed-by"]
-                entries.append(entry)
-    return entries
+def debian_sources(suite: str = SUITE) -> str:
+    """A deb822 sources file of this machine's apt sources for suite and its
+    -updates and -security companions, main only.
 
-
-def debian_sources(suite: str = SUITE) -> list[dict[str, list[str]]]:
-    """The host's entries for suite and its -updates/-security companions."""
-    wanted = {suite, f"{suite}-updates", f"{suite}-security"}
-    result = []
-    for entry in apt_sources():
-        if "deb" not in entry["types"]:
-            continue
-        suites = [s for s in entry["suites"] if s in wanted]
-        if suites and "main" in entry["components"]:
-            result.append({**entry, "types": ["deb"], "suites": suites, "components": ["main"]})
-    return result
-
-
-def debian_mirror(suite: str = SUITE) -> str:
-    """The URI this machine's apt uses for suite itself."""
-    for entry in debian_sources(suite):
-        if suite in entry["suites"]:
-            return entry["uris"][0]
-    raise ContainerError(f"no apt source for {suite} main on this machine; "
-                         "see /etc/apt/sources.list(.d)")
-
-
-def _sources_for_chroot(suite: str = SUITE) -> str:
-    stanzas = []
-    for entry in debian_sources(suite):
-        lines = ["Types: deb", f"URIs: {' '.join(entry['uris'])}",
-                 f"Suites: {' '.join(entry['suites'])}", "Components: main"]
-        signed_by = entry.get("signed-by")
-        if signed_by and signed_by[0].startswith("/usr/share/keyrings/debian-archive"):
-            lines.append(f"Signed-By: {signed_by[0]}")
-        stanzas.append("\n".join(lines) + "\n")
-    return "\n".join(stanzas)
+    What apt itself read from /etc/apt/sources.list(.d), one-line or deb822
+    (`apt-get indextargets`, whose answer is deb822 too): no parser of ours.
+    """
+    wanted = (suite, f"{suite}-updates", f"{suite}-security")
+    targets = _run(["apt-get", "indextargets", "Created-By: Packages"]).stdout
+    suites: dict[str, set[str]] = {}  # repository URI -> suites
+    for target in Deb822.iter_paragraphs(targets.splitlines()):
+        if (target.get("Target-Of") == "deb" and target.get("Component") == "main"
+                and target.get("Release") in wanted):
+            suites.setdefault(target["Repo-URI"], set()).add(target["Release"])
+    if not any(suite in found for found in suites.values()):
+        raise ContainerError(f"apt knows no source of {suite} main on this machine: see "
+                             "/etc/apt/sources.list(.d), then run apt-get update")
+    return "\n".join(
+        Deb822({"Types": "deb", "URIs": uri, "Components": "main",
+                "Suites": " ".join(s for s in wanted if s in found)}).dump()
+        for uri, found in sorted(suites.items()))
 
 
 # --------------------------------------------------------------------------
@@ -225,30 +163,43 @@ def _chroot_command(root: Path, argv: list[str]) -> list[str]:
             "sh", "-c", script, "sh", str(root)] + argv
 
 
-def _recipe_key(mirror: str) -> str:
-    recipe = repr((RECIPE_VERSION, SUITE, sorted(PACKAGES), mirror, _sources_for_chroot()))
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
-
-
 def _remove_tree(path: Path) -> None:
     """rm -rf that never crosses into a mount (there should be none)."""
     if path.exists() or path.is_symlink():
         subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
 
 
-def _debootstrap(target: Path, mirror: str, attempts: int = 3) -> None:
-    """debootstrap into target, retried: a mirror that fails one request
-    (seen in CI: "Failed getting release file") should not fail the suite."""
+# What makes the cached system a container's, run by mmdebstrap on the
+# finished tree ($1). machine-id: mmdebstrap leaves it empty, so each boot
+# makes its own and systemd does not take it for a first boot ("uninitialized"
+# would apply presets to every unit). Nothing may take apt's lock behind a
+# test's back (there is no network inside anyway).
+CUSTOMIZE_HOOKS = [
+    'echo bookworm > "$1/etc/hostname"',
+    ': > "$1/etc/resolv.conf"',
+    'chmod 644 "$1/etc/hostname" "$1/etc/resolv.conf"',
+    *(f'ln -sf /dev/null "$1/etc/systemd/system/{unit}"'
+      for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service",
+                   "apt-daily-upgrade.service")),
+]
+
+
+def _mmdebstrap(sources: Path, tarball: Path, attempts: int = 3) -> None:
+    """mmdebstrap a tarball, retried: a mirror that fails one request (seen
+    in CI: "Failed getting release file") should not fail the suite. Its
+    mounts live in a private mount namespace, gone with it even if killed."""
+    argv = ["unshare", "--mount", "--propagation", "private",
+            "mmdebstrap", "--mode=root", "--variant=minbase", "--include=" + ",".join(PACKAGES),
+            *(f"--customize-hook={hook}" for hook in CUSTOMIZE_HOOKS),
+            SUITE, str(tarball), str(sources)]
     for attempt in range(1, attempts + 1):
         try:
-            _run(["unshare", "--mount", "--propagation", "private",
-                  "debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
-                  SUITE, str(target), mirror], timeout=1800)
+            _run(argv, timeout=1800)
             return
         except ContainerCommandError:
+            tarball.unlink(missing_ok=True)
             if attempt == attempts:
                 raise
-            _remove_tree(target)
             time.sleep(30 * attempt)
 
 
@@ -256,13 +207,15 @@ def bookworm_rootfs(cache_dir: Path) -> Path:
     """The cached bookworm root file system tarball, built on first use.
 
     Returns the path of a zstd-compressed tar of a minimal bookworm with
-    systemd (see PACKAGES). Safe against concurrent callers and against a
-    build that is interrupted: only a finished tarball is renamed into place.
+    systemd (see PACKAGES), named by a hash of its recipe and sources. Safe
+    against concurrent callers and against a build that is interrupted:
+    only a finished tarball is renamed into place.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    mirror = debian_mirror()
-    tarball = cache_dir / f"{SUITE}-rootfs-{_recipe_key(mirror)}.tar.zst"
+    sources = debian_sources()
+    recipe = repr((RECIPE_VERSION, SUITE, sorted(PACKAGES), CUSTOMIZE_HOOKS, sources))
+    tarball = cache_dir / f"{SUITE}-rootfs-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.tar.zst"
     if tarball.exists():
         return tarball
     with open(cache_dir / f"{SUITE}-rootfs.lock", "w") as lock:
@@ -271,12 +224,9 @@ def bookworm_rootfs(cache_dir: Path) -> Path:
             return tarball
         workdir = Path(tempfile.mkdtemp(prefix=f".{SUITE}-build-", dir=cache_dir))
         try:
-            target = workdir / "root"
-            _debootstrap(target, mirror)
-            _customise_rootfs(target)
+            (workdir / "debian.sources").write_text(sources)
             partial = workdir / "rootfs.tar.zst"
-            _run(["tar", "--create", "--zstd", "--numeric-owner", "--xattrs", "--acls",
-                  "--one-file-system", "-C", str(target), "-f", str(partial), "."], timeout=600)
+            _mmdebstrap(workdir / "debian.sources", partial)
             with open(partial, "rb") as handle:
                 os.fsync(handle.fileno())
             os.rename(partial, tarball)
@@ -287,29 +237,6 @@ def bookworm_rootfs(cache_dir: Path) -> Path:
         finally:
             _remove_tree(workdir)
     return tarball
-
-
-def _customise_rootfs(root: Path) -> None:
-    (root / "etc/apt/sources.list").write_text("")
-    (root / "etc/apt/sources.list.d/debian.sources").write_text(_sources_for_chroot())
-    shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
-    _run(_chroot_command(root, ["apt-get", "update", "-q"]), timeout=600)
-    _run(_chroot_command(root, ["apt-get", "clean"]))
-    # Each container writes its own machine-id; an empty file would mean
-    # "first boot", which applies presets to all units.
-    (root / "etc/machine-id").write_text("")
-    (root / "etc/resolv.conf").write_text("")
-    (root / "etc/hostname").write_text("bookworm\n")
-    # Nothing may take apt's lock behind a test's back (there is no network
-    # inside anyway).
-    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service",
-                 "apt-daily-upgrade.service"):
-        mask = root / "etc/systemd/system" / unit
-        mask.unlink(missing_ok=True)
-        mask.symlink_to("/dev/null")
-    for path in (root / "var/log").rglob("*"):
-        if path.is_file():
-            path.unlink()
 
 
 def extract_rootfs(tarball: Path, dest: Path) -> Path:

@@ -37,6 +37,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -164,25 +165,9 @@ def build_packet(message_type: int, *, xid: int, mac: str, arch: int | None,
     return body + b"\0" * max(0, 300 - len(body))  # BOOTP minimum size
 
 
-def _parse_suboptions(value: bytes) -> dict[int, str]:
-    result: dict[int, str] = {}
-    i = 0
-    while i < len(value):
-        code = value[i]
-        if code == 255:
-            break
-        if code == 0:
-            i += 1
-            continue
-        if i + 1 >= len(value):
-            break
-        length = value[i + 1]
-        result[code] = value[i + 2:i + 2 + length].hex()
-        i += 2 + length
-    return result
-
-
-def _parse_options(data: bytes, options: dict[int, bytes]) -> None:
+def _tlvs(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(code, value) of each option in data: type-length-value, with the
+    pad (0) and end (255) codes of RFC 2132."""
     i = 0
     while i < len(data):
         code = data[i]
@@ -194,9 +179,18 @@ def _parse_options(data: bytes, options: dict[int, bytes]) -> None:
         if i + 1 >= len(data):
             break
         length = data[i + 1]
-        # A repeated option is concatenated (RFC 3396).
-        options[code] = options.get(code, b"") + data[i + 2:i + 2 + length]
+        yield code, data[i + 2:i + 2 + length]
         i += 2 + length
+
+
+def _parse_suboptions(value: bytes) -> dict[int, str]:
+    return {code: sub.hex() for code, sub in _tlvs(value)}
+
+
+def _parse_options(data: bytes, options: dict[int, bytes]) -> None:
+    for code, value in _tlvs(data):
+        # A repeated option is concatenated (RFC 3396).
+        options[code] = options.get(code, b"") + value
 
 
 def _decode_option(code: int, value: bytes) -> object:

@@ -4,14 +4,12 @@ and the real command line run as a subprocess on Debian's interpreter."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +18,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lab import kernel  # noqa: E402
+from lab.cluster import MIB, Cluster  # noqa: E402,F401
 from lab.cluster import pivotal_cache as cluster_pivotal_cache  # noqa: E402
 from lab.cluster import random_image, stamp_bzimage_header, wait_for  # noqa: E402,F401
-from lab.netns import Lab  # noqa: E402
-from lab.server import Server, environment, lab_config  # noqa: E402
+from lab.server import lab_config  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 
@@ -117,71 +115,29 @@ def copy_tree(source: Path, target: Path) -> None:
 
 # ---------------------------------------------------------------- a server in a lab
 
-MIB = 1 << 20
+@pytest.fixture
+def make_cluster(tmp_path: Path, pivotal_cache: Path):
+    """make_cluster(rate_mbit=None, conf={section: {key: value}}): a lab
+    cluster (lab/cluster.py: the real services in a server namespace, the
+    real pivotal program in client namespaces), closed after the test."""
+    clusters: list[Cluster] = []
+
+    def make(rate_mbit: int | None = None, conf: dict | None = None) -> Cluster:
+        cluster = Cluster(tmp_path / f"lab{len(clusters)}", rate_mbit=rate_mbit,
+                          conf=conf or {}, cache=pivotal_cache)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.close()
 
 
-def register(server: Server, name: str, files: dict[str, Path]) -> None:
-    args = ["add-image", name, "--kernel", str(files["kernel"]), "--cmdline", f"marker={name}"]
-    for key in sorted(k for k in files if k.startswith("initrd")):
-        args += ["--initrd", str(files[key])]
-    server.boottorrent(*args)
-
-
-class ServerLab:
-    """A lab with a running BootTorrent server and helpers to add clients."""
-
-    def __init__(self, lab: Lab, tmp: Path, config_dir: Path, state_dir: Path):
-        self.lab = lab
-        self.tmp = tmp
-        self.host = lab.add_server()
-        self.server = Server(self.host, config_dir, state_dir, tmp / "logs")
-        self.config_dir = config_dir
-        self.state_dir = state_dir
-
-    def pivotal_json(self) -> Path:
-        """The pivotal's configuration as the config part carries it."""
-        cpio = self.state_dir / "current" / "boot" / "pivotal" / "config.cpio"
-        out = self.tmp / f"pivotal-{time.monotonic_ns()}.json"
-        data = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout",
-                               "etc/boottorrent/pivotal.json"], input=cpio.read_bytes(),
-                              capture_output=True, check=True).stdout
-        out.write_bytes(data)
-        return out
-
-    def start_client(self, name: str, image: str, shape_mbit: int | None = None,
-                     address: str | None = None,
-                     config: Path | None = None) -> tuple[subprocess.Popen, Path]:
-        host = self.lab.add_host(name, address=address)
-        if shape_mbit:
-            host.shape(shape_mbit)
-        work = self.tmp / name
-        work.mkdir()
-        log = open(self.tmp / f"{name}.log", "wb")
-        process = host.popen([PYTHON, "-m", "boottorrent.pivotal", "--dry-run", "--image", image,
-                              "--config", str(config or self.pivotal_json()),
-                              "--work-dir", str(work)],
-                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                             env=environment(self.config_dir, self.state_dir))
-        return process, work
+# Clients leave 2 s after the swarm is done; no HTTP fallback within a test.
+CLIENTS = {"seed_idle_time": 2, "fallback_after": 120}
 
 
 @pytest.fixture
-def server_lab(tmp_path, config_dir, state_dir):
-    conf = config_dir / "boottorrent.conf"
-    conf.write_text(conf.read_text() + "[clients]\nseed_idle_time = 2\nfallback_after = 120\n")
-    with Lab() as lab:
-        yield ServerLab(lab, tmp_path, config_dir, state_dir)
-
-
-def wait(process: subprocess.Popen, log: Path, timeout: float) -> str:
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        text = log.read_text(errors="replace")
-        shown = text if len(text) < 6000 else text[:2000] + "\n[...]\n" + text[-4000:]
-        raise AssertionError(f"{log.name} still running after {timeout} s:\n{shown}") from None
-    return log.read_text(errors="replace")
-
-
-def summary(work: Path) -> dict:
-    return json.loads((work / "summary.json").read_text())
+def cluster(make_cluster) -> Cluster:
+    """A cluster whose links are not shaped and whose services are not started."""
+    return make_cluster(conf={"clients": CLIENTS})

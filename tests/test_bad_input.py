@@ -64,6 +64,19 @@ def test_description_option_is_checked_the_same_way(image_files, config_dir, sta
             config_dir, state_dir)
 
 
+@pytest.mark.parametrize("method", ["qemu", "exec", "kexex"])
+def test_a_method_that_is_not_built_is_refused(method, image_files, config_dir, state_dir):
+    """A value we accept must do what it says: only kexec boots an image."""
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "images.d" / "vm.conf"
+    conf.write_text(f"kernel = {image_files['vmlinuz']}\nmethod = {method}\n")
+    before = tree(config_dir), tree(state_dir)
+    for command in (["add-image", "vm"], ["check"]):
+        result = cli(*command, config_dir=config_dir, state_dir=state_dir)
+        refused(result, conf, f"method: '{method}': this version boots an image by kexec only",
+                before, config_dir, state_dir)
+
+
 # ---------------------------------------------------------------- 2. [server] interface
 
 @pytest.mark.parametrize("interface", [

@@ -23,7 +23,7 @@ CACHE = REPO / ".cache"
 pytestmark = [
     pytest.mark.package,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, chroot)"),
-    pytest.mark.skipif(shutil.which("debootstrap") is None, reason="needs debootstrap"),
+    pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="needs mmdebstrap"),
 ]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, interruptible
+from conftest import PYTHON, REPO, interruptible, wait_for
 
 
 TAG = "BOOTTORRENT_TEST_RUN"
@@ -69,7 +69,6 @@ def namespaces() -> set[str]:
 def test_demo_interrupted_cleans_up():
     """Ctrl-C while a machine boots: the demo stops, and nothing it started
     is left: no namespace, no QEMU, no server process."""
-    namespaces_before = namespaces()
     env, tag = tagged_environment()
     demo = subprocess.Popen([PYTHON, "-m", "demo", "--vms", "1", "--image-mib", "8"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -81,8 +80,16 @@ def test_demo_interrupted_cleans_up():
             output.append(line)
             if line.startswith("MACHINE"):
                 break
-        started = processes_of(tag)
-        assert any("qemu-system" in argv for argv in started.values()), started
+        # QEMU runs under `ip netns exec`, which may not have exec'd it yet.
+        def qemu_started() -> dict[int, str]:
+            started = processes_of(tag)
+            return started if any("qemu-system" in a for a in started.values()) else {}
+
+        wait_for(qemu_started, 60, "QEMU to be started")
+        # The demo's lab namespaces are named after its PID (lab/netns.py);
+        # other test runs may have labs of their own meanwhile.
+        own = {name for name in namespaces() if name.startswith(f"bt{demo.pid % 100000}")}
+        assert own, namespaces()
     finally:
         # Also when an assertion failed: a killed demo would leave its lab.
         demo.send_signal(signal.SIGINT)
@@ -95,4 +102,4 @@ def test_demo_interrupted_cleans_up():
     assert kept, rest
     shutil.rmtree(kept.group(1))
     assert processes_of(tag) == {}
-    assert namespaces() <= namespaces_before, namespaces() - namespaces_before
+    assert not own & namespaces(), own & namespaces()

@@ -33,18 +33,12 @@ TIMEOUT = 150  # per wait; a healthy run needs a fraction of it
 
 
 @pytest.fixture
-def make_cluster(tmp_path, pivotal_cache):
-    clusters = []
-
+def make_cluster(make_cluster):
+    """conftest's, with this module's settings under the test's own."""
     def make(rate_mbit: int, conf: dict | None = None) -> Cluster:
-        cluster = Cluster(tmp_path / f"lab{len(clusters)}", rate_mbit=rate_mbit,
-                          conf={**CONF, **(conf or {})}, cache=pivotal_cache)
-        clusters.append(cluster)
-        return cluster
+        return make_cluster(rate_mbit, {**CONF, **(conf or {})})
 
-    yield make
-    for cluster in clusters:
-        cluster.close()
+    return make
 
 
 def logs(clients: list[Client]) -> str:

@@ -44,8 +44,8 @@ pytestmark = [
     pytest.mark.package,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, chroot)"),
     pytest.mark.skipif(not all(shutil.which(t) for t in ("dpkg-buildpackage", "lintian",
-                                                         "debootstrap", "help2man")),
-                       reason="needs dpkg-dev, debhelper, lintian, debootstrap, help2man"),
+                                                         "mmdebstrap", "help2man")),
+                       reason="needs dpkg-dev, debhelper, lintian, mmdebstrap, help2man"),
 ]
 
 

@@ -3,67 +3,64 @@ and the seeder in a server namespace, clients in their own namespaces."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 from pathlib import Path
 
-from conftest import MIB, PYTHON, REPO, random_image, register, summary, wait, wait_for
+from conftest import CLIENTS, MIB, PYTHON, REPO, random_image, wait_for
+from lab.cluster import add_image_args
 from lab.netns import Lab
 from lab.server import Server, fetch, unit_command
 
+DHCP_SERVICES = ("dnsmasq", "tracker", "seeder")
 
-def test_two_clients_share_through_tracker(server_lab, tmp_path):
-    files = random_image(tmp_path / "src", "compute", {"kernel": 6 * MIB,
-                                                       "initrd.0": 18 * MIB})
-    server = server_lab.server
-    register(server, "compute", files)
-    server_lab.host.shape(40)  # the server's link is the bottleneck, as in a real cluster
-    server.start()
 
-    first, first_work = server_lab.start_client("c1", "compute")
+def test_two_clients_share_through_tracker(cluster):
+    files = cluster.add_image("compute", {"kernel": 6 * MIB, "initrd.0": 18 * MIB})
+    server = cluster.server
+    cluster.server_host.shape(40)  # the server's link is the bottleneck, as in a real cluster
+    cluster.start(DHCP_SERVICES)
+
+    first = cluster.start_client("c1", "compute", cluster.add_host("c1", None))
     # Let the first get part of the image, then a second joins: it must get
     # pieces from the first, not only from the seeder.
     wait_for(lambda: any(c.get("progress", 0) > 0.3 for c in server.status()["clients"]), 120,
              "the first client to hold 30 % of the image")
-    second, second_work = server_lab.start_client("c2", "compute")
+    second = cluster.start_client("c2", "compute", cluster.add_host("c2", None))
 
-    for process, work, name in ((first, first_work, "c1"), (second, second_work, "c2")):
-        output = wait(process, tmp_path / f"{name}.log", 180)
-        assert process.returncode == 0, output
-        folder = work / "images" / "compute"
+    for client in (first, second):
+        assert client.wait(180) == 0, client.log()
+        folder, work = client.folder(), client.work
         assert (folder / "kernel").read_bytes() == files["kernel"].read_bytes()
         assert (folder / "initrd.0").read_bytes() == files["initrd.0"].read_bytes()
-        mac = summary(work)["mac"].replace(":", "-")
+        mac = client.summary()["mac"].replace(":", "-")
         assert f"dry run: kexec -s -l {folder / 'kernel'} --initrd={work / 'initrd'} " \
-               f"--command-line=marker=compute BOOTIF=01-{mac}" in output
+               f"--command-line=marker=compute BOOTIF=01-{mac}" in client.log()
         assert (work / "initrd").read_bytes() == files["initrd.0"].read_bytes()
 
     # `boottorrent status` shows both clients as they reported themselves.
     shown = server.boottorrent("status").stdout
-    for work in (first_work, second_work):
-        line = next(l for l in shown.splitlines() if l.startswith(summary(work)["mac"]))
+    for client in (first, second):
+        line = next(l for l in shown.splitlines() if l.startswith(client.summary()["mac"]))
         assert "compute" in line and "kexec" in line and "100%" in line, shown
     header, image_row = shown.splitlines()[:2]
     assert header.split()[:5] == ["IMAGE", "SIZE", "SEEDS", "LEECHERS", "COMPLETIONS"]
     # From the tracker: the seeder is a seed, and both clients completed.
     assert image_row.split()[:6] == ["compute", "24.0", "MiB", "1", "0", "2"], shown
 
-    second_summary = summary(second_work)
+    second_summary = second.summary()
     assert second_summary["from_peers"] > 2 * MIB, second_summary
-    assert summary(first_work)["uploaded"] > 2 * MIB
+    assert first.summary()["uploaded"] > 2 * MIB
     # The clients got their addresses from our dnsmasq (full mode).
     assert second_summary["address"].startswith("198.18.0.")
     assert int(second_summary["address"].rsplit(".", 1)[1]) >= 100
 
 
-def test_boot_files_over_tftp_and_http(server_lab, tmp_path):
-    files = random_image(tmp_path / "src", "compute", {"kernel": 2 * MIB})
-    server = server_lab.server
-    register(server, "compute", files)
-    server.start()
-    client = server_lab.lab.add_host("c1")
-    boot = server_lab.state_dir / "current" / "boot"
+def test_boot_files_over_tftp_and_http(cluster, tmp_path):
+    files = cluster.add_image("compute", {"kernel": 2 * MIB})
+    cluster.start(DHCP_SERVICES)
+    client = cluster.lab.add_host("c1")
+    boot = cluster.state_dir / "current" / "boot"
 
     client.run(["busybox", "tftp", "-g", "-r", "undionly.kpxe", "-l", str(tmp_path / "u.kpxe"),
                 "198.18.0.1"])
@@ -77,9 +74,7 @@ def test_boot_files_over_tftp_and_http(server_lab, tmp_path):
         assert got == (boot / "pivotal" / part).read_bytes(), part
 
     # The web seed answers ranges, as BEP 19 needs.
-    infohash = json.loads((server_lab.state_dir / "current" / "registry.json").read_text())[
-        "images"]["compute"]["infohash"]
-    url = f"http://198.18.0.1:6980/images/{infohash}/compute/kernel"
+    url = cluster.url("compute", "kernel")
     out = client.run(["curl", "-s", "-r", "100-199", url], text=False).stdout
     assert out == files["kernel"].read_bytes()[100:200]
     # Nothing outside the two trees.
@@ -87,21 +82,20 @@ def test_boot_files_over_tftp_and_http(server_lab, tmp_path):
                        "http://198.18.0.1:6980/boot/../registry.json"]).stdout == "404"
 
 
-def test_reload_adds_image_without_disturbing_a_download(server_lab, tmp_path):
-    first_files = random_image(tmp_path / "src", "first", {"kernel": 24 * MIB})
-    server = server_lab.server
-    register(server, "first", first_files)
-    server_lab.host.shape(30)
-    server.start()
-    client, work = server_lab.start_client("c1", "first")
+def test_reload_adds_image_without_disturbing_a_download(cluster):
+    first_files = cluster.add_image("first", {"kernel": 24 * MIB})
+    server = cluster.server
+    cluster.server_host.shape(30)
+    cluster.start(DHCP_SERVICES)
+    client = cluster.start_client("c1", "first", cluster.add_host("c1", None))
     wait_for(lambda: server.status()["images"][0]["uploaded"] > 4 * MIB, 120,
              "the seeder to have sent 4 MiB")
     uploaded_before = server.status()["images"][0]["uploaded"]
 
-    second_files = random_image(tmp_path / "src", "second", {"kernel": 3 * MIB})
-    register(server, "second", second_files)
+    second_files = cluster.add_image("second", {"kernel": 3 * MIB})
     server.reload("seeder")
     server.reload("tracker")
+
     def seeded() -> dict:
         names = {i["name"]: i for i in server.status()["images"]}
         return names if "second" in names else {}
@@ -112,24 +106,19 @@ def test_reload_adds_image_without_disturbing_a_download(server_lab, tmp_path):
     assert names["first"]["uploaded"] >= uploaded_before
 
     # The new image downloads through the tracker, whose whitelist was reloaded.
-    late, late_work = server_lab.start_client("c2", "second")
-    output = wait(late, tmp_path / "c2.log", 120)
-    assert late.returncode == 0, output
-    assert (late_work / "images" / "second" / "kernel").read_bytes() == \
-        second_files["kernel"].read_bytes()
+    late = cluster.start_client("c2", "second", cluster.add_host("c2", None))
+    assert late.wait(120) == 0, late.log()
+    assert (late.folder() / "kernel").read_bytes() == second_files["kernel"].read_bytes()
 
-    output = wait(client, tmp_path / "c1.log", 120)
-    assert client.returncode == 0, output
-    assert (work / "images" / "first" / "kernel").read_bytes() == \
-        first_files["kernel"].read_bytes()
-    assert "attempt 1 of 3 failed" not in output
+    assert client.wait(120) == 0, client.log()
+    assert (client.folder() / "kernel").read_bytes() == first_files["kernel"].read_bytes()
+    assert "attempt 1 of 3 failed" not in client.log()
 
 
-def test_seeder_speaks_sd_notify(server_lab, tmp_path):
+def test_seeder_speaks_sd_notify(cluster, tmp_path):
     """READY=1, STATUS= and WATCHDOG=1 reach $NOTIFY_SOCKET, as under systemd."""
-    files = random_image(tmp_path / "src", "compute", {"kernel": MIB})
-    server = server_lab.server
-    register(server, "compute", files)
+    cluster.add_image("compute", {"kernel": MIB})
+    server = cluster.server
     server.boottorrent("generate")
     socket_path = tmp_path / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
@@ -155,7 +144,7 @@ def test_seeder_waits_for_its_address(tmp_path, config_dir, state_dir):
     with Lab() as lab:
         host = lab.add_host("server", None)
         server = Server(host, config_dir, state_dir, tmp_path / "logs")
-        register(server, "compute", files)
+        server.boottorrent(*add_image_args("compute", files))
         socket_path = tmp_path / "notify"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
             listener.bind(str(socket_path))
@@ -175,36 +164,33 @@ def test_seeder_waits_for_its_address(tmp_path, config_dir, state_dir):
             server.stop_service("seeder")
 
 
-def test_seeder_refuses_a_taken_port(server_lab, tmp_path):
+def test_seeder_refuses_a_taken_port(cluster):
     """libtorrent would listen on another port than the one clients are told;
     the seeder exits instead, naming the address and the key."""
-    files = random_image(tmp_path / "src", "compute", {"kernel": MIB})
-    server = server_lab.server
-    register(server, "compute", files)
+    cluster.add_image("compute", {"kernel": MIB})
+    server = cluster.server
     server.boottorrent("generate")
-    squatter = server_lab.host.popen([PYTHON, "-c", "import socket, time; s = socket.socket(); "
+    squatter = cluster.server_host.popen([PYTHON, "-c", "import socket, time; s = socket.socket(); "
                                       "s.bind(('198.18.0.1', 6881)); s.listen(); "
                                       "print('listening', flush=True); time.sleep(600)"],
                                      stdout=subprocess.PIPE, text=True)
     assert squatter.stdout.readline() == "listening\n"
     process = server.start_service("seeder")
     assert process.wait(60) == 1
-    assert (f"cannot listen on 198.18.0.1:6881 ({server_lab.config_dir}/boottorrent.conf: "
+    assert (f"cannot listen on 198.18.0.1:6881 ({cluster.config_dir}/boottorrent.conf: "
             "[seeder] port)") in server.log("seeder")
-    server_lab.lab.stop(squatter)
+    cluster.lab.stop(squatter)
 
 
-def test_client_without_a_server_says_so_and_gives_up(server_lab, tmp_path):
+def test_client_without_a_server_says_so_and_gives_up(make_cluster):
     """A link that stays down: each attempt ends after 2 x fallback_after
     without progress, with a plain message, and the client exits (the
     pivotal then opens its rescue shell)."""
-    conf = server_lab.config_dir / "boottorrent.conf"
-    conf.write_text(conf.read_text().replace("fallback_after = 120", "fallback_after = 5"))
-    files = random_image(tmp_path / "src", "compute", {"kernel": MIB})
-    register(server_lab.server, "compute", files)  # registered, but no service runs
-    client, _ = server_lab.start_client("c1", "compute", address="198.18.0.50")
-    output = wait(client, tmp_path / "c1.log", 300)
-    assert client.returncode == 1, output
+    cluster = make_cluster(conf={"clients": {**CLIENTS, "fallback_after": 5}})
+    cluster.add_image("compute", {"kernel": MIB})  # registered, but no service runs
+    client = cluster.start_client("c1", "compute", cluster.add_host("c1", "198.18.0.50"))
+    assert client.wait(300) == 1, client.log()
+    output = client.log()
     assert ("no progress for 10 s and no peer: the server 198.18.0.1 does not answer"
             in output), output
     assert "giving up after 3 attempts" in output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -15,15 +16,16 @@ from boottorrent.pivotal import ClientError
 from boottorrent.pivotal.console import human_bytes, say
 from boottorrent.pivotal.kexec import kexec, kexec_commands, verify
 from boottorrent.pivotal.network import bring_up_network, kernel_parameters
-from boottorrent.pivotal.report import Report, Reporter, send_report
+from boottorrent.pivotal.report import Reporter, send_report
 from boottorrent.pivotal.swarm import Swarm, choose_image
+from boottorrent.pivotal.wire import PivotalConfig, Report
 
 CONFIG = Path("/etc/boottorrent/pivotal.json")
 WORK_DIR = Path("/run/boottorrent")
 ATTEMPTS = 3
 
 
-def boot(args: argparse.Namespace, config: dict, report: Report) -> list[list[str]]:
+def boot(args: argparse.Namespace, config: PivotalConfig, report: Report) -> list[list[str]]:
     params = kernel_parameters(Path("/proc/cmdline").read_text())
     if args.image:
         params["boottorrent.image"] = args.image
@@ -31,10 +33,9 @@ def boot(args: argparse.Namespace, config: dict, report: Report) -> list[list[st
     bring_up_network(params.get("BOOTIF"), report, args.work_dir)
     image = choose_image(config, params, report.mac)
     report.image = image.name
-    reporter = Reporter(config["report_url"], report)
+    reporter = Reporter(config.report_url, report)
     try:
-        say(f"booting image {image.name} ({human_bytes(image.spec['size'])}) from "
-            f"{config['server']}")
+        say(f"booting image {image.name} ({human_bytes(image.spec.size)}) from {config.server}")
         save_path = args.work_dir / "images"
         swarm = Swarm(config, image, save_path, f"{report.address}:{args.port}", report)
         swarm.download()
@@ -68,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="do everything but the kexec: print its commands instead")
     args = parser.parse_args(argv)
 
-    config = json.loads(args.config.read_text())
-    report = Report()
+    try:
+        config = PivotalConfig.from_json(args.config.read_bytes())
+    except (OSError, ValueError) as error:
+        say(f"{args.config}: {error}")
+        return 1
+    report = Report(hostname=socket.gethostname(), started=time.time())
     for attempt in range(1, ATTEMPTS + 1):
         try:
             commands = boot(args, config, report)
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ClientError, OSError, ValueError, subprocess.CalledProcessError) as error:
         report.phase, report.message = "failed", f"kexec failed: {error}"
         say(f"{report.message}; the image downloaded, but this machine cannot boot it")
-        send_report(config["report_url"], report)
+        send_report(config.report_url, report)
     return 1
 
 

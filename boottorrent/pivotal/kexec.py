@@ -12,7 +12,7 @@ from boottorrent.pivotal.swarm import Image
 
 
 def verify(image: Image, folder: Path) -> None:
-    for name, expected in image.spec["sha256"].items():
+    for name, expected in image.spec.sha256.items():
         digest = hashlib.sha256()
         with (folder / name).open("rb") as file:
             while chunk := file.read(1 << 20):
@@ -25,7 +25,7 @@ def image_cmdline(image: Image, mac: str) -> str:
     """The image's command line, plus BOOTIF= (the pxelinux convention that
     Debian's live-boot, dracut and others read) naming the NIC that booted,
     unless the image sets it itself."""
-    cmdline = image.spec["cmdline"]
+    cmdline = image.spec.cmdline
     if mac and "BOOTIF=" not in cmdline:
         cmdline = f"{cmdline} BOOTIF=01-{mac.replace(':', '-')}".strip()
     return cmdline
@@ -33,9 +33,9 @@ def image_cmdline(image: Image, mac: str) -> str:
 
 def kexec_commands(image: Image, folder: Path, work: Path, mac: str) -> list[list[str]]:
     """The kexec command lines that boot the image, and write the initrd."""
-    kernel = folder / image.spec["kernel"]
+    kernel = folder / image.spec.kernel
     load = ["kexec", "-s", "-l", str(kernel), f"--command-line={image_cmdline(image, mac)}"]
-    initrds = [folder / name for name in image.spec["initrds"]]
+    initrds = [folder / name for name in image.spec.initrds]
     if initrds:
         # kexec takes one initrd; the kernel unpacks concatenated archives.
         combined = work / "initrd"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from boottorrent.pivotal import ClientError
 from boottorrent.pivotal.console import say
-from boottorrent.pivotal.report import Report
+from boottorrent.pivotal.wire import Report
 
 UDHCPC_SCRIPT = """#!/bin/sh
 # Written by the BootTorrent client: configure the lease udhcpc got.

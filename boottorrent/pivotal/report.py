@@ -1,43 +1,17 @@
-"""What the pivotal tells the server: its report, POSTed to /report once a
-second from a thread of its own."""
+"""The pivotal's report (wire.Report), POSTed to the server's /report once
+a second from a thread of its own."""
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
-import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
 
-
-@dataclass
-class Report:
-    """What the client tells the server (POST /report) and prints."""
-
-    mac: str = ""
-    address: str = ""
-    hostname: str = field(default_factory=socket.gethostname)
-    image: str = ""
-    phase: str = "pivotal"  # pivotal, dhcp, downloading, seeding, kexec, failed
-    progress: float = 0.0
-    size: int = 0
-    peers: int = 0
-    from_server: int = 0
-    from_peers: int = 0
-    uploaded: int = 0
-    download_rate: int = 0
-    upload_rate: int = 0
-    message: str = ""
-    started: float = field(default_factory=time.time)
-    downloaded_at: float | None = None
-    verified_at: float | None = None  # when the SHA-256 check of the files passed
-    hashfails: int = 0  # pieces that failed their hash check (a bad peer or link)
+from boottorrent.pivotal.wire import Report
 
 
 def send_report(url: str, report: Report) -> None:
-    body = json.dumps(asdict(report)).encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=report.to_json(),
+                                     headers={"Content-Type": "application/json"})
     try:
         urllib.request.urlopen(request, timeout=2).close()
     except OSError:

@@ -13,13 +13,13 @@ import libtorrent as lt
 
 from boottorrent.pivotal import ClientError, lan
 from boottorrent.pivotal.console import human_bytes, say
-from boottorrent.pivotal.report import Report
+from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, Report
 
 
 @dataclass
 class Image:
     name: str
-    spec: dict
+    spec: ImageSpec
 
     def torrent(self) -> tuple[lt.torrent_info, list[str]]:
         """The torrent without its web seeds, and the web seeds.
@@ -27,20 +27,24 @@ class Image:
         The web seed is the fallback only: from the start it would make
         every client pull from the server's HTTP side.
         """
-        entry = lt.bdecode(base64.b64decode(self.spec["torrent"]))
+        entry = lt.bdecode(base64.b64decode(self.spec.torrent))
         seeds = entry.pop(b"url-list", [])
         seeds = [seeds] if isinstance(seeds, bytes) else seeds
         return lt.torrent_info(entry), [url.decode() for url in seeds]
 
 
-def choose_image(config: dict, params: dict[str, str], mac: str) -> Image:
-    name = params.get("boottorrent.image") or config["mac_images"].get(mac) \
-        or config["default_image"]
+def choose_image(config: PivotalConfig, params: dict[str, str], mac: str) -> Image:
+    name = params.get("boottorrent.image") or config.mac_images.get(mac) \
+        or config.default_image
     if not name:
         raise ClientError("no image registered on the server")
-    if name not in config["images"]:
+    if name not in config.images:
         raise ClientError(f"image {name!r} is not in this pivotal's configuration")
-    return Image(name, config["images"][name])
+    spec = config.images[name]
+    if spec.method != "kexec":
+        raise ClientError(f"image {name!r}: this pivotal boots images by kexec, "
+                          f"not by {spec.method}")
+    return Image(name, spec)
 
 
 class SourceCounter:
@@ -85,22 +89,23 @@ class SourceCounter:
 class Swarm:
     """One torrent download, then seeding, with accounting of who sent what."""
 
-    def __init__(self, config: dict, image: Image, save_path: Path, listen: str,
+    def __init__(self, config: PivotalConfig, image: Image, save_path: Path, listen: str,
                  report: Report):
-        self.config = config
+        self.server = config.server
+        self.settings = config.swarm
         self.image = image
         self.report = report
-        self.session = lan.session(listen, config["upload_slots"], seed=False)
+        self.session = lan.session(listen, self.settings.upload_slots, seed=False)
         # Keep the connection to the server when both are seeds, so that the
         # last bytes it sent are still counted.
         self.session.apply_settings({"close_redundant_connections": False})
-        self.sources = SourceCounter(config["server"])
+        self.sources = SourceCounter(config.server)
         self.last_error = ""
         params = lt.add_torrent_params()
         params.ti, self.web_seeds = image.torrent()
         params.save_path = str(save_path)
         # The server is always a peer, also before the tracker answers.
-        params.peers = [(config["server"], config["seeder_port"])]
+        params.peers = [(config.server, config.seeder_port)]
         params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         self.handle = self.session.add_torrent(params)
         self.last_announce = time.monotonic()
@@ -122,7 +127,7 @@ class Swarm:
 
     def _announce_when_due(self) -> None:
         # opentracker's interval is 30 minutes; a boot swarm needs seconds.
-        if time.monotonic() - self.last_announce >= self.config["announce_interval"]:
+        if time.monotonic() - self.last_announce >= self.settings.announce_interval:
             self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
             self.last_announce = time.monotonic()
 
@@ -150,16 +155,16 @@ class Swarm:
             if status.total_wanted_done != last_progress:
                 last_progress, stalled_since = status.total_wanted_done, time.monotonic()
             elif (self.web_seeds and time.monotonic() - stalled_since
-                  > self.config["fallback_after"]):
-                say(f"no progress for {self.config['fallback_after']} s: "
+                  > self.settings.fallback_after):
+                say(f"no progress for {self.settings.fallback_after} s: "
                     "falling back to HTTP from the server")
                 for url in self.web_seeds:
                     self.handle.add_url_seed(url)
                 self.web_seeds = []
-            elif time.monotonic() - stalled_since > 2 * self.config["fallback_after"]:
+            elif time.monotonic() - stalled_since > 2 * self.settings.fallback_after:
                 # Neither the swarm nor the server's HTTP side gave a byte
                 # for as long again: this attempt is over.
-                raise ClientError(self._stalled(status, 2 * self.config["fallback_after"]))
+                raise ClientError(self._stalled(status, 2 * self.settings.fallback_after))
             self._announce_when_due()
             if time.monotonic() - last_said >= 2:
                 last_said = time.monotonic()
@@ -176,7 +181,7 @@ class Swarm:
         last = f" (last error: {self.last_error})" if self.last_error else ""
         if status.num_peers == 0:
             return (f"no progress for {seconds} s and no peer: the server "
-                    f"{self.config['server']} does not answer{last}; is it running, and is "
+                    f"{self.server} does not answer{last}; is it running, and is "
                     "this machine on its network?")
         return (f"no progress for {seconds} s from {status.num_peers} peers nor from the "
                 f"server's HTTP side{last}")
@@ -195,7 +200,7 @@ class Swarm:
         idle_since: float | None = None
         self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
         self.last_announce = time.monotonic()
-        while time.monotonic() - started < self.config["seed_time_max"]:
+        while time.monotonic() - started < self.settings.seed_time_max:
             self.session.wait_for_alert(500)
             self._count_sources()
             status = self._update_report()
@@ -205,9 +210,9 @@ class Swarm:
             # (peer_info.seed is the flag's value, always true: test the flags.)
             if all(p.flags & lt.peer_info.seed for p in self.handle.get_peer_info()):
                 idle_since = idle_since or time.monotonic()
-                wait = self.config["seed_idle_time"]
+                wait = self.settings.seed_idle_time
                 if status.num_incomplete > 0:
-                    wait += 2 * self.config["announce_interval"]
+                    wait += 2 * self.settings.announce_interval
                 if time.monotonic() - idle_since >= wait:
                     break
             else:

@@ -3,16 +3,29 @@ choice, the image's command line and the account of who sent what."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from boottorrent.pivotal import ClientError
 from boottorrent.pivotal.kexec import image_cmdline
 from boottorrent.pivotal.network import bootif_mac, kernel_parameters
 from boottorrent.pivotal.swarm import Image, SourceCounter, choose_image
+from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, SwarmSettings
 
 SERVER = "198.18.0.1"
-CONFIG = {"images": {"compute": {"cmdline": "quiet"}, "gpu": {"cmdline": ""}},
-          "mac_images": {"52:54:00:00:00:02": "gpu"}, "default_image": "compute"}
+
+
+def spec(cmdline: str = "", method: str = "kexec") -> ImageSpec:
+    return ImageSpec(torrent="", kernel="kernel", initrds=[], cmdline=cmdline, size=1,
+                     sha256={}, method=method)
+
+
+CONFIG = PivotalConfig(
+    server=SERVER, seeder_port=6881, report_url=f"http://{SERVER}:6980/report",
+    swarm=SwarmSettings(), default_image="compute",
+    mac_images={"52:54:00:00:00:02": "gpu"},
+    images={"compute": spec("quiet"), "gpu": spec(), "vm": spec(method="qemu")})
 
 
 def test_kernel_parameters():
@@ -37,15 +50,17 @@ def test_image_choice_errors():
     with pytest.raises(ClientError, match="'other' is not in this pivotal"):
         choose_image(CONFIG, {"boottorrent.image": "other"}, "")
     with pytest.raises(ClientError, match="no image registered"):
-        choose_image({**CONFIG, "default_image": None}, {}, "")
+        choose_image(dataclasses.replace(CONFIG, default_image=None), {}, "")
+    with pytest.raises(ClientError, match="by kexec, not by qemu"):
+        choose_image(CONFIG, {"boottorrent.image": "vm"}, "")
 
 
 def test_image_cmdline_names_the_boot_nic():
-    image = Image("compute", {"cmdline": "quiet"})
+    image = Image("compute", spec("quiet"))
     assert image_cmdline(image, "52:54:00:aa:bb:0c") == "quiet BOOTIF=01-52-54-00-aa-bb-0c"
-    assert image_cmdline(Image("x", {"cmdline": ""}), "52:54:00:aa:bb:0c") == \
+    assert image_cmdline(Image("x", spec()), "52:54:00:aa:bb:0c") == \
         "BOOTIF=01-52-54-00-aa-bb-0c"
-    own = Image("x", {"cmdline": "BOOTIF=01-00-00-00-00-00-01"})
+    own = Image("x", spec("BOOTIF=01-00-00-00-00-00-01"))
     assert image_cmdline(own, "52:54:00:aa:bb:0c") == "BOOTIF=01-00-00-00-00-00-01"
     assert image_cmdline(image, "") == "quiet"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from validate import ValidateError
 
-from boottorrent.config import check_cmdline, check_image_name, check_mac
+from boottorrent.configfile import check_mac
+from boottorrent.imageconf import check_cmdline, check_image_name
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.status import format_status
 from boottorrent.torrents import PIECES_MAX, piece_size_for

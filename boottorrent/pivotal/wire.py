@@ -1,0 +1,151 @@
+"""What the server and the pivotal tell each other, in one place.
+
+* PivotalConfig: etc/boottorrent/pivotal.json in the pivotal's config part,
+  written by the server (render.py) and read by the pivotal;
+* Report: what a pivotal POSTs to the seeder's /report, which the seeder
+  keeps and `boottorrent status`, the demo and the lab show.
+
+Standard library only: this module ships in the pivotal. VERSION changes
+when a field changes meaning; each side refuses the other's data of another
+version with a message saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+VERSION = 1
+PHASES = ("pivotal", "dhcp", "downloading", "seeding", "kexec", "failed")
+
+
+def setting(section: str, check: str, default: int) -> Any:
+    """A boottorrent.conf key that the pivotal acts on: its section, its
+    configobj check and its default, declared here once (config.py builds
+    the configspec from them)."""
+    return field(default=default, metadata={"section": section, "check": check})
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    """The settings of the swarm, which the seeder and every pivotal share."""
+
+    # opentracker's own interval is 30 minutes; a boot swarm re-announces
+    # every few seconds, which opentracker answers at once.
+    announce_interval: int = setting("tracker", "integer(min=1, max=1800)", 5)
+    upload_slots: int = setting("seeder", "integer(min=2, max=10000)", 4)
+    seed_time_max: int = setting("clients", "integer(min=0, max=86400)", 300)
+    seed_idle_time: int = setting("clients", "integer(min=0, max=3600)", 5)
+    fallback_after: int = setting("clients", "integer(min=5, max=3600)", 60)
+
+    @classmethod
+    def configspec(cls) -> dict[str, list[str]]:
+        """The configspec lines of these settings, by section."""
+        lines: dict[str, list[str]] = {}
+        for f in fields(cls):
+            check = f.metadata["check"]
+            lines.setdefault(f.metadata["section"], []).append(
+                f"{f.name} = {check[:-1]}, default={f.default})")
+        return lines
+
+    @classmethod
+    def from_sections(cls, sections: dict[str, dict[str, Any]]) -> SwarmSettings:
+        """The settings from a validated boottorrent.conf, by section."""
+        return cls(**{f.name: sections[f.metadata["section"]][f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image as the pivotal boots it."""
+
+    torrent: str  # base64 of the torrent, with the tracker and the web seed in it
+    kernel: str   # file names inside the torrent
+    initrds: list[str]
+    cmdline: str
+    size: int
+    sha256: dict[str, str]  # file name -> digest, checked before kexec
+    method: str = "kexec"
+
+
+@dataclass(frozen=True)
+class PivotalConfig:
+    server: str  # the seeder's address: always a peer, also before the tracker answers
+    seeder_port: int
+    report_url: str
+    swarm: SwarmSettings
+    default_image: str | None
+    mac_images: dict[str, str]
+    images: dict[str, ImageSpec]
+    version: int = VERSION
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PivotalConfig:
+        """Raises ValueError, saying what is wrong, for anything else."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            found = data.get("version") if isinstance(data, dict) else None
+            raise ValueError(f"pivotal configuration of version {found}; this pivotal "
+                             f"reads version {VERSION}: rebuild it with `boottorrent generate`")
+        try:
+            return cls(**{**data, "swarm": SwarmSettings(**data["swarm"]),
+                          "images": {name: ImageSpec(**spec)
+                                     for name, spec in data["images"].items()}})
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"pivotal configuration is incomplete: {error}") from None
+
+
+@dataclass
+class Report:
+    """What a pivotal tells the server, once a second, and prints at the end."""
+
+    mac: str = ""
+    address: str = ""
+    hostname: str = ""
+    image: str = ""
+    phase: str = "pivotal"  # one of PHASES
+    progress: float = 0.0
+    size: int = 0
+    peers: int = 0
+    from_server: int = 0
+    from_peers: int = 0
+    uploaded: int = 0
+    download_rate: int = 0
+    upload_rate: int = 0
+    message: str = ""
+    started: float = 0.0  # when the pivotal's program started (its clock)
+    downloaded_at: float | None = None
+    verified_at: float | None = None  # when the SHA-256 check of the files passed
+    hashfails: int = 0  # pieces that failed their hash check (a bad peer or link)
+    version: int = VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        """A report from its JSON object; unknown keys are ignored, a missing
+        key takes its default, a value of the wrong type is a ValueError."""
+        if data.get("version", VERSION) != VERSION:
+            raise ValueError(f"report of version {data.get('version')}; this server reads "
+                             f"version {VERSION}")
+        values = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if not isinstance(value, _TYPES[f.type]) or isinstance(value, bool):
+                raise ValueError(f"report field {f.name!r} must be {f.type}")
+            values[f.name] = value
+        if values.get("phase", "pivotal") not in PHASES:
+            raise ValueError(f"report phase {values['phase']!r} is none of {', '.join(PHASES)}")
+        return cls(**values)
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float),
+          "float | None": (int, float, type(None))}
+assert all(f.type in _TYPES for f in fields(Report))
+assert all(f.default is not MISSING for f in fields(SwarmSettings))
