@@ -11,6 +11,7 @@ import urllib.request
 import libtorrent as lt
 
 from boottorrent.pivotal.console import human_bytes
+from boottorrent.pivotal.wire import Report
 
 def fetch(http_url: str, timeout: float = 3.0) -> dict:
     with urllib.request.urlopen(f"{http_url}/status", timeout=timeout) as response:
@@ -67,13 +68,11 @@ def format_status(status: dict, now: float | None = None) -> str:
     lines.append("")
     clients = [("MAC", "ADDRESS", "IMAGE", "PHASE", "PROGRESS", "", "PEERS", "FROM SERVER",
                 "FROM PEERS", "SEEN")]
-    for report in status.get("clients", []):
-        progress = float(report.get("progress", 0))
-        clients.append((str(report.get("mac", "?")), str(report.get("address", "?")),
-                        str(report.get("image", "?")), str(report.get("phase", "?")),
-                        bar(progress), f"{progress:4.0%}", str(report.get("peers", 0)),
-                        human_bytes(report.get("from_server", 0)),
-                        human_bytes(report.get("from_peers", 0)),
-                        f"{now - report.get('received', now):.0f}s ago"))
+    for entry in status.get("clients", []):
+        report = Report.from_dict(entry)
+        clients.append((report.mac or "?", report.address, report.image or "?", report.phase,
+                        bar(report.progress), f"{report.progress:4.0%}", str(report.peers),
+                        human_bytes(report.from_server), human_bytes(report.from_peers),
+                        f"{now - entry.get('received', now):.0f}s ago"))
     lines += table(clients) if len(clients) > 1 else ["no client has reported yet"]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from boottorrent.pivotal.console import human_bytes
+from boottorrent.pivotal.wire import Report
 from boottorrent.status import bar, table
 from demo.image import GREETING, build_demo_image
 from lab.kernel import kernel_deb
@@ -59,18 +60,17 @@ def rows(machines: list[Machine], reports: dict[str, dict]) -> list[tuple[str, .
                "FROM PEERS")]
     body = []
     for machine in machines:
-        report = reports.get(machine.vm.mac, {})
+        reported = machine.vm.mac in reports
+        report = Report.from_dict(reports[machine.vm.mac]) if reported else Report(address="-")
         if machine.greeting is not None:
             phase = "booted"
         elif machine.vm.process.poll() is not None:
             phase = "failed"
         else:
-            phase = report.get("phase", "pxe")
-        progress = float(report.get("progress", 0.0))
-        body.append((machine.vm.name, machine.vm.mac, report.get("address", "-"), phase,
-                     bar(progress), f"{progress:4.0%}", str(report.get("peers", 0)),
-                     human_bytes(report.get("from_server", 0)),
-                     human_bytes(report.get("from_peers", 0))))
+            phase = report.phase if reported else "pxe"
+        body.append((machine.vm.name, machine.vm.mac, report.address, phase,
+                     bar(report.progress), f"{report.progress:4.0%}", str(report.peers),
+                     human_bytes(report.from_server), human_bytes(report.from_peers)))
     return header + body
 
 

