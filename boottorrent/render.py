@@ -41,7 +41,8 @@ def check_registry(config: Config, records: dict[str, ImageRecord]) -> None:
         raise problem
 
 
-def boot_context(config: Config, records: dict[str, ImageRecord], state: State) -> dict:
+def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
+                 default: str | None) -> dict:
     """What the dnsmasq configuration and the iPXE script are rendered from."""
     return {
         "interface": config.interface,
@@ -62,7 +63,7 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State) 
                     "cmdline": config.pivotal_cmdline},
         "images": [{"name": r.name, "description": r.description or r.name}
                    for r in sorted(records.values(), key=lambda r: r.name)],
-        "default_image": default_image(config, list(records)) or "",
+        "default_image": default or "",
         "menu_timeout": config.menu_timeout,
         "mac_images": dict(sorted(config.mac_images.items())),
     }
@@ -85,7 +86,7 @@ def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
     return torrents.with_urls(info, config.tracker_url, web_seed(config, record))
 
 
-def pivotal_config(config: Config, records: dict[str, ImageRecord],
+def pivotal_config(config: Config, records: dict[str, ImageRecord], default: str | None,
                    torrents_by_name: dict[str, bytes]) -> PivotalConfig:
     """What the pivotal needs to know; shipped as etc/boottorrent/pivotal.json."""
     return PivotalConfig(
@@ -93,7 +94,7 @@ def pivotal_config(config: Config, records: dict[str, ImageRecord],
         seeder_port=config.seeder_port,
         report_url=f"{config.http_url}/report",
         swarm=config.swarm,
-        default_image=default_image(config, list(records)),
+        default_image=default,
         mac_images=dict(sorted(config.mac_images.items())),
         images={r.name: ImageSpec(
             torrent=base64.b64encode(torrents_by_name[r.name]).decode(),
@@ -102,7 +103,6 @@ def pivotal_config(config: Config, records: dict[str, ImageRecord],
             cmdline=r.cmdline,
             size=r.size,
             sha256={f.name: f.sha256 for f in r.files},
-            method=r.method,
         ) for r in sorted(records.values(), key=lambda r: r.name)})
 
 
@@ -116,7 +116,8 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
     check_registry(config, records)
     boot = snapshot / "boot"
     boot.mkdir(mode=0o755)
-    context = boot_context(config, records, state)
+    default = default_image(config, list(records))
+    context = boot_context(config, records, state, default)
     (snapshot / "dnsmasq.conf").write_text(render("dnsmasq.conf.j2", **context))
     (boot / "boot.ipxe").write_text(render("boot.ipxe.j2", **context))
     for binary in IPXE_BINARIES:
@@ -134,4 +135,4 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
     torrents_by_name = {r.name: full_torrent(config, state, r) for r in records.values()}
     for name, torrent in torrents_by_name.items():
         (torrent_dir / f"{name}.torrent").write_bytes(torrent)
-    return pivotal_config(config, records, torrents_by_name)
+    return pivotal_config(config, records, default, torrents_by_name)

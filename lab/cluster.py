@@ -46,8 +46,9 @@ PIVOTAL_CACHE = REPO / ".cache" / "state-cache"
 
 
 def pivotal_cache(cache: Path = PIVOTAL_CACHE) -> Path:
-    """The pivotal's kernel and base parts, built once (as tests/conftest.py
-    does): `boottorrent generate` puts them into every snapshot."""
+    """The pivotal's kernel and base parts, built once for the tests, the
+    demo and the benchmark: `boottorrent generate` puts them into every
+    snapshot."""
     from boottorrent.initramfs import base, kernel
     from lab.kernel import kernel_deb
     cache.mkdir(parents=True, exist_ok=True)

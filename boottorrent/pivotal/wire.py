@@ -22,8 +22,8 @@ PHASES = ("pivotal", "dhcp", "downloading", "seeding", "kexec", "failed")
 
 def setting(section: str, check: str, default: int) -> Any:
     """A boottorrent.conf key that the pivotal acts on: its section, its
-    configobj check and its default, declared here once (config.py builds
-    the configspec from them)."""
+    configobj check and its default, declared here once (configfile.py
+    builds the configspec from them)."""
     return field(default=default, metadata={"section": section, "check": check})
 
 
@@ -65,7 +65,6 @@ class ImageSpec:
     cmdline: str
     size: int
     sha256: dict[str, str]  # file name -> digest, checked before kexec
-    method: str = "kexec"
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,16 @@ from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, SwarmSettings
 SERVER = "198.18.0.1"
 
 
-def spec(cmdline: str = "", method: str = "kexec") -> ImageSpec:
+def spec(cmdline: str = "") -> ImageSpec:
     return ImageSpec(torrent="", kernel="kernel", initrds=[], cmdline=cmdline, size=1,
-                     sha256={}, method=method)
+                     sha256={})
 
 
 CONFIG = PivotalConfig(
     server=SERVER, seeder_port=6881, report_url=f"http://{SERVER}:6980/report",
     swarm=SwarmSettings(), default_image="compute",
     mac_images={"52:54:00:00:00:02": "gpu"},
-    images={"compute": spec("quiet"), "gpu": spec(), "vm": spec(method="qemu")})
+    images={"compute": spec("quiet"), "gpu": spec()})
 
 
 def test_kernel_parameters():
@@ -51,8 +51,6 @@ def test_image_choice_errors():
         choose_image(CONFIG, {"boottorrent.image": "other"}, "")
     with pytest.raises(ClientError, match="no image registered"):
         choose_image(dataclasses.replace(CONFIG, default_image=None), {}, "")
-    with pytest.raises(ClientError, match="by kexec, not by qemu"):
-        choose_image(CONFIG, {"boottorrent.image": "vm"}, "")
 
 
 def test_image_cmdline_names_the_boot_nic():
