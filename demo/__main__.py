@@ -52,7 +52,7 @@ class Machine:
 
     @property
     def done(self) -> bool:
-        return self.greeting is not None or self.vm.process.poll() is not None
+        return self.greeting is not None or self.vm.poll() is not None
 
 
 def rows(machines: list[Machine], reports: dict[str, dict]) -> list[tuple[str, ...]]:
@@ -64,7 +64,7 @@ def rows(machines: list[Machine], reports: dict[str, dict]) -> list[tuple[str, .
         report = Report.from_dict(reports[machine.vm.mac]) if reported else Report(address="-")
         if machine.greeting is not None:
             phase = "booted"
-        elif machine.vm.process.poll() is not None:
+        elif machine.vm.poll() is not None:
             phase = "failed"
         else:
             phase = report.phase if reported else "pxe"
@@ -148,9 +148,11 @@ def summary(machines: list[Machine], reports: dict[str, dict], status: dict) -> 
         report = reports.get(machine.vm.mac, {})
         when = (f"booted in {machine.booted_after:.0f} s" if machine.booted_after
                 else "did NOT boot")
+        again = (f" (powered on {machine.vm.power_ons} times: its firmware's PXE gave up)"
+                 if machine.vm.power_ons > 1 else "")
         print(f"  {machine.vm.name} {machine.vm.mac}  {when:<16} "
               f"from the server {human_bytes(report.get('from_server', 0)):>10}, "
-              f"from peers {human_bytes(report.get('from_peers', 0)):>10}")
+              f"from peers {human_bytes(report.get('from_peers', 0)):>10}{again}")
     delivered = size * len(machines)
     sent = image["uploaded"] + image["http_sent"]
     print(f"  The server sent {human_bytes(sent)} of image data for {len(machines)} x "

@@ -3,6 +3,8 @@ direct -kernel/-initrd boot. Software emulation only (-accel tcg): KVM is
 present on these machines but hangs.
 
 The serial console is written to a log file that tests read for markers.
+A PXE machine whose firmware gives up is powered on again (twice at most,
+written to its qemu.log), as a BMC would: see VM.poll().
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.netns import Lab
+
+FIRMWARE_RETRIES = 2
 
 
 @dataclass
@@ -34,6 +38,8 @@ class VM:
     romfile: str | None = None
     process: subprocess.Popen | None = None
     started_at: float = 0.0
+    tap: str | None = None
+    power_ons: int = 0
 
     @property
     def console_log(self) -> Path:
@@ -46,8 +52,8 @@ class VM:
         if self.firmware == "uefi":
             argv += ["-bios", "/usr/share/ovmf/OVMF.fd"]
         if self.network:
-            tap = self.lab.add_tap(self.name)
-            argv += ["-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
+            self.tap = self.tap or self.lab.add_tap(self.name)
+            argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
                      "-device", f"virtio-net-pci,netdev=net0,mac={self.mac}"
                      + (f",romfile={self.romfile}" if self.romfile is not None else "")]
         else:
@@ -57,7 +63,10 @@ class VM:
             if self.initrds:
                 argv += ["-initrd", str(self.initrd())]
         else:
-            argv += ["-boot", "n"]
+            # When PXE fails, the BIOS resets after 1 s, which -no-reboot
+            # turns into QEMU's exit (see poll()) instead of a machine that
+            # sits at "No bootable device" for ever.
+            argv += ["-boot", "order=n,reboot-timeout=1000"]
         return argv
 
     def initrd(self) -> Path:
@@ -78,13 +87,22 @@ class VM:
                 out.write(data + b"\0" * (-len(data) % 4))
         return combined
 
+    @property
+    def qemu_log(self) -> Path:
+        return self.log_dir / f"{self.name}.qemu.log"
+
     def start(self) -> "VM":
+        """Power on (again: see poll()); started_at is the first power-on."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.console_log.write_bytes(b"")
-        self.started_at = time.monotonic()
-        self.process = self.lab.popen(self.lab.switch_command(self.command()),
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=open(self.log_dir / f"{self.name}.qemu.log", "wb"))
+        if not self.power_ons:
+            self.started_at = time.monotonic()
+            self.qemu_log.write_bytes(b"")
+        self.power_ons += 1
+        with open(self.qemu_log, "ab") as log:
+            self.process = self.lab.popen(self.lab.switch_command(self.command()),
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=log)
         return self
 
     def console(self) -> str:
@@ -97,12 +115,36 @@ class VM:
         while time.monotonic() < deadline:
             if regex.search(self.console()):
                 return time.monotonic() - self.started_at
-            if self.process and self.process.poll() is not None:
+            if self.poll() is not None:
                 break
             time.sleep(0.5)
         raise TimeoutError(f"{self.name}: no {pattern!r} on the console after "
                            f"{time.monotonic() - self.started_at:.0f} s; last lines:\n"
                            + "\n".join(self.console().splitlines()[-40:]))
+
+    def firmware_gave_up(self) -> bool:
+        """QEMU exited before any kernel wrote to the console: the firmware's
+        network boot failed (no DHCP answer it took, no boot file)."""
+        return (self.kernel is None and self.process is not None
+                and self.process.poll() is not None and not self.console_log.read_bytes())
+
+    def poll(self) -> int | None:
+        """QEMU's exit status, None while it runs.
+
+        A machine whose firmware gave up is powered on again, up to
+        FIRMWARE_RETRIES times, as a BMC or an admin would: QEMU's iPXE
+        ROM has been seen to ignore every DHCP offer dnsmasq sent it (the
+        offers reached its tap) while another machine booted beside it.
+        """
+        if self.process is None:
+            return None
+        if self.firmware_gave_up() and self.power_ons <= FIRMWARE_RETRIES:
+            with open(self.qemu_log, "a") as log:
+                log.write(f"lab: {self.name}'s firmware gave up before any kernel output; "
+                          "powering it on again\n")
+            self.start()
+            return None
+        return self.process.poll()
 
     def wait_exit(self, timeout: float) -> int:
         assert self.process

@@ -44,7 +44,9 @@ def processes_of(tag: str) -> dict[int, str]:
 @pytest.mark.qemu
 def test_demo_boots_two_machines_and_sums_up():
     env, tag = tagged_environment()
-    result = subprocess.run([PYTHON, "-m", "demo", "--vms", "2", "--image-mib", "16"],
+    # The demo's own time-out comes first: it then stops and removes its lab.
+    result = subprocess.run([PYTHON, "-m", "demo", "--vms", "2", "--image-mib", "16",
+                             "--timeout", "600"],
                             cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = result.stdout[result.stdout.index("Summary:"):]
