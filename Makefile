@@ -36,6 +36,7 @@ test-qemu: deps
 
 bench: deps
 	$(PYTHON) -m bench
+	$(PYTHON) -m bench.storm
 
 demo: deps
 	$(PYTHON) -m demo

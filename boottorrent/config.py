@@ -46,6 +46,7 @@ class Config:
     tracker_port: int
     seeder_port: int
     http_port: int
+    forget_machines_after: int
     pivotal_kernel: Path
     pivotal_cmdline: str
     swarm: SwarmSettings
@@ -167,6 +168,7 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         dns_servers=tuple(dhcp["dns_servers"]),
         tracker_port=obj["tracker"]["port"],
         seeder_port=obj["seeder"]["port"], http_port=obj["seeder"]["http_port"],
+        forget_machines_after=obj["seeder"]["forget_machines_after"],
         pivotal_kernel=kernel, pivotal_cmdline=obj["pivotal"]["cmdline"],
         swarm=SwarmSettings.from_sections(obj),
         default_image=obj["boot"]["default_image"], menu_timeout=obj["boot"]["menu_timeout"],

@@ -78,7 +78,9 @@ class Seeder:
         self.seeded: dict[str, Seeded] = {}  # by infohash
         try:
             self.web = WebServer((config.address, config.http_port), state.root,
-                                 self.status, lambda line: log.debug("http: %s", line))
+                                 self.status, lambda line: log.debug("http: %s", line),
+                                 lambda line: log.warning("http: %s", line),
+                                 config.forget_machines_after)
         except OSError as error:
             raise ListenError(f"cannot listen on {config.address}:{config.http_port} "
                               f"({config.path}: [seeder] http_port): {error.strerror}") from None
@@ -129,7 +131,7 @@ class Seeder:
     # ------------------------------------------------------------ status
 
     def status(self) -> dict:
-        return {**self._status, "clients": self.web.reports.all()}
+        return {**self._status, "clients": self.web.machines.all()}
 
     def _collect_status(self) -> None:
         images, peers = [], []
@@ -190,7 +192,9 @@ class Seeder:
             self._collect_status()
             daemon.notify(f"STATUS={self._status_line()}" + ("\nWATCHDOG=1" if watchdog else ""))
         daemon.notify("STOPPING=1")
-        self.web.shutdown()
+        # Not web.shutdown(): that waits for a worker to take the next
+        # waiting connection; the threads end with the process.
+        self.web.server_close()
         log.info("seeder stopped")
 
 

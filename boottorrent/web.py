@@ -3,59 +3,130 @@ and the status endpoint that pivotals report to.
 
     GET  /boot/PATH                    STATE/current/boot/PATH (iPXE script, pivotal)
     GET  /images/INFOHASH/NAME/FILE    a registered file (BEP 19 web seed; Range)
-    POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report)
-    GET  /status                       the seeder's and the clients' state, JSON
+    POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report);
+                                       the answer: when to report next, and how
+                                       many machines are on their way
+    GET  /status                       the seeder's and the machines' state, JSON
 
 It lives in the seeder process rather than in a separate web server: the
-traffic is one pivotal download per client plus web-seed fallback, the
-status endpoint needs the seeder's live state, and a Debian web server
-package would start its own site on port 80 when installed.
+answers to reports and /status need the seeder's live state, and a Debian
+web server package would start its own site on port 80 when installed.
+
+Built for a boot storm (hundreds of machines powered on within seconds):
+the kernel holds up to LISTEN_BACKLOG connections that a fixed pool of
+WORKERS threads answers in turn (a thread per connection, the standard
+library's way, is unbounded); a connection that says nothing for
+IDLE_TIMEOUT seconds is closed, and a kept-alive one is closed after its
+answer while others wait. A bad request gets an error status and one log
+line. `make bench` measures it (bench/RESULTS.md, "HTTP storm").
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import queue
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from boottorrent.pivotal.wire import Report
 
-REPORT_MAX_BYTES = 16384
-RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+WORKERS = 64
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
+IDLE_TIMEOUT = 10  # seconds
+REPORT_MAX_BYTES = 4096  # a report is about 600 bytes
+RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
+RANGE_FORM = re.compile(r"bytes=\d*-\d*")
+# Reports the server is sized to take per second: each machine is told to
+# report every max(1, machines / REPORT_RATE) s (and adds its own jitter).
+REPORT_RATE = 200
+# A machine that fetched the boot files is "coming" until it reports from
+# the pivotal, for this long at most: the pivotal's download in a storm,
+# the kernel's start-up and DHCP take well under it.
+COMING_FOR = 180  # seconds
+MACHINES_MAX = 10000  # entries kept; the oldest go first
+COMING_PHASES = ("pxe", "pivotal", "dhcp")
 
 
-class Reports:
-    """The latest report of every pivotal, by MAC address."""
+class Machines:
+    """What the server knows of every machine, by the address it talks
+    from: the last report of its pivotal, or, before that, that it fetched
+    the boot files (phase "pxe"). A report's body does not choose whose
+    entry it replaces. Entries expire forget_after seconds after their last
+    report, and there are at most MACHINES_MAX."""
 
-    def __init__(self) -> None:
+    def __init__(self, forget_after: float, clock: Callable[[], float] = time.time):
+        self.forget_after = forget_after
+        self.clock = clock
         self._lock = threading.Lock()
-        self._by_mac: dict[str, dict] = {}
+        # In the order they were last heard from: the oldest first.
+        self._by_address: dict[str, dict] = {}
 
-    def add(self, report: Report, address: str) -> None:
-        """address: where the report came from, which is what it is shown
-        under (a report's body does not choose whose entry it replaces)."""
-        entry = {**asdict(report), "address": address, "received": time.time()}
+    def _put(self, address: str, entry: dict) -> None:
+        self._by_address.pop(address, None)
+        self._by_address[address] = entry
+        self._expire()
+        while len(self._by_address) > MACHINES_MAX:
+            del self._by_address[next(iter(self._by_address))]
+
+    def _expire(self) -> None:
+        oldest = self.clock() - self.forget_after
+        while self._by_address:
+            address, entry = next(iter(self._by_address.items()))
+            if entry["received"] >= oldest:
+                break
+            del self._by_address[address]
+
+    def add(self, report: Report, address: str) -> dict:
+        """File a report; the answer for the machine that sent it."""
+        entry = {**asdict(report), "address": address, "received": self.clock()}
         with self._lock:
-            self._by_mac[report.mac or address] = entry
+            self._put(address, entry)
+            interval = max(1.0, len(self._by_address) / REPORT_RATE)
+            coming = self._coming(report.image, address)
+        return {"interval": round(interval, 2), "coming": coming}
+
+    def fetched_boot_files(self, address: str, image: str) -> None:
+        """address fetched the iPXE script or the pivotal (image: the one it
+        chose, "" when not known yet): it is coming."""
+        with self._lock:
+            entry = self._by_address.get(address)
+            if entry and entry["phase"] == "pxe":
+                image = image or entry["image"]
+            self._put(address, {**asdict(Report(phase="pxe", image=image)),
+                                "address": address, "received": self.clock()})
+
+    def _coming(self, image: str, besides: str) -> int:
+        since = self.clock() - COMING_FOR
+        return sum(1 for address, entry in self._by_address.items()
+                   if entry["phase"] in COMING_PHASES and entry["received"] >= since
+                   and entry["image"] in ("", image) and address != besides)
 
     def all(self) -> list[dict]:
         with self._lock:
-            return sorted(self._by_mac.values(), key=lambda r: str(r.get("mac")))
+            self._expire()
+            return sorted(self._by_address.values(),
+                          key=lambda r: ipaddress.ip_address(r["address"]))
 
 
 def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
     """(first byte, last byte, partial?) to send of a file of size bytes for
     a Range header ("" when there is none; a form we do not serve means the
-    whole file, as RFC 9110 allows), or None when it cannot be satisfied."""
+    whole file, as RFC 9110 allows), or None when it cannot be satisfied
+    (also for numbers of more than 18 digits, beyond any file)."""
     wanted = RANGE.fullmatch(header)
-    if not (wanted and (wanted[1] or wanted[2])):
+    if not wanted:
+        return None if RANGE_FORM.fullmatch(header) else (0, size - 1, False)
+    if not (wanted[1] or wanted[2]):
         return 0, size - 1, False
     if wanted[1]:
         start, end = int(wanted[1]), min(int(wanted[2] or size - 1), size - 1)
@@ -69,9 +140,25 @@ def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
 class Handler(BaseHTTPRequestHandler):
     server: "WebServer"
     protocol_version = "HTTP/1.1"
+    # What an error answer to a request line that is not HTTP is sent as
+    # (the standard library's HTTP/0.9 would send it with no status line).
+    default_request_version = "HTTP/1.0"
+    timeout = IDLE_TIMEOUT  # also for a client that stops reading what we send
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
-        self.server.log(f"{self.client_address[0]} {format % args}")
+        self.server.log_request_line(f"{self.client_address[0]} {format % args}")
+
+    def log_error(self, format: str, *args) -> None:  # noqa: A002
+        # send_error's line: one per bad request, with what was asked.
+        self.server.log_bad_request(f"{self.client_address[0]} {format % args} "
+                                    f"({self.requestline[:200]!r})")
+
+    def end_headers(self) -> None:
+        # While connections wait for a worker, this one does not keep its
+        # worker waiting for a next request.
+        if self.server.busy() and not self.close_connection:
+            self.send_header("Connection", "close")
+        super().end_headers()
 
     def do_HEAD(self) -> None:
         self._serve_file(head=True)
@@ -86,20 +173,25 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/report":
             self.send_error(HTTPStatus.NOT_FOUND)
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= REPORT_MAX_BYTES:
-            self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            self.send_error(HTTPStatus.LENGTH_REQUIRED if not length else HTTPStatus.BAD_REQUEST,
+                            "a report needs a Content-Length in decimal digits")
+            return
+        if not 0 < int(length) <= REPORT_MAX_BYTES:
+            self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                            f"a report is 1 to {REPORT_MAX_BYTES} bytes")
             return
         try:
-            data = json.loads(self.rfile.read(length))
+            data = json.loads(self.rfile.read(int(length)))
             if not isinstance(data, dict):
                 raise ValueError("a JSON object is expected")
             report = Report.from_dict(data)
-        except ValueError as error:
-            self.send_error(HTTPStatus.BAD_REQUEST, str(error))
+        except (ValueError, RecursionError) as error:
+            reason = "JSON nested too deeply" if isinstance(error, RecursionError) else error
+            self.send_error(HTTPStatus.BAD_REQUEST, str(reason)[:200])
             return
-        self.server.reports.add(report, self.client_address[0])
-        self._send_json({"ok": True})
+        self._send_json(self.server.machines.add(report, self.client_address[0]))
 
     def _send_json(self, data: dict) -> None:
         body = json.dumps(data).encode()
@@ -110,14 +202,21 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _serve_file(self, head: bool) -> None:
-        path = self.server.resolve(self.path.split("?", 1)[0])
+        url_path, _, query = self.path.partition("?")
+        path = self.server.resolve(url_path)
         if path is None:
             self.send_error(HTTPStatus.NOT_FOUND)
             return
+        # iPXE asks for whole files; a Range is libtorrent's web seed.
+        if url_path.startswith("/boot/") and not head and "Range" not in self.headers:
+            image = parse_qs(query).get("image", [""])[0][:64]
+            self.server.machines.fetched_boot_files(self.client_address[0], image)
         with path.open("rb") as file:
             size = os.fstat(file.fileno()).st_size
             wanted = byte_range(self.headers.get("Range", ""), size)
             if wanted is None:
+                self.log_error("code 416, Range %r of a file of %d bytes",
+                               self.headers.get("Range", "")[:40], size)
                 self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
@@ -135,21 +234,49 @@ class Handler(BaseHTTPRequestHandler):
             if not head:
                 self.wfile.flush()
                 sent = self.connection.sendfile(file, start, end - start + 1)
-                self.server.count_sent(self.path, sent)
+                self.server.count_sent(url_path, sent)
 
 
-class WebServer(ThreadingHTTPServer):
-    daemon_threads = True
+class WebServer(HTTPServer):
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], state_root: Path,
-                 status: Callable[[], dict], log: Callable[[str], None]):
+                 status: Callable[[], dict], log_request_line: Callable[[str], None],
+                 log_bad_request: Callable[[str], None], forget_after: float):
         self.state_root = state_root
         self.status = status
-        self.log = log
-        self.reports = Reports()
+        self.log_request_line = log_request_line
+        self.log_bad_request = log_bad_request
+        self.machines = Machines(forget_after)
         self.sent_by_path: dict[str, int] = {}
         self._sent_lock = threading.Lock()
+        # Accepted connections waiting for a worker; when it is full, the
+        # kernel's listen queue holds the next ones.
+        self._waiting: queue.Queue = queue.Queue(maxsize=WORKERS)
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address) -> None:
+        self._waiting.put((request, client_address))
+
+    def busy(self) -> bool:
+        return not self._waiting.empty()
+
+    def _work(self) -> None:
+        while True:
+            request, client_address = self._waiting.get()
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        """One line, not the standard library's traceback on stderr: a
+        client that went away or stalled is no fault of ours."""
+        kind, error, _ = sys.exc_info()
+        self.log_request_line(f"{client_address[0]} connection ended: "
+                              f"{kind.__name__ if kind else '?'}: {error}")
 
     def resolve(self, url_path: str) -> Path | None:
         """The file a URL names, or None; nothing outside the two trees."""
@@ -163,14 +290,17 @@ class WebServer(ThreadingHTTPServer):
         else:
             return None
         path = root.joinpath(*parts[1:])
-        # Pivotal parts are links into the cache or /usr/lib; resolve() follows them.
-        return path if path.is_file() else None
+        # Pivotal parts are links into the cache or /usr/lib; is_file() follows them.
+        try:
+            return path if path.is_file() else None
+        except (OSError, ValueError):  # a name too long, a NUL byte
+            return None
 
     def count_sent(self, path: str, count: int) -> None:
         with self._sent_lock:
             self.sent_by_path[path] = self.sent_by_path.get(path, 0) + count
 
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
-        thread.start()
-        return thread
+    def start(self) -> None:
+        for number in range(WORKERS):
+            threading.Thread(target=self._work, name=f"http-{number}", daemon=True).start()
+        threading.Thread(target=self.serve_forever, name="http", daemon=True).start()

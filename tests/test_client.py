@@ -4,8 +4,9 @@ namespaces against the real server services."""
 from __future__ import annotations
 
 import json
+import time
 
-from conftest import CLIENTS, MIB
+from conftest import CLIENTS, MIB, wait_for
 
 DHCP_SERVICES = ("dnsmasq", "tracker", "seeder")
 
@@ -57,3 +58,34 @@ def test_falls_back_to_http_when_the_swarm_stalls(make_cluster, tmp_path):
     assert report["from_server"] == 3 * MIB and report["from_peers"] == 0, report
     web_seed = next(i for i in cluster.server.status()["images"] if i["name"] == "compute")
     assert web_seed["http_sent"] >= 3 * MIB and web_seed["uploaded"] == 0, web_seed
+
+
+def test_seeds_while_the_server_counts_machines_on_their_way(cluster):
+    """A machine that fetched the boot files holds the swarm: the first
+    client keeps seeding past its seed_idle_time until that machine's own
+    client has the image, then leaves promptly."""
+    files = cluster.add_image("compute", {"kernel": 8 * MIB})
+    cluster.server_host.shape(20)  # so that the late machine takes most from the first
+    cluster.start()
+    late_host = cluster.add_host("late")
+    first = cluster.start_client("c1", "compute")
+    # The late machine's firmware fetches the iPXE script while the first downloads.
+    late_host.run(["curl", "-sf", "-o", "/dev/null", "http://198.18.0.1:6980/boot/boot.ipxe"])
+    assert cluster.reports()[late_host.address]["phase"] == "pxe"
+
+    wait_for(lambda: "1 machine on their way, waiting" in first.log(), 120,
+             "the first client to wait for the late machine")
+    # Long past when it would have left (seed_idle_time plus two announce
+    # intervals of the tracker's count) if nobody were on the way.
+    idle = CLIENTS["seed_idle_time"] + 2 * 2 + 3
+    wait_for(lambda: time.time() - first.report()["verified_at"] > idle, 60,
+             f"the first client to have seeded for {idle} s")
+    assert first.running(), first.log()
+
+    late = cluster.start_client("late", "compute", late_host)
+    assert late.wait(120) == 0, late.log()
+    assert (late.folder() / "kernel").read_bytes() == files["kernel"].read_bytes()
+    assert late.summary()["from_peers"] > 2 * MIB, late.summary()
+    # Nobody else on the way: the first leaves.
+    assert first.wait(60) == 0, first.log()
+    assert "the server counts 0 machines on their way" in first.log()

@@ -42,7 +42,7 @@ def boot(args: argparse.Namespace, config: PivotalConfig, report: Report) -> lis
         folder = save_path / image.name
         verify(image, folder)
         report.verified_at = time.time()
-        swarm.seed()
+        swarm.seed(lambda: reporter.coming)
         swarm.leave()
         report.phase = "kexec"
         commands = kexec_commands(image, folder, args.work_dir, report.mac)

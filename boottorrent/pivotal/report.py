@@ -1,39 +1,60 @@
-"""The pivotal's report (wire.Report), POSTed to the server's /report once
-a second from a thread of its own."""
+"""The pivotal's report (wire.Report), POSTed to the server's /report from
+a thread of its own. The server's answer says when to report next (later
+when many machines report; each machine adds its own jitter, so that a
+rack powered on at once does not report in lockstep) and how many machines
+are on their way to the swarm (Swarm.seed waits for them)."""
 
 from __future__ import annotations
 
+import json
+import random
 import threading
 import urllib.request
 
 from boottorrent.pivotal.wire import Report
 
+FIRST_INTERVAL = 1.0  # seconds, until the server says otherwise
+MAX_INTERVAL = 60.0
 
-def send_report(url: str, report: Report) -> None:
+
+def send_report(url: str, report: Report) -> dict | None:
+    """The server's answer, or None when it did not give one."""
     request = urllib.request.Request(url, data=report.to_json(),
                                      headers={"Content-Type": "application/json"})
     try:
-        urllib.request.urlopen(request, timeout=2).close()
-    except OSError:
-        pass  # the server may be busy; the next report will do
+        with urllib.request.urlopen(request, timeout=5) as response:
+            answer = json.loads(response.read(4096))
+    except (OSError, ValueError):
+        return None  # the server may be busy; the next report will do
+    return answer if isinstance(answer, dict) else None
 
 
 class Reporter:
-    """Sends the latest report to the server once a second, off the main loop."""
+    """Sends the latest report to the server, off the main loop."""
 
     def __init__(self, url: str, report: Report):
         self.url = url
         self.report = report
+        self.interval = FIRST_INTERVAL
+        # Machines on their way to the swarm, as the last answer said
+        # (None: no answer yet, or the server's answer did not say).
+        self.coming: int | None = None
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
-        while not self.stopped.wait(1.0):
+        while not self.stopped.wait(self.interval * random.uniform(0.8, 1.2)):
             self.send()
 
     def send(self) -> None:
-        send_report(self.url, self.report)
+        answer = send_report(self.url, self.report)
+        if answer is None:
+            return
+        interval, coming = answer.get("interval"), answer.get("coming")
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+            self.interval = min(max(float(interval), FIRST_INTERVAL), MAX_INTERVAL)
+        self.coming = coming if isinstance(coming, int) and not isinstance(coming, bool) else None
 
     def stop(self) -> None:
         self.stopped.set()

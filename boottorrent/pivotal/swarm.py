@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,8 +183,10 @@ class Swarm:
         return (f"no progress for {seconds} s from {status.num_peers} peers nor from the "
                 f"server's HTTP side{last}")
 
-    def seed(self) -> None:
-        """Seed until no peer is incomplete for seed_idle_time, or seed_time_max.
+    def seed(self, coming: Callable[[], int | None]) -> None:
+        """Seed while machines are on their way to the swarm (coming(): the
+        server's count, None when it does not say), else until no peer is
+        incomplete for seed_idle_time; seed_time_max at most.
 
         Incomplete peers that the tracker still lists but that never connect
         (a machine that died mid-download stays listed for the tracker's
@@ -194,17 +197,26 @@ class Swarm:
         self.report.phase = "seeding"
         started = time.monotonic()
         idle_since: float | None = None
+        said_coming = None
         self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
         self.last_announce = time.monotonic()
         while time.monotonic() - started < self.settings.seed_time_max:
             self.session.wait_for_alert(500)
             self._count_sources()
             status = self._update_report()
+            on_their_way = coming()
+            if on_their_way != said_coming and on_their_way is not None:
+                said_coming = on_their_way
+                machines = "1 machine" if on_their_way == 1 else f"{on_their_way} machines"
+                say(f"{self.image.name}: seeding; the server counts {machines} on their way"
+                    + (", waiting" if on_their_way else ""))
             # num_incomplete is what the tracker said at the last announce,
             # -1 while it does not answer: then no new peer can find us
             # either, and only the peers already connected count.
             # (peer_info.seed is the flag's value, always true: test the flags.)
-            if all(p.flags & lt.peer_info.seed for p in self.handle.get_peer_info()):
+            if on_their_way:
+                idle_since = None
+            elif all(p.flags & lt.peer_info.seed for p in self.handle.get_peer_info()):
                 idle_since = idle_since or time.monotonic()
                 wait = self.settings.seed_idle_time
                 if status.num_incomplete > 0:

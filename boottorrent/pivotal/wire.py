@@ -17,7 +17,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 VERSION = 1
-PHASES = ("pivotal", "dhcp", "downloading", "seeding", "kexec", "failed")
+# "pxe" is the server's own: a machine that fetched the boot files and has
+# not reported yet.
+PHASES = ("pxe", "pivotal", "dhcp", "downloading", "seeding", "kexec", "failed")
 
 
 def setting(section: str, check: str, default: int) -> Any:

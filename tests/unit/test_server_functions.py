@@ -11,7 +11,9 @@ from boottorrent.imageconf import check_cmdline, check_image_name
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.status import format_status
 from boottorrent.torrents import PIECES_MAX, piece_size_for
-from boottorrent.web import byte_range
+from boottorrent import web
+from boottorrent.pivotal.wire import Report
+from boottorrent.web import Machines, byte_range
 
 MIB = 1 << 20
 
@@ -61,6 +63,8 @@ def test_cmdline_limits():
     ("bytes=50-10", None),
     ("bytes=0-1,5-6", (0, 999, False)),  # several ranges: the whole file
     ("items=0-1", (0, 999, False)),
+    ("bytes=" + "9" * 19 + "-", None),  # beyond any file, and int() of 5000 digits fails
+    ("bytes=" + "9" * 5000 + "-", None),
 ])
 def test_range_header(header, expected):
     assert byte_range(header, 1000) == expected
@@ -88,3 +92,44 @@ def test_status_text():
     assert lines[4].endswith("3.0 MiB      5.0 MiB     10s ago")
     assert format_status({}, now=1.0).splitlines() == [
         "no images are being seeded", "", "no client has reported yet"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_machines_by_address_expire_and_count_who_is_coming():
+    clock = Clock()
+    machines = Machines(forget_after=600, clock=clock)
+    assert machines.add(Report(mac="m1", image="a", phase="seeding"), "198.18.0.10") == {
+        "interval": 1.0, "coming": 0}
+    machines.fetched_boot_files("198.18.0.11", "")   # boot.ipxe: any image
+    machines.fetched_boot_files("198.18.0.12", "b")  # the kernel, for image b
+    machines.fetched_boot_files("198.18.0.13", "a")
+    machines.fetched_boot_files("198.18.0.13", "")   # its initrd: still for a
+    assert machines.add(Report(image="a", phase="seeding"), "198.18.0.10")["coming"] == 2
+    # A report replaces the entry of the address it came from, whatever it says.
+    machines.add(Report(mac="m1", image="a", phase="downloading", address="198.18.0.10"),
+                 "198.18.0.13")
+    assert machines.add(Report(image="a", phase="seeding"), "198.18.0.10")["coming"] == 1
+    assert [e["address"] for e in machines.all()] == [
+        "198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"]
+    # Not coming any more after COMING_FOR; forgotten after forget_after.
+    clock.now += web.COMING_FOR + 1
+    assert machines.add(Report(image="a", phase="seeding"), "198.18.0.10")["coming"] == 0
+    clock.now += 600 - web.COMING_FOR
+    assert [e["address"] for e in machines.all()] == ["198.18.0.10"]
+
+
+def test_machines_table_is_bounded_and_paces_reports(monkeypatch):
+    monkeypatch.setattr(web, "MACHINES_MAX", 300)
+    machines = Machines(forget_after=600, clock=Clock())
+    for n in range(1000):
+        answer = machines.add(Report(), f"10.0.{n // 256}.{n % 256}")
+    assert len(machines.all()) == 300
+    assert machines.all()[0]["address"] == "10.0.2.188"  # the 700th: the oldest are gone
+    assert answer["interval"] == 300 / web.REPORT_RATE

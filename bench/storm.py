@@ -1,0 +1,189 @@
+"""python3 -m bench.storm [--out bench/]: the server's HTTP side in a boot
+storm, written to STORM.md and storm.json.
+
+One lab: the real seeder and tracker in a server namespace with a small
+registered image and the real pivotal (its kernel and initramfs parts, as
+`boottorrent generate` builds them), and one namespace of stand-ins
+(lab/storm.py) that play many machines at once:
+
+- burst: N machines fetch boot.ipxe at the same moment (unshaped links);
+- pivotal: N machines do what iPXE does, boot.ipxe, then the pivotal's
+  kernel and initrds, with the server's link at --rate Mbit/s: failures,
+  time to the last machine holding its pivotal, and the server's bytes on
+  the wire per machine over the pivotal's size;
+- reports: M machines, each from an address of its own, report to the
+  seeder as the pivotal does for --seconds: the seeder's CPU share and RSS,
+  the reports' latency, and how long `boottorrent status` takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.__main__ import machine
+from bench.methods import CpuMeter, process_cpu
+from lab.cluster import MIB, Cluster, pivotal_cache
+from lab.netns import SERVER_ADDRESS
+
+HERE = Path(__file__).resolve().parent
+BOOT = f"http://{SERVER_ADDRESS}:6980/boot"
+REPORT_NETWORK = "198.18.4.0/22"  # the reporting machines' own addresses
+
+
+def storm(host, count: int, urls: list[str], timeout: float) -> list[dict]:
+    out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--count", str(count),
+                    "--timeout", str(timeout), *urls], cwd=HERE.parent)
+    return json.loads(out.stdout)
+
+
+def percentile(values: list[float], share: float) -> float:
+    values = sorted(values)
+    return values[min(int(len(values) * share), len(values) - 1)] if values else 0.0
+
+
+def burst(cluster: Cluster, host, count: int) -> dict:
+    started = time.monotonic()
+    results = storm(host, count, [f"{BOOT}/boot.ipxe"], timeout=30)
+    times = [r["seconds"] for r in results if r["status"] == 200]
+    return {"machines": count, "failed": count - len(times),
+            "median_s": round(statistics.median(times), 2) if times else None,
+            "p90_s": round(percentile(times, 0.9), 2), "max_s": round(max(times, default=0), 2),
+            "wall_s": round(time.monotonic() - started, 1)}
+
+
+def pivotal_storm(cluster: Cluster, host, count: int, pivotal: dict[str, int]) -> dict:
+    urls = [f"{BOOT}/boot.ipxe"] + [f"{BOOT}/pivotal/{name}" + ("?image=bench" if i == 0 else "")
+                                    for i, name in enumerate(pivotal)]
+    sent_before = cluster.wire_bytes(cluster.server_host)[0]
+    with CpuMeter() as cpu:
+        started = time.monotonic()
+        results = storm(host, count, urls, timeout=600)
+        wall = time.monotonic() - started
+    sent = cluster.wire_bytes(cluster.server_host)[0] - sent_before
+    expected = {f"{BOOT}/pivotal/{name}": size for name, size in pivotal.items()}
+    bad = [r for r in results if r["status"] != 200 or r["error"]
+           or r["bytes"] != expected.get(r["url"].split("?")[0], r["bytes"])]
+    size = sum(pivotal.values())
+    return {"machines": count, "failed_requests": len(bad), "pivotal_bytes": size,
+            "last_s": round(wall, 1),
+            "server_wire_per_machine": round(sent / count),
+            "server_wire_over_pivotal": round(sent / count / size, 2),
+            "cpu_busy": round(cpu.busy, 2)}
+
+
+def report_channel(cluster: Cluster, host, count: int, seconds: float) -> dict:
+    # The reporting machines' addresses, on the stand-ins' interface, and
+    # the server's way back to them (both namespaces are the lab's own).
+    cluster.server_host.run(["ip", "route", "add", REPORT_NETWORK, "dev", "eth0"])
+    script = "".join(f"addr add 198.18.{4 + i // 256}.{i % 256}/22 dev eth0\n"
+                     for i in range(1, count + 1))
+    host.run(["ip", "-batch", "-"], input=script)
+    seeder = cluster.server.processes["seeder"].pid
+    cpu_before, started = process_cpu(seeder), time.monotonic()
+    out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--reports-from", REPORT_NETWORK,
+                    "--count", str(count), "--seconds", str(seconds),
+                    f"http://{SERVER_ADDRESS}:6980/report"], cwd=HERE.parent)
+    elapsed = time.monotonic() - started
+    stats = json.loads(out.stdout)
+    stats["seeder_cpu_share"] = round((process_cpu(seeder) - cpu_before) / elapsed, 3)
+    rss = next(line for line in Path(f"/proc/{seeder}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    stats["seeder_rss_mib"] = round(int(rss.split()[1]) / 1024, 1)
+    started = time.monotonic()
+    shown = cluster.server.boottorrent("status").stdout
+    stats["status_s"] = round(time.monotonic() - started, 2)
+    stats["status_lines"] = len(shown.splitlines())
+    return stats
+
+
+def write_markdown(path: Path, figures: dict) -> None:
+    lines = [
+        "# BootTorrent benchmark: the server's HTTP side in a boot storm", "",
+        f"Generated by `python3 -m bench.storm` (`make bench`) on {figures['date']}, "
+        f"in {figures['elapsed_s'] / 60:.1f} min; {figures['machine']['cpu']}, "
+        f"{figures['machine']['cores']} cores. Stand-ins (lab/storm.py) play the "
+        "machines' firmware and reports; the seeder is the real one. "
+        f"Load average before/after: {figures['load'][0]:.2f} / {figures['load'][1]:.2f}.", "",
+        "## Burst: N machines fetch boot.ipxe at the same moment", "",
+        "| N | failed | median (s) | p90 (s) | slowest (s) |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {b['machines']} | {b['failed']} | {b['median_s']} | {b['p90_s']} | "
+              f"{b['max_s']} |" for b in figures["burst"]]
+    lines += [
+        "", f"## Pivotal: N machines load the pivotal from the server ({figures['rate']} Mbit/s "
+        "server link)", "",
+        "boot.ipxe, then the pivotal's kernel and initrds, as iPXE does, all machines at once. "
+        "Server sent: its interface's bytes on the wire, per machine, over the pivotal's size.",
+        "", "| N | pivotal (MiB) | failed requests | last machine (s) | server sent per machine "
+        "(× pivotal) | CPU busy |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p['machines']} | {p['pivotal_bytes'] / MIB:.1f} | {p['failed_requests']} | "
+              f"{p['last_s']} | {p['server_wire_over_pivotal']} | {p['cpu_busy']:.0%} |"
+              for p in figures["pivotal"]]
+    r = figures["reports"]
+    lines += [
+        "", f"## Reports: {r['machines']} machines report for {figures['report_seconds']:.0f} s",
+        "", "| reports answered/s | failed | latency median (ms) | p99 (ms) | interval told (s) | "
+        "seeder CPU | seeder RSS (MiB) | `boottorrent status` (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r['reports_per_s']} | {r['failed']} | {r['latency_median_s'] * 1000:.0f} | "
+        f"{r['latency_p99_s'] * 1000:.0f} | {r['interval']} | {r['seeder_cpu_share']:.0%} | "
+        f"{r['seeder_rss_mib']} | {r['status_s']} |", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench.storm",
+                                     description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--burst", default="200,500,1000", help="values of N for the burst")
+    parser.add_argument("--pivotal", default="100,250,500", help="values of N for the pivotal")
+    parser.add_argument("--rate", type=int, default=1000,
+                        help="the server's link for the pivotal storm, Mbit/s (default: 1000)")
+    parser.add_argument("--reporters", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long they report")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+
+    load_before, started = os.getloadavg(), time.time()
+    figures: dict = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+                     "rate": args.rate, "report_seconds": args.seconds,
+                     "burst": [], "pivotal": []}
+    tmp = Path(tempfile.mkdtemp(prefix="boottorrent-storm-"))
+    with Cluster(tmp, cache=pivotal_cache()) as cluster:
+        cluster.add_image("bench", {"kernel": MIB})
+        cluster.start()
+        cluster.server.wait_for_seeder()
+        host = cluster.add_host("storm")
+        pivotal_dir = cluster.state_dir / "current" / "boot" / "pivotal"
+        pivotal = {"vmlinuz": 0, "config.cpio": 0, "base.cpio.zst": 0, "modules.cpio.zst": 0}
+        pivotal = {name: (pivotal_dir / name).stat().st_size for name in pivotal}
+        for count in (int(n) for n in args.burst.split(",") if n):
+            figures["burst"].append(burst(cluster, host, count))
+            print("bench.storm: burst", figures["burst"][-1], flush=True)
+        cluster.server_host.shape(args.rate)
+        for count in (int(n) for n in args.pivotal.split(",") if n):
+            figures["pivotal"].append(pivotal_storm(cluster, host, count, pivotal))
+            print("bench.storm: pivotal", figures["pivotal"][-1], flush=True)
+        figures["reports"] = report_channel(cluster, host, args.reporters, args.seconds)
+        print("bench.storm: reports", figures["reports"], flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    figures["load"] = (load_before[0], os.getloadavg()[0])
+    figures["elapsed_s"] = time.time() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "storm.json").write_text(json.dumps(figures, indent=1) + "\n")
+    write_markdown(args.out / "STORM.md", figures)
+    print(f"bench.storm: wrote {args.out}/STORM.md and storm.json", flush=True)
+    failed = sum(b["failed"] for b in figures["burst"]) + sum(
+        p["failed_requests"] for p in figures["pivotal"]) + figures["reports"]["failed"]
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""A boot storm's HTTP side, from one process in one network namespace.
+
+    python3 -m lab.storm --count 1000 URL [URL ...] > results.json
+
+N machines fetching the same URLs at the same moment, as N iPXEs do: each
+of COUNT fetchers opens its own connection for each URL in turn (all
+fetchers start together), sends a plain HTTP/1.1 GET as iPXE does, follows
+redirects, and reads the whole answer. The result, as JSON: one entry per
+fetcher and URL with the status, the bytes and the SHA-256 of the body, the
+seconds taken, and the error if there was one.
+
+    python3 -m lab.storm --reports-from 198.18.4.0/22 --count 1000 --seconds 60 URL
+
+COUNT machines reporting to URL (the seeder's /report) for SECONDS, each
+from its own address of the network (which must be on this namespace's
+interface), at the interval the server's answers say, as the pivotal's
+Reporter does (boottorrent/pivotal/report.py). The result: reports sent,
+answered, failed, and the answers' latencies.
+
+Stand-ins for the firmware's HTTP client and for the pivotals' reports
+only: what they talk to is the real seeder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import hashlib
+import ipaddress
+import json
+import random
+import resource
+import sys
+import time
+from urllib.parse import urljoin, urlsplit
+
+MAX_REDIRECTS = 5
+
+
+async def fetch(url: str, timeout: float) -> dict:
+    started = time.monotonic()
+    result: dict = {"url": url, "status": None, "bytes": 0, "sha256": None, "error": None,
+                    "redirects": []}
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            status, headers, body = await asyncio.wait_for(get(url), timeout)
+            if status in (301, 302, 303, 307, 308) and "location" in headers:
+                url = urljoin(url, headers["location"])
+                result["redirects"].append(url)
+                continue
+            result.update(status=status, bytes=len(body),
+                          sha256=hashlib.sha256(body).hexdigest())
+            break
+    except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError) as error:
+        result["error"] = f"{type(error).__name__}: {error}"
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result
+
+
+async def get(url: str) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                     "User-Agent: iPXE-stand-in\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        length = headers.get("content-length")
+        body = await (reader.readexactly(int(length)) if length else reader.read())
+        return status, headers, body
+    finally:
+        writer.close()
+
+
+async def storm(urls: list[str], count: int, timeout: float) -> list[dict]:
+    async def machine() -> list[dict]:
+        return [await fetch(url, timeout) for url in urls]
+
+    return [r for results in await asyncio.gather(*(machine() for _ in range(count)))
+            for r in results]
+
+
+async def report_loop(url: str, source: str, until: float, stats: dict) -> None:
+    parts = urlsplit(url)
+    progress, interval = 0.0, 1.0
+    while time.monotonic() < until:
+        await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+        progress = min(progress + 0.01, 1.0)
+        body = json.dumps({"mac": "", "image": "bench", "phase": "downloading",
+                           "progress": progress, "size": 1 << 30, "peers": 8,
+                           "from_server": 1 << 20, "from_peers": 1 << 24,
+                           "message": "", "version": 1}).encode()
+        started = time.monotonic()
+        stats["sent"] += 1
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                parts.hostname, parts.port, local_addr=(source, 0)), 10)
+            try:
+                writer.write(f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                             "Content-Type: application/json\r\nConnection: close\r\n"
+                             f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                answer = await asyncio.wait_for(reader.read(), 10)
+            finally:
+                writer.close()
+            head, _, payload = answer.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise ValueError(head[:40])
+            interval = float(json.loads(payload).get("interval", 1.0))
+            stats["answered"] += 1
+            stats["latencies"].append(time.monotonic() - started)
+            stats["interval"] = interval
+        except (OSError, asyncio.TimeoutError, ValueError) as error:
+            stats["failed"] += 1
+            stats["errors"][type(error).__name__] = stats["errors"].get(type(error).__name__, 0) + 1
+
+
+async def reports(url: str, network: str, count: int, seconds: float) -> dict:
+    sources = [str(a) for a in itertools.islice(ipaddress.ip_network(network).hosts(), count)]
+    stats = {"sent": 0, "answered": 0, "failed": 0, "latencies": [], "errors": {},
+             "interval": None, "machines": len(sources)}
+    until = time.monotonic() + seconds
+    await asyncio.gather(*(report_loop(url, source, until, stats) for source in sources))
+    latencies = sorted(stats.pop("latencies")) or [0.0]
+    stats["latency_median_s"] = round(latencies[len(latencies) // 2], 4)
+    stats["latency_p99_s"] = round(latencies[int(len(latencies) * 0.99)], 4)
+    stats["reports_per_s"] = round(stats["answered"] / seconds, 1)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m lab.storm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("urls", nargs="+", metavar="URL")
+    parser.add_argument("--count", type=int, default=100, help="fetchers (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds one request may take (default: %(default)s)")
+    parser.add_argument("--reports-from", metavar="NETWORK",
+                        help="send reports to the one URL from COUNT addresses of NETWORK")
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="how long to report (default: %(default)s)")
+    args = parser.parse_args(argv)
+    # Each fetcher holds one socket.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.reports_from:
+        result = asyncio.run(reports(args.urls[0], args.reports_from, args.count, args.seconds))
+    else:
+        result = asyncio.run(storm(args.urls, args.count, args.timeout))
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The seeder's HTTP side under a boot storm and under hostile input: the
+real seeder in a server namespace, clients in their own namespaces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from conftest import CLIENTS, MIB, PYTHON, REPO, wait_for
+
+BOOT_URL = "http://198.18.0.1:6980/boot"
+REPORT = {"mac": "52:54:00:12:34:56", "image": "compute", "phase": "downloading",
+          "progress": 0.5, "size": MIB, "peers": 1}
+
+
+def storm(host, count: int, *urls: str) -> list[dict]:
+    out = host.run([PYTHON, "-m", "lab.storm", "--count", str(count), *urls], cwd=REPO)
+    return json.loads(out.stdout)
+
+
+def raw_request(host, request: bytes) -> str:
+    """Send request as it is, from host; the status line of the answer, or
+    "closed" when the seeder closed the connection without one."""
+    code = """
+import socket, sys
+s = socket.create_connection(("198.18.0.1", 6980), 10)
+try:
+    s.sendall(sys.stdin.buffer.read())
+    s.shutdown(socket.SHUT_WR)
+    answer = s.recv(200)
+except OSError:
+    answer = b""
+print(answer.split(b"\\r\\n")[0].decode("latin-1") or "closed")
+"""
+    return host.run([PYTHON, "-c", code], input=request, text=False).stdout.decode("latin-1").strip()
+
+
+def post(host, body: bytes, headers: bytes | None = None) -> str:
+    """POST body to /report (headers: instead of its Content-Length)."""
+    if headers is None:
+        headers = b"Content-Length: %d\r\n" % len(body)
+    return raw_request(host, b"POST /report HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body)
+
+
+def test_a_burst_of_1000_connections_is_answered(cluster):
+    cluster.add_image("compute", {"kernel": MIB})
+    cluster.start(("seeder",))
+    cluster.server.wait_for_seeder()
+    script = (cluster.state_dir / "current" / "boot" / "boot.ipxe").read_bytes()
+
+    results = storm(cluster.add_host("storm"), 1000, f"{BOOT_URL}/boot.ipxe")
+
+    assert len(results) == 1000
+    failed = [r for r in results if r["status"] != 200 or r["error"]]
+    assert not failed, f"{len(failed)} of 1000 failed, e.g. {failed[:3]}"
+    assert {r["sha256"] for r in results} == {hashlib.sha256(script).hexdigest()}
+    # The listen queue that held them (ss shows the backlog in Send-Q).
+    listening = cluster.server_host.run(["ss", "-ltnH", "sport = :6980"]).stdout.split()
+    assert int(listening[2]) >= 1000, listening
+
+
+def test_bad_requests_get_an_error_and_one_log_line(cluster):
+    files = cluster.add_image("compute", {"kernel": MIB})
+    cluster.start(("seeder",))
+    cluster.server.wait_for_seeder()
+    host = cluster.add_host("hostile")
+    kernel_path = f"/images/{cluster.infohash('compute')}/compute/kernel"
+
+    answers = {
+        "long path": raw_request(host, b"GET /boot/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "absurd range": raw_request(host, f"GET {kernel_path} HTTP/1.1\r\nHost: x\r\n"
+                                    f"Range: bytes={'9' * 5000}-\r\n\r\n".encode()),
+        "nul in path": raw_request(host, b"GET /boot/a%00b\x00c HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "not http": raw_request(host, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+        "length abc": post(host, b"{}", b"Content-Length: abc\r\n"),
+        "no length": post(host, b"{}", b"Transfer-Encoding: chunked\r\n"),
+        "nested json": post(host, b"[" * 2000 + b"]" * 2000),
+        "10 MB body": post(host, b"x" * (10 * MIB)),
+        "wrong types": post(host, json.dumps({**REPORT, "progress": "half"}).encode()),
+        "not an object": post(host, b"[1, 2]"),
+        "not json": post(host, b"\xff\xfe{"),
+    }
+    for what, answer in answers.items():
+        assert answer == "closed" or answer.split()[1][0] == "4", (what, answer)
+    assert answers["absurd range"].startswith("HTTP/1.1 416"), answers
+    assert answers["wrong types"].startswith("HTTP/1.1 400"), answers
+
+    log = cluster.server.log("seeder")
+    assert "Traceback" not in log, log[-3000:]
+    warnings = [line for line in log.splitlines() if "WARNING http:" in line]
+    # One line for each that got an error status (the 10 MB body may be
+    # cut off before its answer), each naming the request.
+    answered = [a for a in answers.values() if a != "closed"]
+    assert len(answered) <= len(warnings) <= len(answers), warnings
+    # Nothing else disturbed: the seeder serves and reports as before.
+    assert cluster.server.status()["clients"] == []
+    got = host.run([PYTHON, "-c", "import urllib.request,sys; sys.stdout.buffer.write("
+                    f"urllib.request.urlopen('http://198.18.0.1:6980{kernel_path}').read())"],
+                   text=False).stdout
+    assert got == files["kernel"].read_bytes()
+
+
+def test_forged_or_malformed_reports_never_break_status(cluster):
+    cluster.add_image("compute", {"kernel": MIB})
+    cluster.start(("seeder",))
+    cluster.server.wait_for_seeder()
+    honest, forger = cluster.add_host("honest"), cluster.add_host("forger")
+
+    assert post(honest, json.dumps(REPORT).encode()).startswith("HTTP/1.1 200")
+    # The forger claims to be the honest machine, in every field it can.
+    forged = {**REPORT, "address": honest.address, "phase": "failed", "message": "forged"}
+    assert post(forger, json.dumps(forged).encode()).startswith("HTTP/1.1 200")
+    for bad in ({**REPORT, "phase": "<script>"}, {**REPORT, "size": 1.5},
+                {**REPORT, "version": 99}, {**REPORT, "peers": True}):
+        assert post(forger, json.dumps(bad).encode()).startswith("HTTP/1.1 400"), bad
+
+    by_address = cluster.reports()
+    assert set(by_address) == {honest.address, forger.address}
+    assert by_address[honest.address]["phase"] == "downloading"
+    assert by_address[forger.address]["message"] == "forged"
+    shown = cluster.server.boottorrent("status").stdout
+    assert honest.address in shown and forger.address in shown, shown
+
+
+def test_answer_paces_reports_and_counts_machines_on_their_way(make_cluster):
+    cluster = make_cluster(conf={"clients": CLIENTS, "seeder": {"forget_machines_after": 10}})
+    cluster.add_image("compute", {"kernel": MIB})
+    cluster.start(("seeder",))
+    cluster.server.wait_for_seeder()
+    seeding, booting = cluster.add_host("seeding"), cluster.add_host("booting")
+
+    def answer(host, report: dict) -> dict:
+        code = ("import sys, json; from boottorrent.pivotal.report import send_report; "
+                "from boottorrent.pivotal.wire import Report; "
+                "print(json.dumps(send_report('http://198.18.0.1:6980/report', "
+                f"Report.from_dict({report!r}))))")
+        return json.loads(host.run([PYTHON, "-c", code], cwd=REPO).stdout)
+
+    seed_report = {**REPORT, "phase": "seeding", "progress": 1.0}
+    assert answer(seeding, seed_report) == {"interval": 1.0, "coming": 0}
+    # A machine fetches the pivotal's kernel for this image: it is on its way ...
+    booting.run(["curl", "-sf", "-o", "/dev/null", f"{BOOT_URL}/pivotal/vmlinuz?image=compute"])
+    assert cluster.reports()[booting.address]["phase"] == "pxe"
+    assert answer(seeding, seed_report)["coming"] == 1
+    # ... for another image, it is not coming for ours ...
+    assert answer(seeding, {**seed_report, "image": "other"})["coming"] == 0
+    # ... and once it reports downloading, it has arrived.
+    answer(booting, REPORT)
+    assert answer(seeding, seed_report)["coming"] == 0
+
+    # Machines that stop reporting are forgotten ([seeder] forget_machines_after).
+    wait_for(lambda: not cluster.reports(), 60, "the seeder to forget both machines")
+    assert "no client has reported yet" in cluster.server.boottorrent("status").stdout
