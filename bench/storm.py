@@ -13,7 +13,14 @@ registered image and the real pivotal (its kernel and initramfs parts, as
   the wire per machine over the pivotal's size;
 - reports: M machines, each from an address of its own, report to the
   seeder as the pivotal does for --seconds: the seeder's CPU share and RSS,
-  the reports' latency, and how long `boottorrent status` takes.
+  the reports' latency, and how long `boottorrent status` takes;
+
+then, each in a lab of its own with every link at --wave-rate Mbit/s:
+
+- waves: N machines powered on over S seconds, each doing what iPXE does
+  (following redirects) and then running the real pivotal program, which
+  downloads the image and shares the pivotal's files: the server's bytes
+  on the wire for the whole boot over F + the pivotal's size.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -104,6 +112,57 @@ def report_channel(cluster: Cluster, host, count: int, seconds: float) -> dict:
     return stats
 
 
+def boot_wave(tmp: Path, count: int, spread: float, rate: int, size: int) -> dict:
+    """count machines powered on uniformly over spread seconds, every link
+    at rate Mbit/s: each fetches what iPXE fetches (following the server's
+    redirects to machines that serve the pivotal), then runs the real
+    pivotal program (--dry-run) for an image of size bytes."""
+    with Cluster(tmp / f"wave-{count}", rate_mbit=rate, cache=pivotal_cache()) as cluster:
+        files = cluster.add_image("bench", {"kernel": size // 4, "initrd.0": size - size // 4})
+        cluster.start()
+        cluster.server.wait_for_seeder()
+        boot = cluster.state_dir / "current" / "boot"
+        pivotal_size = sum(p.stat().st_size for p in (boot / "pivotal").iterdir())
+        urls = [f"{BOOT}/boot.ipxe", f"{BOOT}/pivotal/vmlinuz?image=bench&try=x"] + [
+            f"{BOOT}/pivotal/{name}?try=x"
+            for name in ("config.cpio", "base.cpio.zst", "modules.cpio.zst")]
+        clients = [cluster.client(f"m{i}", "bench") for i in range(count)]
+        fetched: dict[str, list[dict]] = {}
+        sent_before = cluster.wire_bytes(cluster.server_host)[0]
+        started = time.time()
+
+        def power_on(index: int, client) -> None:
+            time.sleep(max(0.0, started + spread * index / max(count - 1, 1) - time.time()))
+            fetched[client.name] = storm(client.host, 1, urls, timeout=600)
+            client.start()
+
+        with CpuMeter() as cpu:
+            threads = [threading.Thread(target=power_on, args=(i, c)) for i, c in enumerate(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            cluster.wait_all(clients, 600)
+        sent = cluster.wire_bytes(cluster.server_host)[0] - sent_before
+        status = cluster.server.status()
+        failed = sum(1 for results in fetched.values() for r in results
+                     if r["status"] != 200 or r["error"])
+        summaries = [c.summary() for c in clients]
+        image_bytes = sum(s["from_server"] + s["from_peers"] for s in summaries)
+        return {"machines": count, "spread_s": spread, "rate_mbit": rate, "image_bytes": size,
+                "pivotal_bytes": pivotal_size, "failed_requests": failed,
+                "wrong_images": sum(not c.has_image(files) for c in clients),
+                "last_s": round(max(s["verified_at"] for s in summaries) - started, 1),
+                "server_wire_bytes": sent,
+                "server_over_f_plus_pivotal": round(sent / (size + pivotal_size), 2),
+                "server_over_f": round(sent / size, 2),
+                "redirects": status.get("pivotal", {}).get("redirects", 0),
+                "pivotal_fetches": count * 3,
+                "image_from_peers_share": round(sum(s["from_peers"] for s in summaries)
+                                                / image_bytes, 2),
+                "cpu_busy": round(cpu.busy, 2)}
+
+
 def write_markdown(path: Path, figures: dict) -> None:
     lines = [
         "# BootTorrent benchmark: the server's HTTP side in a boot storm", "",
@@ -126,6 +185,23 @@ def write_markdown(path: Path, figures: dict) -> None:
     lines += [f"| {p['machines']} | {p['pivotal_bytes'] / MIB:.1f} | {p['failed_requests']} | "
               f"{p['last_s']} | {p['server_wire_over_pivotal']} | {p['cpu_busy']:.0%} |"
               for p in figures["pivotal"]]
+    lines += [
+        "", "## Boot waves: N machines powered on over some seconds, the whole boot", "",
+        "Each machine fetches what iPXE fetches (following the server's redirects to machines "
+        "that serve the pivotal), then runs the real pivotal program (`--dry-run`), which "
+        "downloads the image and, while the server counts machines on their way, the "
+        "pivotal's files to serve them. Server sent: its interface's bytes on the wire for "
+        "the whole boot of all N, over F + the pivotal's size (target ≤ 2).", "",
+        "| N | over (s) | links (Mbit/s) | F (MiB) | pivotal (MiB) | failed | last machine (s) | "
+        "server sent ÷ (F + pivotal) | ÷ F | pivotal files from peers | image from peers | "
+        "CPU busy |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {w['machines']} | {w['spread_s']:.0f} | {w['rate_mbit']} | "
+              f"{w['image_bytes'] / MIB:.0f} | {w['pivotal_bytes'] / MIB:.1f} | "
+              f"{w['failed_requests'] + w['wrong_images']} | {w['last_s']} | "
+              f"{w['server_over_f_plus_pivotal']} | {w['server_over_f']} | "
+              f"{w['redirects']} of {w['pivotal_fetches']} | "
+              f"{w['image_from_peers_share']:.0%} | {w['cpu_busy']:.0%} |"
+              for w in figures["waves"]]
     r = figures["reports"]
     lines += [
         "", f"## Reports: {r['machines']} machines report for {figures['report_seconds']:.0f} s",
@@ -148,13 +224,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's link for the pivotal storm, Mbit/s (default: 1000)")
     parser.add_argument("--reporters", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long they report")
+    parser.add_argument("--waves", default="4:0,16:30,32:30",
+                        help="boot waves, N:SECONDS (default: %(default)s)")
+    parser.add_argument("--wave-rate", type=int, default=50,
+                        help="every link's rate in the boot waves, Mbit/s (default: %(default)s)")
+    parser.add_argument("--size-mib", type=int, default=16, help="the waves' image F, MiB")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
 
     load_before, started = os.getloadavg(), time.time()
     figures: dict = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
                      "rate": args.rate, "report_seconds": args.seconds,
-                     "burst": [], "pivotal": []}
+                     "burst": [], "pivotal": [], "waves": []}
     tmp = Path(tempfile.mkdtemp(prefix="boottorrent-storm-"))
     with Cluster(tmp, cache=pivotal_cache()) as cluster:
         cluster.add_image("bench", {"kernel": MIB})
@@ -173,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             print("bench.storm: pivotal", figures["pivotal"][-1], flush=True)
         figures["reports"] = report_channel(cluster, host, args.reporters, args.seconds)
         print("bench.storm: reports", figures["reports"], flush=True)
+    for wave in (w for w in args.waves.split(",") if w):
+        count, _, spread = wave.partition(":")
+        figures["waves"].append(boot_wave(tmp, int(count), float(spread or 0), args.wave_rate,
+                                          args.size_mib * MIB))
+        print("bench.storm: wave", figures["waves"][-1], flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     figures["load"] = (load_before[0], os.getloadavg()[0])
     figures["elapsed_s"] = time.time() - started
@@ -181,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(args.out / "STORM.md", figures)
     print(f"bench.storm: wrote {args.out}/STORM.md and storm.json", flush=True)
     failed = sum(b["failed"] for b in figures["burst"]) + sum(
-        p["failed_requests"] for p in figures["pivotal"]) + figures["reports"]["failed"]
+        p["failed_requests"] for p in figures["pivotal"]) + figures["reports"]["failed"] + sum(
+        w["failed_requests"] + w["wrong_images"] for w in figures["waves"])
     return 0 if failed == 0 else 1
 
 

@@ -13,6 +13,7 @@ from boottorrent.initramfs import PivotalError, archive, base, kernel
 from boottorrent.config import Config
 from boottorrent.configfile import ConfigError
 from boottorrent.fsutil import remove_tree
+from boottorrent.pivotal.wire import PivotalConfig
 from boottorrent.registry import REGISTRY_FILE, ImageRecord, State, registry_json
 
 
@@ -25,8 +26,10 @@ def _place(source: Path, target: Path) -> None:
     target.chmod(0o644)
 
 
-def write_pivotal(config: Config, state: State, pivotal_json: bytes, target: Path) -> None:
-    """The pivotal's kernel and its three initramfs parts, into target/."""
+def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot: Path) -> None:
+    """The pivotal's kernel and its three initramfs parts, into
+    snapshot/boot/pivotal/, and the torrent of the parts it shares."""
+    target = snapshot / "boot" / "pivotal"
     def progress(line: str) -> None:
         print(f"pivotal: {line}", file=sys.stderr, flush=True)
 
@@ -44,7 +47,8 @@ def write_pivotal(config: Config, state: State, pivotal_json: bytes, target: Pat
     config_name, base_name, modules_name = (Path(p).name for p in render.PIVOTAL_INITRDS)
     _place(base_part, target / base_name)
     _place(kernel_part.modules, target / modules_name)
-    archive.build_config_part({render.PIVOTAL_CONFIG: pivotal_json}, target / config_name)
+    pivotal = render.write_pivotal_torrent(config, snapshot, pivotal)
+    archive.build_config_part({render.PIVOTAL_CONFIG: pivotal.to_json()}, target / config_name)
 
 
 def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) -> Path:
@@ -57,8 +61,7 @@ def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) ->
     try:
         (snapshot / REGISTRY_FILE).write_text(registry_json(records))
         pivotal_config = render.write_snapshot(config, records, state, snapshot)
-        write_pivotal(config, state, pivotal_config.to_json(),
-                      snapshot / "boot" / "pivotal")
+        write_pivotal(config, state, pivotal_config, snapshot)
         return state.commit(snapshot)
     except BaseException:
         remove_tree(snapshot)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -26,6 +27,10 @@ PIVOTAL_KERNEL = "pivotal/vmlinuz"
 # uncompressed cpio only on a 4-byte boundary; compressed ones anywhere.
 PIVOTAL_INITRDS = ("pivotal/config.cpio", "pivotal/base.cpio.zst", "pivotal/modules.cpio.zst")
 PIVOTAL_CONFIG = "etc/boottorrent/pivotal.json"
+# What every pivotal fetches from the swarm and serves to later machines:
+# all but the config part, which names them.
+PIVOTAL_SHARED = (PIVOTAL_KERNEL, "pivotal/base.cpio.zst", "pivotal/modules.cpio.zst")
+PIVOTAL_TORRENT = "pivotal.torrent"
 
 environment = Environment(loader=PackageLoader("boottorrent"), undefined=StrictUndefined,
                           keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
@@ -136,3 +141,18 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
     for name, torrent in torrents_by_name.items():
         (torrent_dir / f"{name}.torrent").write_bytes(torrent)
     return pivotal_config(config, records, default, torrents_by_name)
+
+
+def write_pivotal_torrent(config: Config, snapshot: Path, pivotal: PivotalConfig) -> PivotalConfig:
+    """The torrent of the pivotal's shared files (PIVOTAL_SHARED, already
+    in snapshot/boot), into boot/pivotal.torrent, its infohash into the
+    tracker's whitelist; returns pivotal with the torrent in it."""
+    boot = snapshot / "boot"
+    files = [(Path(p).name, (boot / p).stat().st_size) for p in PIVOTAL_SHARED]
+    torrent = torrents.with_urls(torrents.create(boot, "pivotal", files),
+                                 config.tracker_url, f"{config.http_url}/boot/")
+    (boot / PIVOTAL_TORRENT).write_bytes(torrent)
+    with (snapshot / "tracker" / "whitelist").open("a") as whitelist:
+        whitelist.write(f"{torrents.info_hash(torrent)}\n")
+    return replace(pivotal, pivotal_torrent=base64.b64encode(torrent).decode(),
+                   http_port=config.http_port)

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import libtorrent as lt
 from systemd import daemon, journal
@@ -25,6 +26,7 @@ from boottorrent.pivotal import lan
 from boottorrent.config import Config
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.registry import ImageRecord, State, read_registry
+from boottorrent.render import PIVOTAL_TORRENT
 from boottorrent.web import WebServer
 
 log = logging.getLogger("boottorrent.seeder")
@@ -76,6 +78,7 @@ class Seeder:
             raise ListenError(f"cannot listen on {config.address}:{config.seeder_port} "
                               f"({config.path}: [seeder] port): is another program using it?")
         self.seeded: dict[str, Seeded] = {}  # by infohash
+        self.pivotal: tuple[str, lt.torrent_handle] | None = None  # its infohash, its torrent
         try:
             self.web = WebServer((config.address, config.http_port), state.root,
                                  self.status, lambda line: log.debug("http: %s", line),
@@ -106,16 +109,36 @@ class Seeder:
                 self._update_trackers(self.seeded[infohash].handle, torrent)
                 self.seeded[infohash].record = record
             else:
-                self.seeded[infohash] = Seeded(record, self._add(record, torrent))
+                self.seeded[infohash] = Seeded(record, self._add(
+                    torrent, self.state.content_dir(record.infohash)))
                 log.info("seeding %s (%s)", record.name, human_bytes(record.size),
                          extra={"IMAGE": record.name, "INFOHASH": infohash})
+        self._sync_pivotal(snapshot)
 
-    def _add(self, record: ImageRecord, torrent: bytes) -> lt.torrent_handle:
+    def _sync_pivotal(self, snapshot: Path) -> None:
+        """Seed the pivotal's shared files, for the pivotals to share them.
+
+        From current/boot, not from the snapshot it names: the next
+        snapshot holds the same files (links to the same cache) as long as
+        the infohash stays the same.
+        """
+        path = snapshot / "boot" / PIVOTAL_TORRENT
+        torrent = path.read_bytes() if path.exists() else None
+        infohash = torrents.info_hash(torrent) if torrent else ""
+        if self.pivotal and self.pivotal[0] != infohash:
+            self.session.remove_torrent(self.pivotal[1])
+            self.pivotal = None
+        if torrent and not self.pivotal:
+            self.pivotal = (infohash, self._add(torrent, self.state.current / "boot"))
+            log.info("seeding the pivotal's files (%s)", infohash, extra={"INFOHASH": infohash})
+        self.web.pivotal_infohash = infohash
+
+    def _add(self, torrent: bytes, save_path: Path) -> lt.torrent_handle:
         params = lt.add_torrent_params()
         params.ti = torrents.load(torrent)
-        params.save_path = str(self.state.content_dir(record.infohash))
-        # The files were hashed when the image was registered and are never
-        # written again: seed at once, and trust every piece without reading
+        params.save_path = str(save_path)
+        # The files were hashed when they were registered (generated) and
+        # are never written again: seed at once, and trust every piece without reading
         # it a second time.
         params.flags |= lt.torrent_flags.seed_mode
         params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
@@ -151,7 +174,15 @@ class Seeder:
                 peers.append({"address": peer.ip[0], "port": peer.ip[1],
                               "image": seeded.record.name, "progress": peer.progress,
                               "sent": peer.total_upload, "upload_rate": peer.up_speed})
-        self._status = {"images": images, "peers": peers, "time": time.time()}
+        pivotal = {"infohash": "", "uploaded": 0}
+        if self.pivotal:
+            pivotal = {"infohash": self.pivotal[0],
+                       "uploaded": self.pivotal[1].status().all_time_upload}
+        pivotal.update(http_sent=sum(n for path, n in self.web.sent_by_path.items()
+                                     if path.startswith("/boot/pivotal/")),
+                       redirects=self.web.machines.redirects_given())
+        self._status = {"images": images, "peers": peers, "pivotal": pivotal,
+                        "time": time.time()}
 
     def _status_line(self) -> str:
         images = self._status["images"]

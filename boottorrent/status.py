@@ -65,6 +65,10 @@ def format_status(status: dict, now: float | None = None) -> str:
                        human_bytes(image["uploaded"] + image.get("http_sent", 0)),
                        f"{human_bytes(image['upload_rate'])}/s"))
     lines += table(images) if len(images) > 1 else ["no images are being seeded"]
+    if pivotal := status.get("pivotal"):
+        lines.append(f"pivotal: the server sent {human_bytes(pivotal['http_sent'])} over HTTP "
+                     f"and {human_bytes(pivotal['uploaded'])} of its torrent; "
+                     f"{pivotal['redirects']} requests sent to machines that serve it")
     lines.append("")
     clients = [("MAC", "ADDRESS", "IMAGE", "PHASE", "PROGRESS", "", "PEERS", "FROM SERVER",
                 "FROM PEERS", "SEEN")]

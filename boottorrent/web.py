@@ -1,7 +1,10 @@
 """The seeder's HTTP side: the boot files for iPXE, the images as a web seed,
 and the status endpoint that pivotals report to.
 
-    GET  /boot/PATH                    STATE/current/boot/PATH (iPXE script, pivotal)
+    GET  /boot/PATH                    STATE/current/boot/PATH (iPXE script, pivotal);
+                                       ?try=x (the boot script's first try) for one
+                                       of SHARED_FILES: a redirect to a machine
+                                       that serves it, when there is one
     GET  /images/INFOHASH/NAME/FILE    a registered file (BEP 19 web seed; Range)
     POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report);
                                        the answer: when to report next, and how
@@ -55,6 +58,16 @@ REPORT_RATE = 200
 COMING_FOR = 180  # seconds
 MACHINES_MAX = 10000  # entries kept; the oldest go first
 COMING_PHASES = ("pxe", "pivotal", "dhcp")
+# The pivotal's files that machines serve each other (render.PIVOTAL_SHARED):
+# the server answers iPXE's first try for one with a redirect to a machine
+# that has it (one that reported it within PEER_ALIVE s, and is not leaving:
+# it waits for the machines on their way), the one that was sent the fewest
+# machines in the last LOAD_WINDOW s; a retry, or when none can, it serves.
+SHARED_FILES = ("/boot/pivotal/vmlinuz", "/boot/pivotal/base.cpio.zst",
+                "/boot/pivotal/modules.cpio.zst")
+SERVING_PHASES = ("downloading", "seeding")
+PEER_ALIVE = 10.0  # seconds, or three report intervals when they are longer
+LOAD_WINDOW = 60.0
 
 
 class Machines:
@@ -70,6 +83,8 @@ class Machines:
         self._lock = threading.Lock()
         # In the order they were last heard from: the oldest first.
         self._by_address: dict[str, dict] = {}
+        self._redirects: dict[str, list[float]] = {}  # when each was sent a machine
+        self._redirects_given = 0
 
     def _put(self, address: str, entry: dict) -> None:
         self._by_address.pop(address, None)
@@ -110,6 +125,30 @@ class Machines:
         return sum(1 for address, entry in self._by_address.items()
                    if entry["phase"] in COMING_PHASES and entry["received"] >= since
                    and entry["image"] in ("", image) and address != besides)
+
+    def peer_serving(self, infohash: str, besides: str) -> str | None:
+        """The address of the least loaded machine that serves the pivotal
+        of this infohash (not besides, who asks), or None; counted as given."""
+        if not infohash:
+            return None
+        with self._lock:
+            now = self.clock()
+            alive = max(PEER_ALIVE, 3 * len(self._by_address) / REPORT_RATE)
+            candidates = [address for address, entry in self._by_address.items()
+                          if entry["serving"] == infohash and entry["phase"] in SERVING_PHASES
+                          and now - entry["received"] <= alive and address != besides]
+            if not candidates:
+                return None
+            for address in list(self._redirects):
+                self._redirects[address] = [t for t in self._redirects[address]
+                                            if t > now - LOAD_WINDOW]
+            chosen = min(candidates, key=lambda a: len(self._redirects.get(a, ())))
+            self._redirects.setdefault(chosen, []).append(now)
+            self._redirects_given += 1
+            return chosen
+
+    def redirects_given(self) -> int:
+        return self._redirects_given
 
     def all(self) -> list[dict]:
         with self._lock:
@@ -193,6 +232,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send_json(self.server.machines.add(report, self.client_address[0]))
 
+    def _redirect(self, url: str) -> None:
+        self.send_response(HTTPStatus.FOUND)
+        self.send_header("Location", url)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def _send_json(self, data: dict) -> None:
         body = json.dumps(data).encode()
         self.send_response(HTTPStatus.OK)
@@ -209,8 +254,17 @@ class Handler(BaseHTTPRequestHandler):
             return
         # iPXE asks for whole files; a Range is libtorrent's web seed.
         if url_path.startswith("/boot/") and not head and "Range" not in self.headers:
-            image = parse_qs(query).get("image", [""])[0][:64]
-            self.server.machines.fetched_boot_files(self.client_address[0], image)
+            asked = parse_qs(query)
+            self.server.machines.fetched_boot_files(self.client_address[0],
+                                                    asked.get("image", [""])[0][:64])
+            # "try=x": the boot script's first try (web.py's docstring).
+            if url_path in SHARED_FILES and asked.get("try") == ["x"]:
+                peer = self.server.machines.peer_serving(self.server.pivotal_infohash,
+                                                         self.client_address[0])
+                if peer:
+                    self._redirect(f"http://{peer}:{self.server.server_port}"
+                                   f"{url_path.removeprefix('/boot')}")
+                    return
         with path.open("rb") as file:
             size = os.fstat(file.fileno()).st_size
             wanted = byte_range(self.headers.get("Range", ""), size)
@@ -248,6 +302,7 @@ class WebServer(HTTPServer):
         self.log_request_line = log_request_line
         self.log_bad_request = log_bad_request
         self.machines = Machines(forget_after)
+        self.pivotal_infohash = ""  # of the pivotal files the seeder seeds (seeder.py)
         self.sent_by_path: dict[str, int] = {}
         self._sent_lock = threading.Lock()
         # Accepted connections waiting for a worker; when it is full, the

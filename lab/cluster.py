@@ -313,6 +313,19 @@ class Cluster:
             self._pivotal_json = path
         return self._pivotal_json
 
+    def fetch_boot_script(self, host: Host) -> None:
+        """What a machine's firmware does first: fetch boot.ipxe (the server
+        then counts the machine on its way to the swarm)."""
+        host.run(["curl", "-sf", "-o", "/dev/null", f"http://{SERVER_ADDRESS}:6980/boot/boot.ipxe"])
+
+    def send_report(self, host: Host, **fields: object) -> dict:
+        """A report from host, as its pivotal sends it; the server's answer."""
+        code = ("import json, sys; from boottorrent.pivotal.report import send_report; "
+                "from boottorrent.pivotal.wire import Report; "
+                f"print(json.dumps(send_report('http://{SERVER_ADDRESS}:6980/report', "
+                "Report.from_dict(json.loads(sys.argv[1])))))")
+        return json.loads(host.run([PYTHON, "-c", code, json.dumps(fields)], cwd=REPO).stdout)
+
     def reports(self) -> dict[str, dict]:
         """The clients' last reports to the seeder, by address."""
         return {r.get("address"): r for r in self.server.status()["clients"]}

@@ -35,6 +35,8 @@ import sys
 import time
 from urllib.parse import urljoin, urlsplit
 
+from boottorrent.pivotal.wire import VERSION
+
 MAX_REDIRECTS = 5
 
 
@@ -95,7 +97,7 @@ async def report_loop(url: str, source: str, until: float, stats: dict) -> None:
         body = json.dumps({"mac": "", "image": "bench", "phase": "downloading",
                            "progress": progress, "size": 1 << 30, "peers": 8,
                            "from_server": 1 << 20, "from_peers": 1 << 24,
-                           "message": "", "version": 1}).encode()
+                           "message": "", "version": VERSION}).encode()
         started = time.monotonic()
         stats["sent"] += 1
         try:

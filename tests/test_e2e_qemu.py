@@ -13,6 +13,7 @@ import pytest
 from lab.netns import Lab
 from lab.qemu import VM
 from lab.server import Server
+from lab.cluster import wait_for
 from lab.testimage import MARKER_PREFIX, build_test_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,3 +76,49 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
     }
     (tmp_path / "figures.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))
+
+
+@pytest.mark.qemu
+def test_machine_whose_pivotal_peer_dies_mid_transfer_still_boots(make_cluster, tmp_path):
+    """The server sends the machine's iPXE to a machine that serves the
+    pivotal's files; that machine is pulled from the plug while it sends the
+    pivotal's kernel: the boot script's retry gets it from the server."""
+    image = build_test_image(REPO / ".cache" / "testimage", MARKER)
+    cluster = make_cluster(conf={"clients": {"seed_idle_time": 2}})
+    cluster.server.boottorrent("add-image", "e2e", "--kernel", str(image["kernel"]),
+                               "--initrd", str(image["initrd"]),
+                               "--cmdline", "console=ttyS0 panic=-1 boottorrent.test=e2e")
+    cluster.start(("dnsmasq", "tracker", "seeder"))
+    # The peer is a pivotal in a namespace (the real program, --dry-run)
+    # that stays in the swarm until it is killed. It shares the pivotal's
+    # files once a machine is on its way: one whose firmware got the boot
+    # script, and which then reports from its pivotal (so that it is not on
+    # its way any more when the VM's pivotal asks).
+    pivotal = json.loads(cluster.pivotal_json().read_text())
+    pivotal["swarm"].update(seed_idle_time=900, seed_time_max=900)
+    (tmp_path / "peer.json").write_text(json.dumps(pivotal))
+    other = cluster.add_host("other")
+    cluster.fetch_boot_script(other)
+    peer = cluster.start_client("peer", "e2e", config=tmp_path / "peer.json")
+    wait_for(lambda: peer.report().get("serving"), 120, "the peer to serve the pivotal's files")
+    cluster.send_report(other, image="e2e", phase="downloading")
+    # Slow enough that the kernel (8 MiB) takes seconds to go.
+    peer.host.shape(8)
+    sent_before = cluster.wire_bytes(peer.host)[0]
+
+    # UEFI with the firmware's own PXE client: iPXE's messages reach the serial console.
+    vm = VM(cluster.lab, "vm", tmp_path, mac="52:54:00:e2:e0:03", memory_mib=1024,
+            firmware="uefi", romfile="").start()
+    wait_for(lambda: cluster.server.status()["pivotal"]["redirects"] >= 1, 600,
+             "the server to send the machine's iPXE to the peer")
+    wait_for(lambda: cluster.wire_bytes(peer.host)[0] - sent_before > 2 * 1024 * 1024, 120,
+             "the peer to have sent 2 MiB of the pivotal's kernel")
+    peer.kill()
+
+    vm.wait_for(MARKER_PREFIX + MARKER, timeout=600)
+    console = vm.console()
+    assert "BootTorrent: could not load the pivotal system" in console
+    assert console.index("retrying in 2 seconds") < console.index(MARKER_PREFIX + MARKER)
+    assert "boottorrent.test=e2e" in console
+    report = next(r for r in cluster.server.status()["clients"] if r["mac"] == vm.mac)
+    assert report["phase"] == "kexec", report

@@ -130,11 +130,7 @@ def test_answer_paces_reports_and_counts_machines_on_their_way(make_cluster):
     seeding, booting = cluster.add_host("seeding"), cluster.add_host("booting")
 
     def answer(host, report: dict) -> dict:
-        code = ("import sys, json; from boottorrent.pivotal.report import send_report; "
-                "from boottorrent.pivotal.wire import Report; "
-                "print(json.dumps(send_report('http://198.18.0.1:6980/report', "
-                f"Report.from_dict({report!r}))))")
-        return json.loads(host.run([PYTHON, "-c", code], cwd=REPO).stdout)
+        return cluster.send_report(host, **report)
 
     seed_report = {**REPORT, "phase": "seeding", "progress": 1.0}
     assert answer(seeding, seed_report) == {"interval": 1.0, "coming": 0}
@@ -151,3 +147,45 @@ def test_answer_paces_reports_and_counts_machines_on_their_way(make_cluster):
     # Machines that stop reporting are forgotten ([seeder] forget_machines_after).
     wait_for(lambda: not cluster.reports(), 60, "the seeder to forget both machines")
     assert "no client has reported yet" in cluster.server.boottorrent("status").stdout
+
+
+def test_later_machines_load_the_pivotal_from_one_that_runs_it(cluster):
+    cluster.add_image("compute", {"kernel": MIB})
+    cluster.start()
+    late = cluster.add_host("late")
+    boot = cluster.state_dir / "current" / "boot"
+    # The late machine's firmware got its script: it is on its way, so the
+    # first machine fetches the pivotal's files to serve them, and stays.
+    cluster.fetch_boot_script(late)
+    first = cluster.start_client("first", "compute")
+    wait_for(lambda: first.report().get("serving"), 120,
+             "the first machine to serve the pivotal's files")
+    assert "serving the pivotal's files on port 6980" in first.log()
+
+    shared = ("vmlinuz", "base.cpio.zst", "modules.cpio.zst")
+    urls = [f"{BOOT_URL}/pivotal/vmlinuz?image=compute&try=x"] + [
+        f"{BOOT_URL}/pivotal/{name}?try=x" for name in shared[1:]]
+    results = storm(late, 1, *urls)
+    for name, result in zip(shared, results):
+        assert result["redirects"] == [f"http://{first.host.address}:6980/pivotal/{name}"], result
+        assert result["status"] == 200
+        assert result["sha256"] == hashlib.sha256((boot / "pivotal" / name).read_bytes()).hexdigest()
+    # A retry (the script's second try) is the server's own.
+    again = storm(late, 1, f"{BOOT_URL}/pivotal/vmlinuz?image=compute&try=xx")[0]
+    assert again["redirects"] == [] and again["status"] == 200, again
+    # What the server sent of the pivotal: its torrent to the first machine,
+    # over HTTP only the retry (libtorrent's counters and the seeder's
+    # status are a second or two behind).
+    shared_size = sum((boot / "pivotal" / n).stat().st_size for n in shared)
+
+    def counted() -> dict | None:
+        pivotal = cluster.server.status()["pivotal"]
+        return pivotal if pivotal["redirects"] == 3 and pivotal["uploaded"] >= shared_size \
+            else None
+
+    pivotal = wait_for(counted, 30, "the seeder's status to count the pivotal's bytes")
+    assert pivotal["http_sent"] == (boot / "pivotal" / "vmlinuz").stat().st_size, pivotal
+
+    # Once the late machine reports from its pivotal, nobody is on the way: the first leaves.
+    cluster.send_report(late, **REPORT)
+    assert first.wait(60) == 0, first.log()

@@ -221,7 +221,8 @@ def test_ipxe_script_mac_table_menu_and_kernel(root):
             " || set boottorrent-image debian") in lines
     kernel = next(line for line in lines if line.startswith("kernel "))
     assert kernel.startswith(
-        f"kernel --name vmlinuz {HTTP_URL}/boot/pivotal/vmlinuz?image=${{boottorrent-image}} ")
+        f"kernel --name vmlinuz {HTTP_URL}/boot/pivotal/vmlinuz"
+        "?image=${boottorrent-image}&try=${boottorrent-tries} ")
     assert ("initrd=config.cpio initrd=base.cpio.zst initrd=modules.cpio.zst "
             "console=tty0 console=ttyS0,115200 quiet") in kernel
     assert "boottorrent.image=${boottorrent-image}" in kernel
@@ -229,9 +230,8 @@ def test_ipxe_script_mac_table_menu_and_kernel(root):
     assert kernel.endswith("|| goto failed")
     initrds = [line for line in lines if line.startswith("initrd ")]
     assert initrds == [
-        f"initrd --name config.cpio {HTTP_URL}/boot/pivotal/config.cpio || goto failed",
-        f"initrd --name base.cpio.zst {HTTP_URL}/boot/pivotal/base.cpio.zst || goto failed",
-        f"initrd --name modules.cpio.zst {HTTP_URL}/boot/pivotal/modules.cpio.zst || goto failed"]
+        f"initrd --name {name} {HTTP_URL}/boot/pivotal/{name}?try=${{boottorrent-tries}} "
+        "|| goto failed" for name in ("config.cpio", "base.cpio.zst", "modules.cpio.zst")]
     assert "boot || goto failed" in lines
     # Failure is never a hang: retry after a pause, then reboot.
     failed = lines[lines.index(":failed"):]

@@ -74,8 +74,11 @@ def test_add_image_registers_files_and_torrent(image_files, config_dir, state_di
     assert info.web_seeds()[0]["url"] == f"http://198.18.0.1:6980/images/{record['infohash']}/"
     assert libtorrent_check((content / "torrent").read_bytes(), content)
 
+    # The tracker serves the image and the pivotal's shared files, nothing else.
     whitelist = (state_dir / "current" / "tracker" / "whitelist").read_text().split()
-    assert whitelist == [record["infohash"]]
+    pivotal = (state_dir / "current" / "boot" / "pivotal.torrent").read_bytes()
+    assert whitelist == [record["infohash"], str(lt.torrent_info(lt.bdecode(pivotal))
+                                                 .info_hashes().v1)]
 
 
 def test_progress_is_shown_in_plain_lines(image_files, config_dir, state_dir):
@@ -140,7 +143,8 @@ def test_changed_file_gives_new_torrent(image_files, config_dir, state_dir):
     assert "re-registered" in result.stdout
     new = registry(state_dir)["compute"]["infohash"]
     assert new != old
-    assert (state_dir / "current" / "tracker" / "whitelist").read_text().split() == [new]
+    # The new one only, and the pivotal's.
+    assert (state_dir / "current" / "tracker" / "whitelist").read_text().split()[:-1] == [new]
 
 
 def test_add_image_command_is_the_same_as_subcommand(image_files, config_dir, state_dir):

@@ -37,12 +37,13 @@ def boot(args: argparse.Namespace, config: PivotalConfig, report: Report) -> lis
     try:
         say(f"booting image {image.name} ({human_bytes(image.spec.size)}) from {config.server}")
         save_path = args.work_dir / "images"
-        swarm = Swarm(config, image, save_path, f"{report.address}:{args.port}", report)
+        swarm = Swarm(config, image, save_path, f"{report.address}:{args.port}", report,
+                      lambda: reporter.coming, args.work_dir / "share")
         swarm.download()
         folder = save_path / image.name
         verify(image, folder)
         report.verified_at = time.time()
-        swarm.seed(lambda: reporter.coming)
+        swarm.seed()
         swarm.leave()
         report.phase = "kexec"
         commands = kexec_commands(image, folder, args.work_dir, report.mac)

@@ -14,6 +14,7 @@ import libtorrent as lt
 
 from boottorrent.pivotal import ClientError, lan
 from boottorrent.pivotal.console import human_bytes, say
+from boottorrent.pivotal.share import PivotalShare
 from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, Report
 
 
@@ -87,7 +88,12 @@ class Swarm:
     """One torrent download, then seeding, with accounting of who sent what."""
 
     def __init__(self, config: PivotalConfig, image: Image, save_path: Path, listen: str,
-                 report: Report):
+                 report: Report, coming: Callable[[], int | None] = lambda: None,
+                 share_folder: Path | None = None):
+        """coming(): how many machines the server counts on their way to
+        the swarm (None: it does not say). share_folder: where the pivotal's
+        own files go to be shared (share.py) once some are on their way
+        (nobody else needs them); None: not shared."""
         self.server = config.server
         self.settings = config.swarm
         self.image = image
@@ -107,8 +113,16 @@ class Swarm:
         self.handle = self.session.add_torrent(params)
         self.last_announce = time.monotonic()
         report.size = params.ti.total_size()
+        self.coming = coming
+        self.config = config
+        self.share_folder = share_folder if config.pivotal_torrent else None
+        self.share: PivotalShare | None = None
 
     def _count_sources(self) -> None:
+        if self.share:
+            self.share.poll()
+        elif self.share_folder and self.coming():
+            self.share = PivotalShare(self.session, self.config, self.share_folder, self.report)
         # The torrent's total first, then the connections: see SourceCounter.
         received = self.handle.status().total_payload_download
         peers = [(p.ip, p.local_endpoint, p.total_download) for p in self.handle.get_peer_info()]
@@ -183,9 +197,9 @@ class Swarm:
         return (f"no progress for {seconds} s from {status.num_peers} peers nor from the "
                 f"server's HTTP side{last}")
 
-    def seed(self, coming: Callable[[], int | None]) -> None:
-        """Seed while machines are on their way to the swarm (coming(): the
-        server's count, None when it does not say), else until no peer is
+    def seed(self) -> None:
+        """Seed while machines are on their way to the swarm (the server's
+        count, when it gives one), else until no peer is
         incomplete for seed_idle_time; seed_time_max at most.
 
         Incomplete peers that the tracker still lists but that never connect
@@ -204,7 +218,7 @@ class Swarm:
             self.session.wait_for_alert(500)
             self._count_sources()
             status = self._update_report()
-            on_their_way = coming()
+            on_their_way = self.coming()
             if on_their_way != said_coming and on_their_way is not None:
                 said_coming = on_their_way
                 machines = "1 machine" if on_their_way == 1 else f"{on_their_way} machines"
@@ -230,6 +244,8 @@ class Swarm:
 
     def leave(self) -> None:
         """Tell the tracker we are gone before the kernel is replaced."""
+        if self.share:
+            self.share.stop()
         self.handle.pause()
         self.session.wait_for_alert(2000)
         self.session.pause()

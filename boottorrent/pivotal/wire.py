@@ -16,7 +16,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 # "pxe" is the server's own: a machine that fetched the boot files and has
 # not reported yet.
 PHASES = ("pxe", "pivotal", "dhcp", "downloading", "seeding", "kexec", "failed")
@@ -78,6 +78,12 @@ class PivotalConfig:
     default_image: str | None
     mac_images: dict[str, str]
     images: dict[str, ImageSpec]
+    # The pivotal's own files (its kernel and the base and modules parts:
+    # everything but this configuration's part) as a torrent, base64, that
+    # every pivotal fetches from the swarm and serves over HTTP on
+    # http_port, where the server sends later machines' iPXE ("": none).
+    pivotal_torrent: str = ""
+    http_port: int = 6980
     version: int = VERSION
 
     def to_json(self) -> bytes:
@@ -121,6 +127,7 @@ class Report:
     downloaded_at: float | None = None
     verified_at: float | None = None  # when the SHA-256 check of the files passed
     hashfails: int = 0  # pieces that failed their hash check (a bad peer or link)
+    serving: str = ""  # infohash of the pivotal files this machine serves over HTTP
     version: int = VERSION
 
     def to_json(self) -> bytes:

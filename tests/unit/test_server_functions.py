@@ -133,3 +133,22 @@ def test_machines_table_is_bounded_and_paces_reports(monkeypatch):
     assert len(machines.all()) == 300
     assert machines.all()[0]["address"] == "10.0.2.188"  # the 700th: the oldest are gone
     assert answer["interval"] == 300 / web.REPORT_RATE
+
+
+def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
+    clock = Clock()
+    machines = Machines(forget_after=600, clock=clock)
+    assert machines.peer_serving("ab", "198.18.0.99") is None
+    machines.add(Report(phase="seeding", serving="ab"), "198.18.0.10")
+    machines.add(Report(phase="downloading", serving="ab"), "198.18.0.11")
+    machines.add(Report(phase="kexec", serving="ab"), "198.18.0.12")  # leaving
+    machines.add(Report(phase="seeding", serving="old"), "198.18.0.13")  # another pivotal
+    machines.add(Report(phase="seeding"), "198.18.0.14")  # not serving
+    given = [machines.peer_serving("ab", "198.18.0.99") for _ in range(4)]
+    assert sorted(given) == ["198.18.0.10", "198.18.0.10", "198.18.0.11", "198.18.0.11"]
+    # Never itself; nobody who has not reported for PEER_ALIVE s.
+    assert machines.peer_serving("ab", "198.18.0.10") == "198.18.0.11"
+    clock.now += web.PEER_ALIVE + 1
+    machines.add(Report(phase="seeding", serving="ab"), "198.18.0.11")
+    assert {machines.peer_serving("ab", "198.18.0.99") for _ in range(3)} == {"198.18.0.11"}
+    assert machines.redirects_given() == 8

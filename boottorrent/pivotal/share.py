@@ -1,0 +1,60 @@
+"""The pivotal's own files, shared: every pivotal fetches them from the
+swarm (a second torrent in its libtorrent session, from the seeder and the
+other machines) and, once it holds all of them, serves them over HTTP with
+busybox httpd. The server then sends the iPXE of machines that boot later
+here rather than serving the pivotal itself (web.py)."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import libtorrent as lt
+
+from boottorrent.pivotal.console import say
+from boottorrent.pivotal.wire import PivotalConfig, Report
+
+
+class PivotalShare:
+    def __init__(self, session: lt.session, config: PivotalConfig, folder: Path,
+                 report: Report):
+        entry = lt.bdecode(base64.b64decode(config.pivotal_torrent))
+        # From the swarm only: the server's HTTP side is what this spares.
+        entry.pop(b"url-list", None)
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(entry)
+        params.save_path = str(folder)
+        params.peers = [(config.server, config.seeder_port)]
+        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        self.handle = session.add_torrent(params)
+        self.infohash = str(params.ti.info_hashes().v1)
+        self.folder = folder
+        self.port = config.http_port
+        self.report = report
+        self.httpd: subprocess.Popen | None = None
+        self.failed = False
+
+    def poll(self) -> None:
+        """Serve once every piece is here; stop saying so if httpd died."""
+        if self.failed:
+            return
+        if self.httpd is None:
+            if self.handle.status().is_seeding:
+                self.httpd = subprocess.Popen(
+                    ["busybox", "httpd", "-f", "-p", str(self.port), "-h", str(self.folder)],
+                    stdin=subprocess.DEVNULL)
+                self.report.serving = self.infohash
+                say(f"serving the pivotal's files on port {self.port} to the machines "
+                    "that boot after this one")
+        elif self.httpd.poll() is not None:
+            self.report.serving = ""
+            self.failed = True
+            say(f"busybox httpd exited ({self.httpd.returncode}): not serving the "
+                "pivotal's files")
+
+    def stop(self) -> None:
+        self.report.serving = ""
+        if self.httpd and self.httpd.poll() is None:
+            self.httpd.terminate()
+            self.httpd.wait(5)
