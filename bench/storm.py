@@ -39,6 +39,7 @@ from pathlib import Path
 from bench.__main__ import machine
 from bench.methods import CpuMeter, process_cpu
 from lab.cluster import MIB, Cluster, pivotal_cache
+from boottorrent.render import PIVOTAL_INITRDS, PIVOTAL_KERNEL
 from lab.netns import SERVER_ADDRESS
 
 HERE = Path(__file__).resolve().parent
@@ -50,6 +51,13 @@ def storm(host, count: int, urls: list[str], timeout: float) -> list[dict]:
     out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--count", str(count),
                     "--timeout", str(timeout), *urls], cwd=HERE.parent)
     return json.loads(out.stdout)
+
+
+def ipxe_urls(image: str) -> list[str]:
+    """What iPXE fetches on the boot script's first try, in order, with the
+    script's queries: the script, the pivotal's kernel, its initrds."""
+    return [f"{BOOT}/boot.ipxe", f"{BOOT}/{PIVOTAL_KERNEL}?image={image}&try=x"] + [
+        f"{BOOT}/{path}?try=x" for path in PIVOTAL_INITRDS]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -68,8 +76,7 @@ def burst(cluster: Cluster, host, count: int) -> dict:
 
 
 def pivotal_storm(cluster: Cluster, host, count: int, pivotal: dict[str, int]) -> dict:
-    urls = [f"{BOOT}/boot.ipxe"] + [f"{BOOT}/pivotal/{name}" + ("?image=bench" if i == 0 else "")
-                                    for i, name in enumerate(pivotal)]
+    urls = ipxe_urls("bench")  # no machine serves the pivotal here: the server does
     sent_before = cluster.wire_bytes(cluster.server_host)[0]
     with CpuMeter() as cpu:
         started = time.monotonic()
@@ -123,9 +130,7 @@ def boot_wave(tmp: Path, count: int, spread: float, rate: int, size: int) -> dic
         cluster.server.wait_for_seeder()
         boot = cluster.state_dir / "current" / "boot"
         pivotal_size = sum(p.stat().st_size for p in (boot / "pivotal").iterdir())
-        urls = [f"{BOOT}/boot.ipxe", f"{BOOT}/pivotal/vmlinuz?image=bench&try=x"] + [
-            f"{BOOT}/pivotal/{name}?try=x"
-            for name in ("config.cpio", "base.cpio.zst", "modules.cpio.zst")]
+        urls = ipxe_urls("bench")
         clients = [cluster.client(f"m{i}", "bench") for i in range(count)]
         fetched: dict[str, list[dict]] = {}
         sent_before = cluster.wire_bytes(cluster.server_host)[0]
@@ -243,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster.server.wait_for_seeder()
         host = cluster.add_host("storm")
         pivotal_dir = cluster.state_dir / "current" / "boot" / "pivotal"
-        pivotal = {"vmlinuz": 0, "config.cpio": 0, "base.cpio.zst": 0, "modules.cpio.zst": 0}
-        pivotal = {name: (pivotal_dir / name).stat().st_size for name in pivotal}
+        pivotal = {Path(p).name: (pivotal_dir / Path(p).name).stat().st_size
+                   for p in (PIVOTAL_KERNEL, *PIVOTAL_INITRDS)}
         for count in (int(n) for n in args.burst.split(",") if n):
             figures["burst"].append(burst(cluster, host, count))
             print("bench.storm: burst", figures["burst"][-1], flush=True)

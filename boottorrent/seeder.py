@@ -138,8 +138,8 @@ class Seeder:
         params.ti = torrents.load(torrent)
         params.save_path = str(save_path)
         # The files were hashed when they were registered (generated) and
-        # are never written again: seed at once, and trust every piece without reading
-        # it a second time.
+        # are never written again: seed at once, and trust every piece
+        # without reading it a second time.
         params.flags |= lt.torrent_flags.seed_mode
         params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         params.verified_pieces = [True] * params.ti.num_pieces()
@@ -166,8 +166,7 @@ class Seeder:
                 "leechers": max(status.num_incomplete, 0),
                 "upload_rate": status.upload_payload_rate,
                 "uploaded": status.all_time_upload,
-                "http_sent": sum(n for path, n in self.web.sent_by_path.items()
-                                 if path.startswith(f"/images/{infohash}/")),
+                "http_sent": self.web.sent_under(f"/images/{infohash}/"),
                 "state": str(status.state),
             })
             for peer in seeded.handle.get_peer_info():
@@ -178,8 +177,7 @@ class Seeder:
         if self.pivotal:
             pivotal = {"infohash": self.pivotal[0],
                        "uploaded": self.pivotal[1].status().all_time_upload}
-        pivotal.update(http_sent=sum(n for path, n in self.web.sent_by_path.items()
-                                     if path.startswith("/boot/pivotal/")),
+        pivotal.update(http_sent=self.web.sent_under("/boot/pivotal/"),
                        redirects=self.web.machines.redirects_given())
         self._status = {"images": images, "peers": peers, "pivotal": pivotal,
                         "time": time.time()}

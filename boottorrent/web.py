@@ -42,6 +42,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from boottorrent.pivotal.wire import Report
+from boottorrent.render import PIVOTAL_SHARED
 
 WORKERS = 64
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
@@ -58,13 +59,11 @@ REPORT_RATE = 200
 COMING_FOR = 180  # seconds
 MACHINES_MAX = 10000  # entries kept; the oldest go first
 COMING_PHASES = ("pxe", "pivotal", "dhcp")
-# The pivotal's files that machines serve each other (render.PIVOTAL_SHARED):
-# the server answers iPXE's first try for one with a redirect to a machine
+# The pivotal's files that machines serve each other: the server answers iPXE's first try for one with a redirect to a machine
 # that has it (one that reported it within PEER_ALIVE s, and is not leaving:
 # it waits for the machines on their way), the one that was sent the fewest
 # machines in the last LOAD_WINDOW s; a retry, or when none can, it serves.
-SHARED_FILES = ("/boot/pivotal/vmlinuz", "/boot/pivotal/base.cpio.zst",
-                "/boot/pivotal/modules.cpio.zst")
+SHARED_FILES = tuple(f"/boot/{path}" for path in PIVOTAL_SHARED)
 SERVING_PHASES = ("downloading", "seeding")
 PEER_ALIVE = 10.0  # seconds, or three report intervals when they are longer
 LOAD_WINDOW = 60.0
@@ -354,6 +353,11 @@ class WebServer(HTTPServer):
     def count_sent(self, path: str, count: int) -> None:
         with self._sent_lock:
             self.sent_by_path[path] = self.sent_by_path.get(path, 0) + count
+
+    def sent_under(self, prefix: str) -> int:
+        """Bytes sent of the files whose URL path starts with prefix."""
+        with self._sent_lock:
+            return sum(n for path, n in self.sent_by_path.items() if path.startswith(prefix))
 
     def start(self) -> None:
         for number in range(WORKERS):

@@ -1,7 +1,10 @@
 """libtorrent settings for a boot swarm on one LAN, shared by the server's
-seeder and the pivotal's client."""
+seeder and the pivotal's client, and how the pivotal joins a swarm."""
 
 from __future__ import annotations
+
+import base64
+from pathlib import Path
 
 import libtorrent as lt
 
@@ -82,3 +85,24 @@ def session(listen: str, upload_slots: int, *, seed: bool) -> lt.session:
     created = lt.session(settings(listen, upload_slots, seed=seed))
     put_every_peer_in_global_class(created)
     return created
+
+
+def torrent_and_web_seeds(torrent_base64: str) -> tuple[lt.torrent_info, list[str]]:
+    """A torrent as pivotal.json carries it: the torrent without its web
+    seeds, and the web seeds (the pivotal adds them only as a fallback)."""
+    entry = lt.bdecode(base64.b64decode(torrent_base64))
+    seeds = entry.pop(b"url-list", [])
+    seeds = [seeds] if isinstance(seeds, bytes) else seeds
+    return lt.torrent_info(entry), [url.decode() for url in seeds]
+
+
+def join(session: lt.session, torrent: lt.torrent_info, save_path: Path,
+         server: tuple[str, int]) -> lt.torrent_handle:
+    """Download torrent into save_path; the server is always a peer, also
+    before the tracker answers."""
+    params = lt.add_torrent_params()
+    params.ti = torrent
+    params.save_path = str(save_path)
+    params.peers = [server]
+    params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    return session.add_torrent(params)

@@ -6,12 +6,12 @@ here rather than serving the pivotal itself (web.py)."""
 
 from __future__ import annotations
 
-import base64
 import subprocess
 from pathlib import Path
 
 import libtorrent as lt
 
+from boottorrent.pivotal import lan
 from boottorrent.pivotal.console import say
 from boottorrent.pivotal.wire import PivotalConfig, Report
 
@@ -19,16 +19,11 @@ from boottorrent.pivotal.wire import PivotalConfig, Report
 class PivotalShare:
     def __init__(self, session: lt.session, config: PivotalConfig, folder: Path,
                  report: Report):
-        entry = lt.bdecode(base64.b64decode(config.pivotal_torrent))
-        # From the swarm only: the server's HTTP side is what this spares.
-        entry.pop(b"url-list", None)
-        params = lt.add_torrent_params()
-        params.ti = lt.torrent_info(entry)
-        params.save_path = str(folder)
-        params.peers = [(config.server, config.seeder_port)]
-        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
-        self.handle = session.add_torrent(params)
-        self.infohash = str(params.ti.info_hashes().v1)
+        # From the swarm only, never its web seed: the server's HTTP side
+        # is what this spares.
+        torrent, _ = lan.torrent_and_web_seeds(config.pivotal_torrent)
+        self.handle = lan.join(session, torrent, folder, (config.server, config.seeder_port))
+        self.infohash = str(torrent.info_hashes().v1)
         self.folder = folder
         self.port = config.http_port
         self.report = report

@@ -4,7 +4,6 @@ who sent what."""
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +28,7 @@ class Image:
         The web seed is the fallback only: from the start it would make
         every client pull from the server's HTTP side.
         """
-        entry = lt.bdecode(base64.b64decode(self.spec.torrent))
-        seeds = entry.pop(b"url-list", [])
-        seeds = [seeds] if isinstance(seeds, bytes) else seeds
-        return lt.torrent_info(entry), [url.decode() for url in seeds]
+        return lan.torrent_and_web_seeds(self.spec.torrent)
 
 
 def choose_image(config: PivotalConfig, params: dict[str, str], mac: str) -> Image:
@@ -104,15 +100,11 @@ class Swarm:
         self.session.apply_settings({"close_redundant_connections": False})
         self.sources = SourceCounter(config.server)
         self.last_error = ""
-        params = lt.add_torrent_params()
-        params.ti, self.web_seeds = image.torrent()
-        params.save_path = str(save_path)
-        # The server is always a peer, also before the tracker answers.
-        params.peers = [(config.server, config.seeder_port)]
-        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
-        self.handle = self.session.add_torrent(params)
+        torrent, self.web_seeds = image.torrent()
+        self.handle = lan.join(self.session, torrent, save_path,
+                               (config.server, config.seeder_port))
         self.last_announce = time.monotonic()
-        report.size = params.ti.total_size()
+        report.size = torrent.total_size()
         self.coming = coming
         self.config = config
         self.share_folder = share_folder if config.pivotal_torrent else None
