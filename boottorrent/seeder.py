@@ -133,6 +133,22 @@ class Seeder:
             log.info("seeding the pivotal's files (%s)", infohash, extra={"INFOHASH": infohash})
         self.web.pivotal_infohash = infohash
 
+    def _pause_pivotal_while_served(self) -> None:
+        """While a machine serves the pivotal's files, the machines that
+        fetch them to serve them too take them from it, not from us: the
+        server sends them once (the pivotal is as large as an image)."""
+        if not self.pivotal:
+            return
+        infohash, handle = self.pivotal
+        served = bool(self.web.machines.serving(infohash))
+        paused = bool(handle.flags() & lt.torrent_flags.paused)
+        if served and not paused:
+            handle.pause()
+            log.info("a machine serves the pivotal's files: the seeder stops seeding them")
+        elif paused and not served:
+            handle.resume()
+            log.info("no machine serves the pivotal's files: the seeder seeds them again")
+
     def _add(self, torrent: bytes, save_path: Path) -> lt.torrent_handle:
         params = lt.add_torrent_params()
         params.ti = torrents.load(torrent)
@@ -218,6 +234,7 @@ class Seeder:
                 daemon.notify("READY=1")
             self.session.wait_for_alert(1000)
             self._handle_alerts()
+            self._pause_pivotal_while_served()
             self._collect_status()
             daemon.notify(f"STATUS={self._status_line()}" + ("\nWATCHDOG=1" if watchdog else ""))
         daemon.notify("STOPPING=1")

@@ -4,7 +4,8 @@ and the status endpoint that pivotals report to.
     GET  /boot/PATH                    STATE/current/boot/PATH (iPXE script, pivotal);
                                        ?try=x (the boot script's first try) for one
                                        of SHARED_FILES: a redirect to a machine
-                                       that serves it, when there is one
+                                       that serves it, or 503 and Retry-After
+                                       while one is about to (Machines.pivotal_source)
     GET  /images/INFOHASH/NAME/FILE    a registered file (BEP 19 web seed; Range)
     POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report);
                                        the answer: when to report next, and how
@@ -30,12 +31,13 @@ import ipaddress
 import json
 import os
 import queue
+import random
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -59,14 +61,35 @@ REPORT_RATE = 200
 COMING_FOR = 180  # seconds
 MACHINES_MAX = 10000  # entries kept; the oldest go first
 COMING_PHASES = ("pxe", "pivotal", "dhcp")
-# The pivotal's files that machines serve each other: the server answers iPXE's first try for one with a redirect to a machine
-# that has it (one that reported it within PEER_ALIVE s, and is not leaving:
-# it waits for the machines on their way), the one that was sent the fewest
-# machines in the last LOAD_WINDOW s; a retry, or when none can, it serves.
+# The pivotal's files that machines serve each other (Machines.pivotal_source).
 SHARED_FILES = tuple(f"/boot/{path}" for path in PIVOTAL_SHARED)
 SERVING_PHASES = ("downloading", "seeding")
 PEER_ALIVE = 10.0  # seconds, or three report intervals when they are longer
 LOAD_WINDOW = 60.0
+SERVER_SENDS = 1  # machines the server sends the pivotal's files to at once
+PEER_SENDS = 2  # ... and each machine that serves them
+SERVER = "server"
+WAIT = "wait"
+# iPXE asks again after a 503 with Retry-After by itself, within the same
+# command and with no limit (httpcore.c, HTTP_RESPONSE_RETRY): its script's
+# own retries are not used up. Varied so that held machines do not all ask
+# at the same moment.
+RETRY_AFTER = (2, 5)  # seconds, at least and at most
+HOLD_MAX = 60.0  # seconds a machine is held for a peer at most; then the server serves it
+# A machine sent to a peer is taken to be fetching from it until it asks the
+# server for anything again or reports from its pivotal, or for this long.
+TRANSFER_MAX = 60.0
+SERVER_GAP = 2.0  # seconds the server's turn is kept for a machine between two files
+
+
+@dataclass
+class PivotalFetch:
+    """One machine's fetch of the pivotal's shared files, as the server sees it."""
+
+    first_asked: float
+    source: str = ""  # SERVER, WAIT, a peer's address, or "" (no transfer)
+    since: float = 0.0  # when source was given (SERVER: its last transfer's end)
+    sending: bool = False  # a transfer from the server in flight
 
 
 class Machines:
@@ -84,6 +107,7 @@ class Machines:
         self._by_address: dict[str, dict] = {}
         self._redirects: dict[str, list[float]] = {}  # when each was sent a machine
         self._redirects_given = 0
+        self._fetches: dict[str, PivotalFetch] = {}  # by the fetching machine's address
 
     def _put(self, address: str, entry: dict) -> None:
         self._by_address.pop(address, None)
@@ -105,9 +129,11 @@ class Machines:
         entry = {**asdict(report), "address": address, "received": self.clock()}
         with self._lock:
             self._put(address, entry)
+            self._fetches.pop(address, None)  # it runs its pivotal: it has the files
             interval = max(1.0, len(self._by_address) / REPORT_RATE)
             coming = self._coming(report.image, address)
-        return {"interval": round(interval, 2), "coming": coming}
+            waiting = self._waiting()
+        return {"interval": round(interval, 2), "coming": coming, "waiting": waiting}
 
     def fetched_boot_files(self, address: str, image: str) -> None:
         """address fetched the iPXE script or the pivotal (image: the one it
@@ -118,6 +144,9 @@ class Machines:
                 image = image or entry["image"]
             self._put(address, {**asdict(Report(phase="pxe", image=image)),
                                 "address": address, "received": self.clock()})
+            fetch = self._fetches.get(address)
+            if fetch and fetch.source not in (SERVER, WAIT):
+                fetch.source = ""  # it asks again: its transfer from a peer ended
 
     def _coming(self, image: str, besides: str) -> int:
         since = self.clock() - COMING_FOR
@@ -125,26 +154,82 @@ class Machines:
                    if entry["phase"] in COMING_PHASES and entry["received"] >= since
                    and entry["image"] in ("", image) and address != besides)
 
-    def peer_serving(self, infohash: str, besides: str) -> str | None:
-        """The address of the least loaded machine that serves the pivotal
-        of this infohash (not besides, who asks), or None; counted as given."""
-        if not infohash:
-            return None
+    def _waiting(self) -> int:
+        """Machines held for the pivotal's files (told to ask again) lately."""
+        recently = self.clock() - 3 * RETRY_AFTER[1]
+        return sum(1 for f in self._fetches.values() if f.source == WAIT and f.since >= recently)
+
+    def _alive(self, infohash: str, besides: str) -> list[tuple[str, dict]]:
+        """The machines in the swarm that serve, or would serve, this pivotal."""
+        now = self.clock()
+        alive = max(PEER_ALIVE, 3 * len(self._by_address) / REPORT_RATE)
+        return [(address, entry) for address, entry in self._by_address.items()
+                if entry["phase"] in SERVING_PHASES and entry["serving"] in ("", infohash)
+                and now - entry["received"] <= alive and address != besides]
+
+    def serving(self, infohash: str) -> list[str]:
+        """The machines that serve the pivotal of this infohash."""
+        with self._lock:
+            return [a for a, e in self._alive(infohash, "") if infohash and e["serving"] == infohash]
+
+    def pivotal_source(self, infohash: str, asker: str, first_try: bool) -> str:
+        """Who sends asker the shared pivotal file it asks for: a peer's
+        address, SERVER, or WAIT (asker is to ask again shortly).
+
+        So that the pivotal leaves the server as few times as it can: a
+        machine that serves it and sends to fewer than PEER_SENDS machines
+        (the least loaded); else, while a machine in the swarm is about to
+        serve it (it fetches the files once it hears machines wait), WAIT;
+        else the server, to SERVER_SENDS machines at once. A machine held
+        for HOLD_MAX s, or on a retry of the boot script (a peer failed it),
+        gets it from the server, and so does one whose turn it is (the
+        server sent it the previous file).
+        """
         with self._lock:
             now = self.clock()
-            alive = max(PEER_ALIVE, 3 * len(self._by_address) / REPORT_RATE)
-            candidates = [address for address, entry in self._by_address.items()
-                          if entry["serving"] == infohash and entry["phase"] in SERVING_PHASES
-                          and now - entry["received"] <= alive and address != besides]
-            if not candidates:
-                return None
-            for address in list(self._redirects):
-                self._redirects[address] = [t for t in self._redirects[address]
-                                            if t > now - LOAD_WINDOW]
-            chosen = min(candidates, key=lambda a: len(self._redirects.get(a, ())))
-            self._redirects.setdefault(chosen, []).append(now)
-            self._redirects_given += 1
-            return chosen
+            fetch = self._fetches.pop(asker, None) or PivotalFetch(first_asked=now)
+            self._fetches[asker] = fetch  # the newest last
+            while len(self._fetches) > MACHINES_MAX:
+                del self._fetches[next(iter(self._fetches))]
+            its_turn = fetch.source == SERVER and now - fetch.since < SERVER_GAP
+            if its_turn or not first_try or now - fetch.first_asked >= HOLD_MAX:
+                fetch.source, fetch.since = SERVER, now
+                return SERVER
+            busy: dict[str, int] = {}
+            for address, other in self._fetches.items():
+                if address == asker:
+                    continue
+                if other.source == SERVER:
+                    active = other.sending or now - other.since < SERVER_GAP
+                else:
+                    active = other.source != WAIT and now - other.since < TRANSFER_MAX
+                if active:
+                    busy[other.source] = busy.get(other.source, 0) + 1
+            alive = self._alive(infohash, asker) if infohash else []
+            free = [address for address, entry in alive
+                    if entry["serving"] == infohash and busy.get(address, 0) < PEER_SENDS]
+            if free:
+                for address in list(self._redirects):
+                    self._redirects[address] = [t for t in self._redirects[address]
+                                                if t > now - LOAD_WINDOW]
+                chosen = min(free, key=lambda a: (busy.get(a, 0),
+                                                  len(self._redirects.get(a, ()))))
+                self._redirects.setdefault(chosen, []).append(now)
+                self._redirects_given += 1
+                fetch.source, fetch.since = chosen, now
+                return chosen
+            if not alive and busy.get(SERVER, 0) < SERVER_SENDS:
+                fetch.source, fetch.since = SERVER, now
+                return SERVER
+            fetch.source, fetch.since = WAIT, now
+            return WAIT
+
+    def sending(self, asker: str, started: bool) -> None:
+        """The server started or ended a transfer of a shared file to asker."""
+        with self._lock:
+            fetch = self._fetches.get(asker)
+            if fetch and fetch.source == SERVER:
+                fetch.sending, fetch.since = started, self.clock()
 
     def redirects_given(self) -> int:
         return self._redirects_given
@@ -231,6 +316,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send_json(self.server.machines.add(report, self.client_address[0]))
 
+    def _retry_later(self) -> None:
+        self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+        self.send_header("Retry-After", str(random.randint(*RETRY_AFTER)))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def _redirect(self, url: str) -> None:
         self.send_response(HTTPStatus.FOUND)
         self.send_header("Location", url)
@@ -256,14 +347,27 @@ class Handler(BaseHTTPRequestHandler):
             asked = parse_qs(query)
             self.server.machines.fetched_boot_files(self.client_address[0],
                                                     asked.get("image", [""])[0][:64])
-            # "try=x": the boot script's first try (web.py's docstring).
-            if url_path in SHARED_FILES and asked.get("try") == ["x"]:
-                peer = self.server.machines.peer_serving(self.server.pivotal_infohash,
-                                                         self.client_address[0])
-                if peer:
-                    self._redirect(f"http://{peer}:{self.server.server_port}"
+            if url_path in SHARED_FILES:
+                # "try=x": the boot script's first try (boot.ipxe.j2).
+                source = self.server.machines.pivotal_source(
+                    self.server.pivotal_infohash, self.client_address[0],
+                    first_try=asked.get("try") == ["x"])
+                if source == WAIT:
+                    self._retry_later()
+                    return
+                if source != SERVER:
+                    self._redirect(f"http://{source}:{self.server.server_port}"
                                    f"{url_path.removeprefix('/boot')}")
                     return
+                self.server.machines.sending(self.client_address[0], started=True)
+                try:
+                    self._send_file(path, url_path, head)
+                finally:
+                    self.server.machines.sending(self.client_address[0], started=False)
+                return
+        self._send_file(path, url_path, head)
+
+    def _send_file(self, path: Path, url_path: str, head: bool) -> None:
         with path.open("rb") as file:
             size = os.fstat(file.fileno()).st_size
             wanted = byte_range(self.headers.get("Range", ""), size)

@@ -5,9 +5,11 @@
 N machines fetching the same URLs at the same moment, as N iPXEs do: each
 of COUNT fetchers opens its own connection for each URL in turn (all
 fetchers start together), sends a plain HTTP/1.1 GET as iPXE does, follows
-redirects, and reads the whole answer. The result, as JSON: one entry per
-fetcher and URL with the status, the bytes and the SHA-256 of the body, the
-seconds taken, and the error if there was one.
+redirects, asks again after a 503 with Retry-After as iPXE does (after
+that many seconds, with no limit but the time-out), and reads the whole
+answer. The result, as JSON: one entry per fetcher and URL with the status,
+the bytes and the SHA-256 of the body, the redirects, how often it was told
+to ask again, the seconds taken, and the error if there was one.
 
     python3 -m lab.storm --reports-from 198.18.4.0/22 --count 1000 --seconds 60 URL
 
@@ -43,17 +45,22 @@ MAX_REDIRECTS = 5
 async def fetch(url: str, timeout: float) -> dict:
     started = time.monotonic()
     result: dict = {"url": url, "status": None, "bytes": 0, "sha256": None, "error": None,
-                    "redirects": []}
+                    "redirects": [], "retried": 0}
     try:
-        for _ in range(MAX_REDIRECTS + 1):
-            status, headers, body = await asyncio.wait_for(get(url), timeout)
-            if status in (301, 302, 303, 307, 308) and "location" in headers:
-                url = urljoin(url, headers["location"])
-                result["redirects"].append(url)
-                continue
+        async with asyncio.timeout(timeout):
+            while True:
+                status, headers, body = await get(url)
+                if status in (301, 302, 303, 307, 308) and "location" in headers \
+                        and len(result["redirects"]) < MAX_REDIRECTS:
+                    url = urljoin(url, headers["location"])
+                    result["redirects"].append(url)
+                elif status == 503 and headers.get("retry-after", "").isdigit():
+                    result["retried"] += 1
+                    await asyncio.sleep(int(headers["retry-after"]))
+                else:
+                    break
             result.update(status=status, bytes=len(body),
                           sha256=hashlib.sha256(body).hexdigest())
-            break
     except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError) as error:
         result["error"] = f"{type(error).__name__}: {error}"
     result["seconds"] = round(time.monotonic() - started, 3)
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("urls", nargs="+", metavar="URL")
     parser.add_argument("--count", type=int, default=100, help="fetchers (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds one request may take (default: %(default)s)")
+                        help="seconds one URL may take, waits included (default: %(default)s)")
     parser.add_argument("--reports-from", metavar="NETWORK",
                         help="send reports to the one URL from COUNT addresses of NETWORK")
     parser.add_argument("--seconds", type=float, default=60.0,

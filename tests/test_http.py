@@ -133,7 +133,7 @@ def test_answer_paces_reports_and_counts_machines_on_their_way(make_cluster):
         return cluster.send_report(host, **report)
 
     seed_report = {**REPORT, "phase": "seeding", "progress": 1.0}
-    assert answer(seeding, seed_report) == {"interval": 1.0, "coming": 0}
+    assert answer(seeding, seed_report) == {"interval": 1.0, "coming": 0, "waiting": 0}
     # A machine fetches the pivotal's kernel for this image: it is on its way ...
     booting.run(["curl", "-sf", "-o", "/dev/null", f"{BOOT_URL}/pivotal/vmlinuz?image=compute"])
     assert cluster.reports()[booting.address]["phase"] == "pxe"
@@ -155,17 +155,22 @@ def test_later_machines_load_the_pivotal_from_one_that_runs_it(cluster):
     late = cluster.add_host("late")
     boot = cluster.state_dir / "current" / "boot"
     # The late machine's firmware got its script: it is on its way, so the
-    # first machine fetches the pivotal's files to serve them, and stays.
+    # first machine stays in the swarm.
     cluster.fetch_boot_script(late)
     first = cluster.start_client("first", "compute")
-    wait_for(lambda: first.report().get("serving"), 120,
-             "the first machine to serve the pivotal's files")
-    assert "serving the pivotal's files on port 6980" in first.log()
+    wait_for(lambda: cluster.reports().get(first.host.address, {}).get("phase")
+             in ("downloading", "seeding"), 120, "the first machine to report from its pivotal")
+    assert not first.report().get("serving")
 
+    # The late machine asks for the pivotal's files: the server holds it
+    # (503, Retry-After) while the first fetches them to serve them, then
+    # sends it there.
     shared = ("vmlinuz", "base.cpio.zst", "modules.cpio.zst")
     urls = [f"{BOOT_URL}/pivotal/vmlinuz?image=compute&try=x"] + [
         f"{BOOT_URL}/pivotal/{name}?try=x" for name in shared[1:]]
     results = storm(late, 1, *urls)
+    assert results[0]["retried"] >= 1, results[0]
+    assert "serving the pivotal's files on port 6980" in first.log()
     for name, result in zip(shared, results):
         assert result["redirects"] == [f"http://{first.host.address}:6980/pivotal/{name}"], result
         assert result["status"] == 200

@@ -38,7 +38,7 @@ def boot(args: argparse.Namespace, config: PivotalConfig, report: Report) -> lis
         say(f"booting image {image.name} ({human_bytes(image.spec.size)}) from {config.server}")
         save_path = args.work_dir / "images"
         swarm = Swarm(config, image, save_path, f"{report.address}:{args.port}", report,
-                      lambda: reporter.coming, args.work_dir / "share")
+                      reporter, args.work_dir / "share")
         swarm.download()
         folder = save_path / image.name
         verify(image, folder)

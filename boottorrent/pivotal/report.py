@@ -1,8 +1,9 @@
 """The pivotal's report (wire.Report), POSTed to the server's /report from
 a thread of its own. The server's answer says when to report next (later
 when many machines report; each machine adds its own jitter, so that a
-rack powered on at once does not report in lockstep) and how many machines
-are on their way to the swarm (Swarm.seed waits for them)."""
+rack powered on at once does not report in lockstep), how many machines
+are on their way to the swarm (Swarm.seed waits for them) and how many
+wait for the pivotal's own files (Swarm shares them then)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def send_report(url: str, report: Report) -> dict | None:
     return answer if isinstance(answer, dict) else None
 
 
+def count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class Reporter:
     """Sends the latest report to the server, off the main loop."""
 
@@ -36,9 +41,11 @@ class Reporter:
         self.url = url
         self.report = report
         self.interval = FIRST_INTERVAL
-        # Machines on their way to the swarm, as the last answer said
-        # (None: no answer yet, or the server's answer did not say).
+        # Machines on their way to the swarm, and machines waiting for the
+        # pivotal's files, as the last answer said (None: no answer yet, or
+        # the server's answer did not say).
         self.coming: int | None = None
+        self.waiting: int | None = None
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -51,10 +58,10 @@ class Reporter:
         answer = send_report(self.url, self.report)
         if answer is None:
             return
-        interval, coming = answer.get("interval"), answer.get("coming")
+        interval = answer.get("interval")
         if isinstance(interval, (int, float)) and not isinstance(interval, bool):
             self.interval = min(max(float(interval), FIRST_INTERVAL), MAX_INTERVAL)
-        self.coming = coming if isinstance(coming, int) and not isinstance(coming, bool) else None
+        self.coming, self.waiting = (count(answer.get(key)) for key in ("coming", "waiting"))
 
     def stop(self) -> None:
         self.stopped.set()

@@ -5,7 +5,6 @@ who sent what."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import libtorrent as lt
 
 from boottorrent.pivotal import ClientError, lan
 from boottorrent.pivotal.console import human_bytes, say
+from boottorrent.pivotal.report import Reporter
 from boottorrent.pivotal.share import PivotalShare
 from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, Report
 
@@ -84,12 +84,13 @@ class Swarm:
     """One torrent download, then seeding, with accounting of who sent what."""
 
     def __init__(self, config: PivotalConfig, image: Image, save_path: Path, listen: str,
-                 report: Report, coming: Callable[[], int | None] = lambda: None,
+                 report: Report, server: Reporter | None = None,
                  share_folder: Path | None = None):
-        """coming(): how many machines the server counts on their way to
-        the swarm (None: it does not say). share_folder: where the pivotal's
-        own files go to be shared (share.py) once some are on their way
-        (nobody else needs them); None: not shared."""
+        """server: the reporter, whose answers from the server say how many
+        machines are on their way to the swarm and how many wait for the
+        pivotal's files (None: nobody says). share_folder: where the
+        pivotal's own files go to be shared (share.py) once machines wait
+        for them (nobody else needs them); None: not shared."""
         self.server = config.server
         self.settings = config.swarm
         self.image = image
@@ -105,15 +106,24 @@ class Swarm:
                                (config.server, config.seeder_port))
         self.last_announce = time.monotonic()
         report.size = torrent.total_size()
-        self.coming = coming
+        self.server_answer = server
         self.config = config
         self.share_folder = share_folder if config.pivotal_torrent else None
         self.share: PivotalShare | None = None
 
+    def coming(self) -> int | None:
+        """The machines on their way to this swarm, and, while this machine
+        serves the pivotal's files, those waiting for them (None: the
+        server does not say)."""
+        answer = self.server_answer
+        if answer is None or answer.coming is None:
+            return None
+        return answer.coming + ((answer.waiting or 0) if self.share else 0)
+
     def _count_sources(self) -> None:
         if self.share:
             self.share.poll()
-        elif self.share_folder and self.coming():
+        elif self.share_folder and self.server_answer and self.server_answer.waiting:
             self.share = PivotalShare(self.session, self.config, self.share_folder, self.report)
         # The torrent's total first, then the connections: see SourceCounter.
         received = self.handle.status().total_payload_download

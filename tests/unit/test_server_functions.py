@@ -106,7 +106,7 @@ def test_machines_by_address_expire_and_count_who_is_coming():
     clock = Clock()
     machines = Machines(forget_after=600, clock=clock)
     assert machines.add(Report(mac="m1", image="a", phase="seeding"), "198.18.0.10") == {
-        "interval": 1.0, "coming": 0}
+        "interval": 1.0, "coming": 0, "waiting": 0}
     machines.fetched_boot_files("198.18.0.11", "")   # boot.ipxe: any image
     machines.fetched_boot_files("198.18.0.12", "b")  # the kernel, for image b
     machines.fetched_boot_files("198.18.0.13", "a")
@@ -138,17 +138,59 @@ def test_machines_table_is_bounded_and_paces_reports(monkeypatch):
 def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
     clock = Clock()
     machines = Machines(forget_after=600, clock=clock)
-    assert machines.peer_serving("ab", "198.18.0.99") is None
     machines.add(Report(phase="seeding", serving="ab"), "198.18.0.10")
     machines.add(Report(phase="downloading", serving="ab"), "198.18.0.11")
     machines.add(Report(phase="kexec", serving="ab"), "198.18.0.12")  # leaving
     machines.add(Report(phase="seeding", serving="old"), "198.18.0.13")  # another pivotal
-    machines.add(Report(phase="seeding"), "198.18.0.14")  # not serving
-    given = [machines.peer_serving("ab", "198.18.0.99") for _ in range(4)]
+    askers = [f"198.18.1.{n}" for n in range(1, 6)]
+    given = [machines.pivotal_source("ab", asker, first_try=True) for asker in askers[:4]]
     assert sorted(given) == ["198.18.0.10", "198.18.0.10", "198.18.0.11", "198.18.0.11"]
-    # Never itself; nobody who has not reported for PEER_ALIVE s.
-    assert machines.peer_serving("ab", "198.18.0.10") == "198.18.0.11"
-    clock.now += web.PEER_ALIVE + 1
+    # Each sends to PEER_SENDS machines at once: the fifth waits ...
+    assert machines.pivotal_source("ab", askers[4], first_try=True) == web.WAIT
+    assert machines.add(Report(phase="seeding", serving="ab"), "198.18.0.10")["waiting"] == 1
+    # ... until one of them asks for its next file (its transfer is over) ...
+    machines.fetched_boot_files(askers[0], "")
+    assert machines.pivotal_source("ab", askers[4], first_try=True) == given[0]
+    # ... or reports from its pivotal.
+    machines.add(Report(phase="dhcp"), askers[1])
+    assert machines.pivotal_source("ab", "198.18.1.9", first_try=True) == given[1]
+    # Never to itself; a retry of the boot script goes to the server; a
+    # transfer that was never seen to end counts for TRANSFER_MAX s; nobody
+    # who has not reported for PEER_ALIVE s.
+    assert machines.pivotal_source("ab", "198.18.0.10", first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", askers[4], first_try=False) == web.SERVER
+    clock.now += web.TRANSFER_MAX
     machines.add(Report(phase="seeding", serving="ab"), "198.18.0.11")
-    assert {machines.peer_serving("ab", "198.18.0.99") for _ in range(3)} == {"198.18.0.11"}
-    assert machines.redirects_given() == 8
+    assert machines.pivotal_source("ab", "198.18.1.20", first_try=True) == "198.18.0.11"
+    assert machines.redirects_given() == 7
+
+
+def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it():
+    clock = Clock()
+    machines = Machines(forget_after=600, clock=clock)
+    first, second, third = "198.18.1.1", "198.18.1.2", "198.18.1.3"
+    # Nobody in the swarm: the server sends it, to SERVER_SENDS machines at once.
+    assert machines.pivotal_source("ab", first, first_try=True) == web.SERVER
+    machines.sending(first, started=True)
+    assert machines.pivotal_source("ab", second, first_try=True) == web.WAIT
+    machines.sending(first, started=False)
+    # The first keeps its turn for its next file; then the second gets one.
+    clock.now += 1
+    assert machines.pivotal_source("ab", second, first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", first, first_try=True) == web.SERVER
+    clock.now += web.SERVER_GAP
+    assert machines.pivotal_source("ab", second, first_try=True) == web.SERVER
+    # Once a machine runs its pivotal, it will serve the files: the others wait for it ...
+    machines.add(Report(phase="downloading"), first)
+    clock.now += web.SERVER_GAP
+    assert machines.pivotal_source("ab", third, first_try=True) == web.WAIT
+    assert machines.serving("ab") == []
+    machines.add(Report(phase="downloading", serving="ab"), first)
+    assert machines.serving("ab") == [first]
+    assert machines.pivotal_source("ab", third, first_try=True) == first
+    # ... for HOLD_MAX s at most.
+    machines.add(Report(phase="downloading"), first)
+    assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    clock.now += web.HOLD_MAX
+    machines.add(Report(phase="downloading"), first)
+    assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.SERVER
