@@ -318,6 +318,14 @@ class Cluster:
         then counts the machine on its way to the swarm)."""
         host.run(["curl", "-sf", "-o", "/dev/null", f"http://{SERVER_ADDRESS}:6980/boot/boot.ipxe"])
 
+    def ask_for_pivotal_kernel(self, host: Host, image: str) -> int:
+        """What the boot script asks first for the pivotal, once, as iPXE
+        does on its first try (without asking again after a 503): the
+        HTTP status of the answer."""
+        out = host.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                        f"http://{SERVER_ADDRESS}:6980/boot/pivotal/vmlinuz?image={image}&try=x"])
+        return int(out.stdout)
+
     def send_report(self, host: Host, **fields: object) -> dict:
         """A report from host, as its pivotal sends it; the server's answer."""
         code = ("import json, sys; from boottorrent.pivotal.report import send_report; "

@@ -91,15 +91,19 @@ def test_machine_whose_pivotal_peer_dies_mid_transfer_still_boots(make_cluster, 
     cluster.start(("dnsmasq", "tracker", "seeder"))
     # The peer is a pivotal in a namespace (the real program, --dry-run)
     # that stays in the swarm until it is killed. It shares the pivotal's
-    # files once a machine is on its way: one whose firmware got the boot
-    # script, and which then reports from its pivotal (so that it is not on
-    # its way any more when the VM's pivotal asks).
+    # files once a machine waits for them: one whose firmware asks for the
+    # pivotal's kernel while the peer runs (the server holds it: 503), and
+    # which then reports from its pivotal (so that it is not on its way
+    # any more when the VM's pivotal asks).
     pivotal = json.loads(cluster.pivotal_json().read_text())
     pivotal["swarm"].update(seed_idle_time=900, seed_time_max=900)
     (tmp_path / "peer.json").write_text(json.dumps(pivotal))
     other = cluster.add_host("other")
     cluster.fetch_boot_script(other)
     peer = cluster.start_client("peer", "e2e", config=tmp_path / "peer.json")
+    wait_for(lambda: cluster.reports().get(peer.host.address, {}).get("phase")
+             in ("downloading", "seeding"), 120, "the peer to report from its pivotal")
+    assert cluster.ask_for_pivotal_kernel(other, "e2e") == 503
     wait_for(lambda: peer.report().get("serving"), 120, "the peer to serve the pivotal's files")
     cluster.send_report(other, image="e2e", phase="downloading")
     # Slow enough that the kernel (8 MiB) takes seconds to go.

@@ -1,8 +1,9 @@
-"""The pivotal's own files, shared: every pivotal fetches them from the
-swarm (a second torrent in its libtorrent session, from the seeder and the
-other machines) and, once it holds all of them, serves them over HTTP with
-busybox httpd. The server then sends the iPXE of machines that boot later
-here rather than serving the pivotal itself (web.py)."""
+"""The pivotal's own files, shared: a pivotal that hears from the server
+that machines wait for them fetches them from the swarm (a second torrent
+in its libtorrent session, from the other machines, and from the seeder
+while none serves them) and, once it holds all of them, serves them over
+HTTP with busybox httpd. The server then sends the iPXE of machines that
+boot later here rather than serving the pivotal itself (web.py)."""
 
 from __future__ import annotations
 
