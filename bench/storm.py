@@ -196,8 +196,8 @@ def write_markdown(path: Path, figures: dict) -> None:
         "", "## Boot waves: N machines powered on over some seconds, the whole boot", "",
         "Each machine fetches what iPXE fetches (following the server's redirects to machines "
         "that serve the pivotal), then runs the real pivotal program (`--dry-run`), which "
-        "downloads the image and, while the server counts machines on their way, the "
-        "pivotal's files to serve them. Server sent: its interface's bytes on the wire for "
+        "downloads the image and, once the server says machines wait for the "
+        "pivotal, the pivotal's files to serve them. Server sent: its interface's bytes on the wire for "
         "the whole boot of all N, over F + the pivotal's size (target ≤ 2).", "",
         "| N | over (s) | links (Mbit/s) | F (MiB) | pivotal (MiB) | failed | last machine (s) | "
         "server sent ÷ (F + pivotal) | ÷ F | pivotal files from peers | told to wait (503) | "

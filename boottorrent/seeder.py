@@ -150,14 +150,11 @@ class Seeder:
             log.info("no machine serves the pivotal's files: the seeder seeds them again")
 
     def _add(self, torrent: bytes, save_path: Path) -> lt.torrent_handle:
-        params = lt.add_torrent_params()
-        params.ti = torrents.load(torrent)
-        params.save_path = str(save_path)
+        params = lan.add_params(torrent, save_path)
         # The files were hashed when they were registered (generated) and
         # are never written again: seed at once, and trust every piece
         # without reading it a second time.
         params.flags |= lt.torrent_flags.seed_mode
-        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         params.verified_pieces = [True] * params.ti.num_pieces()
         return self.session.add_torrent(params)
 
@@ -207,8 +204,8 @@ class Seeder:
 
     # ------------------------------------------------------------ main loop
 
-    def _handle_alerts(self) -> None:
-        for alert in self.session.pop_alerts():
+    def _handle_alerts(self, alerts: list[lt.alert]) -> None:
+        for alert in alerts:
             if isinstance(alert, (lt.listen_failed_alert, lt.torrent_error_alert,
                                   lt.file_error_alert)):
                 log.error("%s", alert.message())
@@ -232,8 +229,7 @@ class Seeder:
                 daemon.notify("RELOADING=1")
                 self.sync()
                 daemon.notify("READY=1")
-            self.session.wait_for_alert(1000)
-            self._handle_alerts()
+            self._handle_alerts(lan.alerts_after(self.session, 1))
             self._pause_pivotal_while_served()
             self._collect_status()
             daemon.notify(f"STATUS={self._status_line()}" + ("\nWATCHDOG=1" if watchdog else ""))

@@ -202,7 +202,9 @@ class Machines:
                 if other.source == SERVER:
                     active = other.sending or now - other.since < SERVER_GAP
                 else:
-                    active = other.source != WAIT and now - other.since < TRANSFER_MAX
+                    # WAIT holds nobody's upload; "" is a transfer from a peer that ended.
+                    active = (other.source not in (WAIT, "")
+                              and now - other.since < TRANSFER_MAX)
                 if active:
                     busy[other.source] = busy.get(other.source, 0) + 1
             alive = self._alive(infohash, asker) if infohash else []

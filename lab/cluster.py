@@ -413,18 +413,14 @@ def seed_main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
     session = lan.session(args.listen, args.upload_slots, seed=True)
-    params = lt.add_torrent_params()
-    params.ti = lt.torrent_info(str(args.torrent))
-    params.save_path = str(args.save_path)
+    params = lan.add_params(args.torrent.read_bytes(), args.save_path)
     params.flags |= lt.torrent_flags.seed_mode
-    params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
     if args.trust:
         params.verified_pieces = [True] * params.ti.num_pieces()
     handle = session.add_torrent(params)
     last_announce, announced = 0.0, False
     while not stop:
-        session.wait_for_alert(500)
-        for alert in session.pop_alerts():
+        for alert in lan.alerts_after(session, 0.5):
             announced = announced or isinstance(alert, lt.tracker_reply_alert)
         if time.monotonic() - last_announce > 2:  # opentracker's own interval is 30 min
             handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)

@@ -15,6 +15,7 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
+from boottorrent.pivotal import lan
 from conftest import (PYTHON, REPO, cli, interruptible, stamp_bzimage_header, tree,
                       wait_for)
 
@@ -34,9 +35,7 @@ def libtorrent_check(torrent: bytes, save_path: Path) -> bool:
     """Let libtorrent itself check the files against the torrent."""
     session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False,
                           "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False})
-    params = lt.add_torrent_params()
-    params.ti = lt.torrent_info(lt.bdecode(torrent))
-    params.save_path = str(save_path)
+    params = lan.add_params(torrent, save_path)
     handle = session.add_torrent(params)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -4,6 +4,7 @@ pivotal/init: network, image, swarm, kexec, retried ATTEMPTS times."""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import socket
 import subprocess
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="do everything but the kexec: print its commands instead")
     args = parser.parse_args(argv)
+    # libtorrent is C++: should it crash, the console shows where.
+    faulthandler.enable()
 
     try:
         config = PivotalConfig.from_json(args.config.read_bytes())

@@ -1,9 +1,24 @@
 """libtorrent settings for a boot swarm on one LAN, shared by the server's
-seeder and the pivotal's client, and how the pivotal joins a swarm."""
+seeder and the pivotal's client, how a torrent is added, and how the
+pivotal joins a swarm.
+
+Two calls of libtorrent 2.0.8's Python binding crash the interpreter, and
+this module has what is used instead:
+
+- session.wait_for_alert() hands Python a pointer into the alert queue,
+  which the network thread may move (the queue grows) before Python wraps
+  it: a segfault, seen in CI (fixed upstream after 2.0.8, where it returns
+  a bool). Loops pace themselves with alerts_after().
+- A torrent_info made in Python and set as add_torrent_params.ti stays
+  Python's inside the session (the binding passes that very pointer on),
+  and the network thread drops the last reference without the GIL.
+  add_params() has libtorrent parse the torrent itself.
+"""
 
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import libtorrent as lt
@@ -87,22 +102,33 @@ def session(listen: str, upload_slots: int, *, seed: bool) -> lt.session:
     return created
 
 
-def torrent_and_web_seeds(torrent_base64: str) -> tuple[lt.torrent_info, list[str]]:
-    """A torrent as pivotal.json carries it: the torrent without its web
-    seeds, and the web seeds (the pivotal adds them only as a fallback)."""
-    entry = lt.bdecode(base64.b64decode(torrent_base64))
-    seeds = entry.pop(b"url-list", [])
-    seeds = [seeds] if isinstance(seeds, bytes) else seeds
-    return lt.torrent_info(entry), [url.decode() for url in seeds]
+def alerts_after(session: lt.session, seconds: float) -> list[lt.alert]:
+    """The alerts posted until seconds from now; they stay valid until the
+    next call."""
+    time.sleep(seconds)
+    return session.pop_alerts()
 
 
-def join(session: lt.session, torrent: lt.torrent_info, save_path: Path,
-         server: tuple[str, int]) -> lt.torrent_handle:
-    """Download torrent into save_path; the server is always a peer, also
-    before the tracker answers."""
-    params = lt.add_torrent_params()
-    params.ti = torrent
+def add_params(torrent: bytes, save_path: Path) -> lt.add_torrent_params:
+    """What adding this bencoded torrent takes, started at once and not
+    managed by libtorrent's queue; raises ValueError if it is corrupt."""
+    try:
+        params = lt.load_torrent_buffer(torrent)
+    except RuntimeError as error:
+        raise ValueError(str(error)) from None
     params.save_path = str(save_path)
-    params.peers = [server]
     params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
-    return session.add_torrent(params)
+    return params
+
+
+def join_params(torrent_base64: str, save_path: Path,
+                server: tuple[str, int]) -> tuple[lt.add_torrent_params, list[str]]:
+    """A torrent as pivotal.json carries it, to download into save_path,
+    without its web seeds, and the web seeds (the pivotal adds them only as
+    a fallback). The server is always a peer, also before the tracker
+    answers."""
+    params = add_params(base64.b64decode(torrent_base64), save_path)
+    web_seeds = list(params.url_seeds)
+    params.url_seeds = []
+    params.peers = [server]
+    return params, web_seeds

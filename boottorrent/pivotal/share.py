@@ -22,9 +22,10 @@ class PivotalShare:
                  report: Report):
         # From the swarm only, never its web seed: the server's HTTP side
         # is what this spares.
-        torrent, _ = lan.torrent_and_web_seeds(config.pivotal_torrent)
-        self.handle = lan.join(session, torrent, folder, (config.server, config.seeder_port))
-        self.infohash = str(torrent.info_hashes().v1)
+        params, _ = lan.join_params(config.pivotal_torrent, folder,
+                                    (config.server, config.seeder_port))
+        self.handle = session.add_torrent(params)
+        self.infohash = str(params.ti.info_hashes().v1)
         self.folder = folder
         self.port = config.http_port
         self.report = report

@@ -22,14 +22,6 @@ class Image:
     name: str
     spec: ImageSpec
 
-    def torrent(self) -> tuple[lt.torrent_info, list[str]]:
-        """The torrent without its web seeds, and the web seeds.
-
-        The web seed is the fallback only: from the start it would make
-        every client pull from the server's HTTP side.
-        """
-        return lan.torrent_and_web_seeds(self.spec.torrent)
-
 
 def choose_image(config: PivotalConfig, params: dict[str, str], mac: str) -> Image:
     name = params.get("boottorrent.image") or config.mac_images.get(mac) \
@@ -101,11 +93,13 @@ class Swarm:
         self.session.apply_settings({"close_redundant_connections": False})
         self.sources = SourceCounter(config.server)
         self.last_error = ""
-        torrent, self.web_seeds = image.torrent()
-        self.handle = lan.join(self.session, torrent, save_path,
-                               (config.server, config.seeder_port))
+        # The web seeds are the fallback only: from the start they would
+        # make every client pull from the server's HTTP side.
+        params, self.web_seeds = lan.join_params(image.spec.torrent, save_path,
+                                                 (config.server, config.seeder_port))
+        self.handle = self.session.add_torrent(params)
         self.last_announce = time.monotonic()
-        report.size = torrent.total_size()
+        report.size = params.ti.total_size()
         self.server_answer = server
         self.config = config
         self.share_folder = share_folder if config.pivotal_torrent else None
@@ -120,7 +114,7 @@ class Swarm:
             return None
         return answer.coming + ((answer.waiting or 0) if self.share else 0)
 
-    def _count_sources(self) -> None:
+    def _count_sources(self, alerts: list[lt.alert]) -> None:
         if self.share:
             self.share.poll()
         elif self.share_folder and self.server_answer and self.server_answer.waiting:
@@ -129,7 +123,7 @@ class Swarm:
         received = self.handle.status().total_payload_download
         peers = [(p.ip, p.local_endpoint, p.total_download) for p in self.handle.get_peer_info()]
         self.report.from_server, self.report.from_peers = self.sources.update(received, peers)
-        for alert in self.session.pop_alerts():
+        for alert in alerts:
             if isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
                                   lt.url_seed_alert)):
                 if alert.message() != self.last_error:
@@ -158,8 +152,7 @@ class Swarm:
         last_progress, stalled_since = -1, time.monotonic()
         last_said = 0.0
         while True:
-            self.session.wait_for_alert(500)
-            self._count_sources()
+            self._count_sources(lan.alerts_after(self.session, 0.5))
             status = self._update_report()
             if status.is_seeding:
                 break
@@ -217,8 +210,7 @@ class Swarm:
         self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
         self.last_announce = time.monotonic()
         while time.monotonic() - started < self.settings.seed_time_max:
-            self.session.wait_for_alert(500)
-            self._count_sources()
+            self._count_sources(lan.alerts_after(self.session, 0.5))
             status = self._update_report()
             on_their_way = self.coming()
             if on_their_way != said_coming and on_their_way is not None:
@@ -248,6 +240,11 @@ class Swarm:
         """Tell the tracker we are gone before the kernel is replaced."""
         if self.share:
             self.share.stop()
-        self.handle.pause()
-        self.session.wait_for_alert(2000)
+        self.handle.pause()  # which announces "stopped"
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            alerts = lan.alerts_after(self.session, 0.1)
+            if any(isinstance(a, (lt.tracker_reply_alert, lt.tracker_error_alert))
+                   for a in alerts):
+                break
         self.session.pause()
