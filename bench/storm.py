@@ -164,6 +164,10 @@ def boot_wave(tmp: Path, count: int, spread: float, rate: int, size: int) -> dic
                 "redirects": status.get("pivotal", {}).get("redirects", 0),
                 "held": sum(r.get("retried", 0) for results in fetched.values() for r in results),
                 "pivotal_from_server_http": status.get("pivotal", {}).get("http_sent", 0),
+                # What the seeder's own counters say it sent (payload only).
+                "image_from_server_over_f": round(sum(
+                    i["uploaded"] + i["http_sent"] for i in status["images"]) / size, 2),
+                "pivotal_torrent_from_server": status.get("pivotal", {}).get("uploaded", 0),
                 "pivotal_fetches": count * 3,
                 "image_from_peers_share": round(sum(s["from_peers"] for s in summaries)
                                                 / image_bytes, 2),
@@ -201,14 +205,17 @@ def write_markdown(path: Path, figures: dict) -> None:
         "the whole boot of all N, over F + the pivotal's size (target ≤ 2).", "",
         "| N | over (s) | links (Mbit/s) | F (MiB) | pivotal (MiB) | failed | last machine (s) | "
         "server sent ÷ (F + pivotal) | ÷ F | pivotal files from peers | told to wait (503) | "
-        "pivotal over the server's HTTP (× pivotal) | image from peers | CPU busy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "pivotal over the server's HTTP (× pivotal) | pivotal's torrent from the server "
+        "(× pivotal) | image from the server (× F) | image from peers | CPU busy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {w['machines']} | {w['spread_s']:.0f} | {w['rate_mbit']} | "
               f"{w['image_bytes'] / MIB:.0f} | {w['pivotal_bytes'] / MIB:.1f} | "
               f"{w['failed_requests'] + w['wrong_images']} | {w['last_s']} | "
               f"{w['server_over_f_plus_pivotal']} | {w['server_over_f']} | "
               f"{w['redirects']} of {w['pivotal_fetches']} | {w.get('held', 0)} | "
               f"{w.get('pivotal_from_server_http', 0) / w['pivotal_bytes']:.2f} | "
+              f"{w.get('pivotal_torrent_from_server', 0) / w['pivotal_bytes']:.2f} | "
+              f"{w.get('image_from_server_over_f', 0)} | "
               f"{w['image_from_peers_share']:.0%} | {w['cpu_busy']:.0%} |"
               for w in figures["waves"]]
     r = figures["reports"]

@@ -76,6 +76,12 @@ def settings(listen: str, upload_slots: int, *, seed: bool) -> dict:
         "peer_timeout": 20,
         "request_timeout": 10,
         "piece_timeout": 10,
+        # A machine that got the image between two of its polls of the
+        # connections (a small image on a fast link) still finds the
+        # server's connection there and counts what came from it
+        # (swarm.SourceCounter): neither side closes a connection because
+        # both are seeds.
+        "close_redundant_connections": False,
         # Labs and tests run several sessions behind one address.
         "allow_multiple_connections_per_ip": True,
         "active_downloads": -1,

@@ -72,6 +72,63 @@ class SourceCounter:
         return self.from_server, self.from_peers
 
 
+class ServerGate:
+    """The server as a BitTorrent peer only for what the other machines
+    lack: while the peers this machine is connected to hold, between them,
+    every piece it still misses, the server's address is filtered out (its
+    connection closes and it is not dialled again). A machine that boots
+    while others hold the image takes it from them alone, and the server's
+    upload goes to the pieces the swarm does not have yet. The server is
+    let back in as soon as a missing piece is on no peer, or when nothing
+    arrived for STALL seconds (peers that choke us, or are slow), and then
+    stays in for REOPEN_FOR seconds at least.
+    """
+
+    STALL = 3.0
+    REOPEN_FOR = 5.0
+
+    def __init__(self, session: lt.session, server: tuple[str, int]):
+        self.session = session
+        self.server = server
+        self.shut = False
+        self.open_until = 0.0
+        self.last_done, self.last_change = -1, time.monotonic()
+
+    def update(self, handles: list[lt.torrent_handle]) -> None:
+        downloading, lacking, done = False, False, 0
+        for handle in handles:
+            status = handle.status(lt.status_flags_t.query_pieces)
+            done += status.total_wanted_done
+            if status.is_seeding:
+                continue
+            downloading = True
+            missing = {i for i, have in enumerate(status.pieces) if not have}
+            for peer in handle.get_peer_info():
+                if peer.ip[0] != self.server[0]:
+                    missing.difference_update(i for i, has in enumerate(peer.pieces) if has)
+            lacking = lacking or bool(missing)
+        now = time.monotonic()
+        if done != self.last_done:
+            self.last_done, self.last_change = done, now
+        if not downloading:
+            return
+        if self.shut and (lacking or now - self.last_change >= self.STALL):
+            self._shut(False, handles)
+            self.open_until = now + self.REOPEN_FOR
+        elif not self.shut and not lacking and now >= self.open_until:
+            self._shut(True, handles)
+
+    def _shut(self, shut: bool, handles: list[lt.torrent_handle]) -> None:
+        rules = lt.ip_filter()
+        if shut:
+            rules.add_rule(self.server[0], self.server[0], 1)  # 1: blocked
+        self.session.set_ip_filter(rules)
+        self.shut = shut
+        if not shut:  # the filter dropped the server from the peer lists
+            for handle in handles:
+                handle.connect_peer(self.server)
+
+
 class Swarm:
     """One torrent download, then seeding, with accounting of who sent what."""
 
@@ -88,9 +145,6 @@ class Swarm:
         self.image = image
         self.report = report
         self.session = lan.session(listen, self.settings.upload_slots, seed=False)
-        # Keep the connection to the server when both are seeds, so that the
-        # last bytes it sent are still counted.
-        self.session.apply_settings({"close_redundant_connections": False})
         self.sources = SourceCounter(config.server)
         self.last_error = ""
         # The web seeds are the fallback only: from the start they would
@@ -104,6 +158,7 @@ class Swarm:
         self.config = config
         self.share_folder = share_folder if config.pivotal_torrent else None
         self.share: PivotalShare | None = None
+        self.gate = ServerGate(self.session, (config.server, config.seeder_port))
 
     def coming(self) -> int | None:
         """The machines on their way to this swarm, and, while this machine
@@ -123,6 +178,7 @@ class Swarm:
         received = self.handle.status().total_payload_download
         peers = [(p.ip, p.local_endpoint, p.total_download) for p in self.handle.get_peer_info()]
         self.report.from_server, self.report.from_peers = self.sources.update(received, peers)
+        self.gate.update([self.handle] + ([self.share.handle] if self.share else []))
         for alert in alerts:
             if isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
                                   lt.url_seed_alert)):
