@@ -101,6 +101,7 @@ class Seeder:
             if infohash not in wanted:
                 seeded = self.seeded.pop(infohash)
                 self.session.remove_torrent(seeded.handle)
+                self.web.pieces.withdraw(infohash)
                 log.info("stopped seeding %s", seeded.record.name,
                          extra={"IMAGE": seeded.record.name, "INFOHASH": infohash})
         for infohash, record in wanted.items():
@@ -111,6 +112,7 @@ class Seeder:
             else:
                 self.seeded[infohash] = Seeded(record, self._add(
                     torrent, self.state.content_dir(record.infohash)))
+                self.web.pieces.offer(infohash, torrents.load(torrent).num_pieces())
                 log.info("seeding %s (%s)", record.name, human_bytes(record.size),
                          extra={"IMAGE": record.name, "INFOHASH": infohash})
         self._sync_pivotal(snapshot)
@@ -127,9 +129,11 @@ class Seeder:
         infohash = torrents.info_hash(torrent) if torrent else ""
         if self.pivotal and self.pivotal[0] != infohash:
             self.session.remove_torrent(self.pivotal[1])
+            self.web.pieces.withdraw(self.pivotal[0])
             self.pivotal = None
         if torrent and not self.pivotal:
             self.pivotal = (infohash, self._add(torrent, self.state.current / "boot"))
+            self.web.pieces.offer(infohash, torrents.load(torrent).num_pieces())
             log.info("seeding the pivotal's files (%s)", infohash, extra={"INFOHASH": infohash})
         self.web.pivotal_infohash = infohash
 

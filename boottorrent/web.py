@@ -7,6 +7,9 @@ and the status endpoint that pivotals report to.
                                        that serves it, or 503 and Retry-After
                                        while one is about to (Machines.pivotal_source)
     GET  /images/INFOHASH/NAME/FILE    a registered file (BEP 19 web seed; Range)
+    GET  /pieces/INFOHASH              which piece of a torrent the asker fetches from
+                                       the server (assign.py), JSON: {"piece": N},
+                                       {"wait": SECONDS} or {"done": true}
     POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report);
                                        the answer: when to report next, and how
                                        many machines are on their way
@@ -43,6 +46,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from boottorrent import assign
 from boottorrent.pivotal.wire import Report
 from boottorrent.render import PIVOTAL_SHARED
 
@@ -166,6 +170,14 @@ class Machines:
         return [(address, entry) for address, entry in self._by_address.items()
                 if entry["phase"] in SERVING_PHASES and entry["serving"] in ("", infohash)
                 and now - entry["received"] <= alive and address != besides]
+
+    def in_swarm(self, address: str) -> bool:
+        """Whether address reported from its pivotal lately, downloading or seeding."""
+        with self._lock:
+            entry = self._by_address.get(address)
+            alive = max(PEER_ALIVE, 3 * len(self._by_address) / REPORT_RATE)
+            return bool(entry and entry["phase"] in SERVING_PHASES
+                        and self.clock() - entry["received"] <= alive)
 
     def serving(self, infohash: str) -> list[str]:
         """The machines that serve the pivotal of this infohash."""
@@ -291,6 +303,17 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/status":
             self._send_json(self.server.status())
+        elif self.path.startswith("/pieces/"):
+            piece = self.server.pieces.next_piece(self.path.removeprefix("/pieces/")[:64],
+                                                  self.client_address[0])
+            if piece is None:
+                self.send_error(HTTPStatus.NOT_FOUND)
+            elif piece == assign.WAIT:
+                self._send_json({"wait": round(random.uniform(0.1, 0.3), 2)})
+            elif piece == assign.DONE:
+                self._send_json({"done": True})
+            else:
+                self._send_json({"piece": piece})
         else:
             self._serve_file(head=False)
 
@@ -407,6 +430,7 @@ class WebServer(HTTPServer):
         self.log_request_line = log_request_line
         self.log_bad_request = log_bad_request
         self.machines = Machines(forget_after)
+        self.pieces = assign.PieceAssigner(self.machines.in_swarm)
         self.pivotal_infohash = ""  # of the pivotal files the seeder seeds (seeder.py)
         self.sent_by_path: dict[str, int] = {}
         self._sent_lock = threading.Lock()

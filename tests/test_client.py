@@ -40,13 +40,16 @@ def test_three_clients_boot_the_same_image(cluster):
 
 
 def test_falls_back_to_http_when_the_swarm_stalls(make_cluster, tmp_path):
-    """No tracker and no BitTorrent from the server: after fallback_after
-    seconds without progress the client takes the image from the web seed."""
+    """No tracker, no BitTorrent from the server and no pieces handed out
+    over its HTTP side (the client finds no /pieces, nor /report, where
+    pivotal.json says): after fallback_after seconds without progress the
+    client takes the image from the web seed."""
     cluster = make_cluster(conf={"clients": {**CLIENTS, "fallback_after": 5}})
     files = cluster.add_image("compute", {"kernel": 3 * MIB})
     cluster.start(("seeder",))
     pivotal = json.loads(cluster.pivotal_json().read_text())
     pivotal["seeder_port"] = 9  # the discard port: nothing answers there
+    pivotal["report_url"] = pivotal["report_url"].replace(":6980/", ":9/")
     config = tmp_path / "stalled.json"
     config.write_text(json.dumps(pivotal))
 

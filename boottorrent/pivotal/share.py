@@ -1,7 +1,7 @@
 """The pivotal's own files, shared: a pivotal that hears from the server
 that machines wait for them fetches them from the swarm (a second torrent
-in its libtorrent session, from the other machines, and from the seeder
-while none serves them) and, once it holds all of them, serves them over
+in its libtorrent session, from the other machines, and the pieces the
+server hands it) and, once it holds all of them, serves them over
 HTTP with busybox httpd. The server then sends the iPXE of machines that
 boot later here rather than serving the pivotal itself (web.py)."""
 
@@ -14,18 +14,22 @@ import libtorrent as lt
 
 from boottorrent.pivotal import lan
 from boottorrent.pivotal.console import say
+from boottorrent.pivotal.pieces import ServerPieces
 from boottorrent.pivotal.wire import PivotalConfig, Report
 
 
 class PivotalShare:
     def __init__(self, session: lt.session, config: PivotalConfig, folder: Path,
                  report: Report):
-        # From the swarm only, never its web seed: the server's HTTP side
-        # is what this spares.
-        params, _ = lan.join_params(config.pivotal_torrent, folder,
-                                    (config.server, config.seeder_port))
+        # From the swarm, and the pieces the server hands out over HTTP
+        # (pieces.py), never from its web seed as such: the server's HTTP
+        # side is what this spares.
+        params, web_seeds = lan.join_params(config.pivotal_torrent, folder,
+                                            (config.server, config.seeder_port))
         self.handle = session.add_torrent(params)
         self.infohash = str(params.ti.info_hashes().v1)
+        self.server_pieces = ServerPieces(self.handle, params.ti, config.http_url,
+                                          web_seeds[0]) if web_seeds else None
         self.folder = folder
         self.port = config.http_port
         self.report = report
@@ -51,6 +55,8 @@ class PivotalShare:
                 "pivotal's files")
 
     def stop(self) -> None:
+        if self.server_pieces:
+            self.server_pieces.stop()
         self.report.serving = ""
         if self.httpd and self.httpd.poll() is None:
             self.httpd.terminate()

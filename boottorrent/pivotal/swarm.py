@@ -12,6 +12,7 @@ import libtorrent as lt
 
 from boottorrent.pivotal import ClientError, lan
 from boottorrent.pivotal.console import human_bytes, say
+from boottorrent.pivotal.pieces import ServerPieces
 from boottorrent.pivotal.report import Reporter
 from boottorrent.pivotal.share import PivotalShare
 from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, Report
@@ -73,15 +74,19 @@ class SourceCounter:
 
 
 class ServerGate:
-    """The server as a BitTorrent peer only for what the other machines
-    lack: while the peers this machine is connected to hold, between them,
-    every piece it still misses, the server's address is filtered out (its
-    connection closes and it is not dialled again). A machine that boots
-    while others hold the image takes it from them alone, and the server's
-    upload goes to the pieces the swarm does not have yet. The server is
-    let back in as soon as a missing piece is on no peer, or when nothing
-    arrived for STALL seconds (peers that choke us, or are slow), and then
-    stays in for REOPEN_FOR seconds at least.
+    """The server as a BitTorrent peer only for what it cannot get otherwise.
+
+    The server hands each machine pieces over HTTP itself (pieces.py),
+    each piece to one machine, and the machines trade the rest. Its
+    address is filtered out of this machine's BitTorrent from the start
+    (its connection closes and it is not dialled), so that libtorrent does
+    not also ask the server for whatever it lacks. The server is let in
+    when a piece this machine misses has been on no connected peer for
+    STALL seconds once the server gives no more pieces over HTTP (the
+    machine that had it left), or when nothing arrived for STALL seconds
+    (peers that choke us, or a server without /pieces), and then stays in
+    for REOPEN_FOR seconds at least; it is filtered out again while the
+    peers hold, between them, every piece this machine misses.
     """
 
     STALL = 3.0
@@ -93,8 +98,17 @@ class ServerGate:
         self.shut = False
         self.open_until = 0.0
         self.last_done, self.last_change = -1, time.monotonic()
+        self.lacking_since: float | None = None
+        self._shut(True, [])
 
-    def update(self, handles: list[lt.torrent_handle]) -> None:
+    def hold_open(self) -> None:
+        self.open_until = float("inf")
+        if self.shut:
+            self._shut(False, [])
+
+    def update(self, handles: list[lt.torrent_handle], server_gives: bool) -> None:
+        """server_gives: the server still hands this machine pieces over
+        HTTP (pieces.py); what the peers lack meanwhile comes that way."""
         downloading, lacking, done = False, False, 0
         for handle in handles:
             status = handle.status(lt.status_flags_t.query_pieces)
@@ -112,10 +126,17 @@ class ServerGate:
             self.last_done, self.last_change = done, now
         if not downloading:
             return
-        if self.shut and (lacking or now - self.last_change >= self.STALL):
+        if lacking and not server_gives:
+            self.lacking_since = self.lacking_since or now
+        else:
+            self.lacking_since = None
+        stalled = now - self.last_change >= self.STALL
+        if self.shut and (stalled or (self.lacking_since is not None
+                                      and now - self.lacking_since >= self.STALL)):
             self._shut(False, handles)
             self.open_until = now + self.REOPEN_FOR
-        elif not self.shut and not lacking and now >= self.open_until:
+        elif (not self.shut and not stalled and now >= self.open_until
+              and (server_gives or not lacking)):
             self._shut(True, handles)
 
     def _shut(self, shut: bool, handles: list[lt.torrent_handle]) -> None:
@@ -151,14 +172,16 @@ class Swarm:
         # make every client pull from the server's HTTP side.
         params, self.web_seeds = lan.join_params(image.spec.torrent, save_path,
                                                  (config.server, config.seeder_port))
+        self.gate = ServerGate(self.session, (config.server, config.seeder_port))
         self.handle = self.session.add_torrent(params)
         self.last_announce = time.monotonic()
         report.size = params.ti.total_size()
+        self.server_pieces = ServerPieces(self.handle, params.ti, config.http_url,
+                                          self.web_seeds[0]) if self.web_seeds else None
         self.server_answer = server
         self.config = config
         self.share_folder = share_folder if config.pivotal_torrent else None
         self.share: PivotalShare | None = None
-        self.gate = ServerGate(self.session, (config.server, config.seeder_port))
 
     def coming(self) -> int | None:
         """The machines on their way to this swarm, and, while this machine
@@ -177,8 +200,13 @@ class Swarm:
         # The torrent's total first, then the connections: see SourceCounter.
         received = self.handle.status().total_payload_download
         peers = [(p.ip, p.local_endpoint, p.total_download) for p in self.handle.get_peer_info()]
-        self.report.from_server, self.report.from_peers = self.sources.update(received, peers)
-        self.gate.update([self.handle] + ([self.share.handle] if self.share else []))
+        from_server, self.report.from_peers = self.sources.update(received, peers)
+        self.report.from_server = from_server + (
+            self.server_pieces.received if self.server_pieces else 0)
+        giving = [p for p in (self.server_pieces, self.share and self.share.server_pieces)
+                  if p and not p.done]
+        self.gate.update([self.handle] + ([self.share.handle] if self.share else []),
+                         bool(giving))
         for alert in alerts:
             if isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
                                   lt.url_seed_alert)):
@@ -223,6 +251,7 @@ class Swarm:
                 for url in self.web_seeds:
                     self.handle.add_url_seed(url)
                 self.web_seeds = []
+                self.gate.hold_open()  # for the web seed, on the server's address
             elif time.monotonic() - stalled_since > 2 * self.settings.fallback_after:
                 # Neither the swarm nor the server's HTTP side gave a byte
                 # for as long again: this attempt is over.
@@ -296,6 +325,8 @@ class Swarm:
         """Tell the tracker we are gone before the kernel is replaced."""
         if self.share:
             self.share.stop()
+        if self.server_pieces:
+            self.server_pieces.stop()
         self.handle.pause()  # which announces "stopped"
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:

@@ -86,6 +86,11 @@ class PivotalConfig:
     http_port: int = 6980
     version: int = VERSION
 
+    @property
+    def http_url(self) -> str:
+        """The server's HTTP side (http://ADDRESS:PORT), where reports go."""
+        return self.report_url.rsplit("/", 1)[0]
+
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode()
 

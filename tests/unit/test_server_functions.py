@@ -11,7 +11,7 @@ from boottorrent.imageconf import check_cmdline, check_image_name
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.status import format_status
 from boottorrent.torrents import PIECES_MAX, piece_size_for
-from boottorrent import web
+from boottorrent import assign, web
 from boottorrent.pivotal.wire import Report
 from boottorrent.web import Machines, byte_range
 
@@ -194,3 +194,23 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     clock.now += web.HOLD_MAX
     machines.add(Report(phase="downloading"), first)
     assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.SERVER
+
+
+def test_the_server_gives_each_piece_once_to_a_few_machines_at_a_time():
+    now, in_swarm = [0.0], {"m0", "m1", "m2", "m3", "late"}
+    pieces = assign.PieceAssigner(in_swarm.__contains__, clock=lambda: now[0])
+    assert pieces.next_piece("ab", "m1") is None  # a torrent it does not give
+    pieces.offer("ab", 6)
+    given = [pieces.next_piece("ab", f"m{n}") for n in range(assign.SENDS_AT_ONCE)]
+    assert given == list(range(assign.SENDS_AT_ONCE))
+    assert pieces.next_piece("ab", "late") == assign.WAIT
+    # Asking again says the last piece arrived: the next one is given at once.
+    assert pieces.next_piece("ab", "m0") == assign.SENDS_AT_ONCE
+    now[0] += assign.FETCH_MAX  # fetches that never asked again count as over
+    assert pieces.next_piece("ab", "late") == 5
+    # Every piece is with a machine in the swarm: the others trade them.
+    assert pieces.next_piece("ab", "new") == assign.DONE
+    # The machine that had piece 2 left (the wave is over): it is given again.
+    in_swarm.discard("m2")
+    assert pieces.next_piece("ab", "new") == 2
+    assert pieces.next_piece("ab", "m0") == assign.DONE
