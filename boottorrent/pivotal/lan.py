@@ -134,8 +134,8 @@ def join_params(torrent_base64: str, save_path: Path,
                 server: tuple[str, int]) -> tuple[lt.add_torrent_params, list[str]]:
     """A torrent as pivotal.json carries it, to download into save_path,
     without its web seeds, and the web seeds (the pivotal adds them only as
-    a fallback). The server is always a peer, also before the tracker
-    answers."""
+    a fallback). The server is among its peers from the start, for when
+    swarm.ServerGate lets it in."""
     params = add_params(base64.b64decode(torrent_base64), save_path)
     web_seeds = list(params.url_seeds)
     params.url_seeds = []

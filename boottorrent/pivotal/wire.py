@@ -71,7 +71,7 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class PivotalConfig:
-    server: str  # the seeder's address: always a peer, also before the tracker answers
+    server: str  # the seeder's address (a BitTorrent peer only when swarm.ServerGate says)
     seeder_port: int
     report_url: str
     swarm: SwarmSettings
