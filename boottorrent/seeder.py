@@ -112,7 +112,6 @@ class Seeder:
             else:
                 self.seeded[infohash] = Seeded(record, self._add(
                     torrent, self.state.content_dir(record.infohash)))
-                self.web.pieces.offer(infohash, torrents.load(torrent).num_pieces())
                 log.info("seeding %s (%s)", record.name, human_bytes(record.size),
                          extra={"IMAGE": record.name, "INFOHASH": infohash})
         self._sync_pivotal(snapshot)
@@ -133,7 +132,6 @@ class Seeder:
             self.pivotal = None
         if torrent and not self.pivotal:
             self.pivotal = (infohash, self._add(torrent, self.state.current / "boot"))
-            self.web.pieces.offer(infohash, torrents.load(torrent).num_pieces())
             log.info("seeding the pivotal's files (%s)", infohash, extra={"INFOHASH": infohash})
         self.web.pivotal_infohash = infohash
 
@@ -160,6 +158,8 @@ class Seeder:
         # without reading it a second time.
         params.flags |= lt.torrent_flags.seed_mode
         params.verified_pieces = [True] * params.ti.num_pieces()
+        # The machines fetch their share of the pieces over HTTP (assign.py).
+        self.web.pieces.offer(str(params.ti.info_hashes().v1), params.ti.num_pieces())
         return self.session.add_torrent(params)
 
     @staticmethod

@@ -163,21 +163,22 @@ class Machines:
         recently = self.clock() - 3 * RETRY_AFTER[1]
         return sum(1 for f in self._fetches.values() if f.source == WAIT and f.since >= recently)
 
+    def _swarm_test(self) -> Callable[[dict], bool]:
+        """Whether an entry is of a machine in the swarm: it reported from
+        its pivotal lately, downloading or seeding."""
+        oldest = self.clock() - max(PEER_ALIVE, 3 * len(self._by_address) / REPORT_RATE)
+        return lambda entry: entry["phase"] in SERVING_PHASES and entry["received"] >= oldest
+
     def _alive(self, infohash: str, besides: str) -> list[tuple[str, dict]]:
         """The machines in the swarm that serve, or would serve, this pivotal."""
-        now = self.clock()
-        alive = max(PEER_ALIVE, 3 * len(self._by_address) / REPORT_RATE)
+        in_swarm = self._swarm_test()
         return [(address, entry) for address, entry in self._by_address.items()
-                if entry["phase"] in SERVING_PHASES and entry["serving"] in ("", infohash)
-                and now - entry["received"] <= alive and address != besides]
+                if in_swarm(entry) and entry["serving"] in ("", infohash) and address != besides]
 
     def in_swarm(self, address: str) -> bool:
-        """Whether address reported from its pivotal lately, downloading or seeding."""
         with self._lock:
             entry = self._by_address.get(address)
-            alive = max(PEER_ALIVE, 3 * len(self._by_address) / REPORT_RATE)
-            return bool(entry and entry["phase"] in SERVING_PHASES
-                        and self.clock() - entry["received"] <= alive)
+            return entry is not None and self._swarm_test()(entry)
 
     def serving(self, infohash: str) -> list[str]:
         """The machines that serve the pivotal of this infohash."""
