@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from boottorrent import __version__
+from boottorrent import __version__, render
 from boottorrent.config import Config, all_problems, default_image, load_config
 from boottorrent.configfile import ConfigError
 from boottorrent.imageconf import check_image_name
@@ -78,6 +78,15 @@ Without --kernel, the image is read from /etc/boottorrent/images.d/NAME.conf.
 With --kernel, that file is written from the options and the image registered;
 it must not exist yet.
 
+An image's method says how machines boot it: kexec (a kernel, initramfs
+files and a command line: the pivotal kexecs into it; the only method the
+options above describe), qemu (a raw or qcow2 disk that the pivotal runs as
+a virtual machine on the node, with the server's QEMU) or exec (a program
+and its files that the pivotal runs; its exit status and the end of its
+output show in `boottorrent status`). Describe qemu and exec images in
+images.d/NAME.conf (the example file shows every key). With qemu and exec
+the machine keeps seeding the image while it runs.
+
 Registering an unchanged image again does nothing. If a file changed (same
 path, new content), the image gets a new torrent. On any error, nothing is
 changed."""
@@ -87,6 +96,7 @@ examples:
   boottorrent-add-image compute --kernel /boot/vmlinuz-6.1.0-27-amd64 \\
       --initrd /boot/initrd.img-6.1.0-27-amd64 --cmdline "root=/dev/ram0 quiet"
   boottorrent-add-image compute        # again, after editing images.d/compute.conf
+  boottorrent-add-image burn-in        # images.d/burn-in.conf: method = exec, program = ...
 
 """ + FILES_AND_ENVIRONMENT
 
@@ -113,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
             A BootTorrent server answers PXE clients (dnsmasq), runs a tracker
             (opentracker) and seeds every registered image (the seeder). Clients
             load the pivotal, a small Linux that downloads the image from the
-            server and from each other, then kexecs into it."""),
+            server and from each other, then kexecs into it (or runs it as a VM
+            or a program, seeding it meanwhile)."""),
         epilog=FILES_AND_ENVIRONMENT)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -167,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = _command(commands, "status", cmd_status, "show images, swarm and clients",
                       """Per image: seeds, leechers, peers and bytes sent by the server.
                       Per client that reported: MAC, address, image, phase, progress,
-                      peers, and bytes from the server and from peers. Asks the running
-                      seeder.""")
+                      peers, and bytes from the server and from peers; for a qemu or
+                      exec image that runs or ran on a machine, its exit status and the
+                      end of a program's output. Asks the running seeder.""")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
     for command in commands.choices.values():
@@ -280,7 +292,8 @@ def cmd_build_pivotal(args: argparse.Namespace) -> int:
     state = State(args.state_dir)
     with state.transaction():
         snapshot = regenerate(config, state, state.registry())
-    kernel_part = kernel.build_kernel_part(config.pivotal_kernel, state.cache)  # cached
+    kernel_part = kernel.build_kernel_part(config.pivotal_kernel, state.cache,  # cached
+                                           kvm=render.uses_qemu(state.registry()))
     print(f"kernel {kernel_part.version}, {len(kernel_part.drivers)} network drivers: "
           + " ".join(kernel_part.drivers))
     for warning in kernel_part.warnings():

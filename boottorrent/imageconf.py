@@ -1,12 +1,20 @@
 """The image descriptions, /etc/boottorrent/images.d/NAME.conf (configspec
 boottorrent/data/image.spec), and the rules for what an image's name,
-description and command line may be."""
+description, command line, method and files may be.
+
+An image is booted by one of three methods, each with its own keys:
+kexec (kernel, initrd, cmdline: the pivotal kexecs into the kernel), qemu
+(disk and the VM's settings: the pivotal runs the disk under QEMU) and exec
+(program and files: the pivotal runs the program). With qemu and exec the
+machine stays in the swarm while the image runs.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from configobj import ConfigObj
@@ -16,8 +24,21 @@ from boottorrent.configfile import IMAGE_SPEC, ConfigError, read_file
 from boottorrent.fsutil import open_regular
 
 IMAGES_DIR = "images.d"
-# How the pivotal boots an image (the original's qemu and exec are not built).
-METHODS = ("kexec",)
+METHOD_KEYS = {"kexec": ("kernel", "initrd", "cmdline"),
+               "qemu": ("disk", "memory", "cpus", "firmware", "qemu_args"),
+               "exec": ("program", "files")}
+QEMU = "qemu-system-x86_64"
+OVMF = Path("/usr/share/OVMF/OVMF_CODE.fd")
+# The extra QEMU arguments an image may ask for, each one item of qemu_args
+# as written here: the pivotal decides the disk, network, console and
+# accelerator itself, and nothing here can reach a file or the network.
+QEMU_ARGS = ("-no-reboot", "-usb", "-device usb-tablet", "-device usb-kbd",
+             "-device virtio-rng-pci", "-rtc base=utc", "-rtc base=localtime",
+             "-machine q35", "-machine pc")
+MEMORY = re.compile(r"(?:(\d{1,2})%|(\d{1,7})([MG]))")
+MEMORY_SHARE_MAX = 90  # percent of the node's RAM: the pivotal holds the image in RAM too
+MEMORY_MIN_MIB = 16
+QCOW2_MAGIC = b"QFI\xfb"
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Text that goes into the iPXE script: printable ASCII without what iPXE
 # would read as a setting ($), an operator (| &) or quoting (\ " ').
@@ -30,20 +51,46 @@ BOOTIF_LENGTH = 28
 
 
 @dataclass(frozen=True)
+class VmSettings:
+    """How the pivotal runs a qemu image."""
+
+    format: str  # of the disk: raw or qcow2
+    memory: str  # a share of the node's RAM ("50%") or a size ("2048M", "4G")
+    cpus: int  # 0: as many as the node has
+    firmware: str  # bios or uefi
+    qemu_args: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "qemu_args": list(self.qemu_args)}
+
+
+@dataclass(frozen=True)
 class Image:
     """One image as described in images.d/NAME.conf."""
 
     name: str
     source: Path
-    kernel: Path
+    kernel: Path | None
     initrds: tuple[Path, ...]
     cmdline: str
     description: str = ""
     method: str = "kexec"
     arch: str = "x86_64"
+    disk: Path | None = None  # qemu
+    vm: VmSettings | None = None  # qemu
+    program: Path | None = None  # exec
+    program_files: tuple[Path, ...] = ()  # exec
 
     def files(self) -> list[tuple[str, Path]]:
-        """(name inside the image, source path) for every file, kernel first."""
+        """(name inside the image, source path) for every file: the kernel
+        and initrd.N, the disk, or the program and its files by their names."""
+        if self.method == "qemu":
+            assert self.disk
+            return [("disk", self.disk)]
+        if self.method == "exec":
+            assert self.program
+            return [("program", self.program)] + [(p.name, p) for p in self.program_files]
+        assert self.kernel
         return [("kernel", self.kernel)] + [(f"initrd.{i}", p) for i, p in enumerate(self.initrds)]
 
 
@@ -96,6 +143,72 @@ def text_problems(path: Path, description: str, cmdline: str) -> list[ConfigErro
     return problems
 
 
+def memory_problem(text: str) -> str | None:
+    match = MEMORY.fullmatch(text)
+    if not match:
+        return (f"{text!r}: give a share of the node's RAM (e.g. 50%) or a size in MiB or "
+                "GiB (e.g. 2048M, 4G)")
+    share, number, unit = match.groups()
+    if share is not None and not 1 <= int(share) <= MEMORY_SHARE_MAX:
+        return f"{text!r}: a share of the node's RAM is 1% to {MEMORY_SHARE_MAX}%"
+    if number is not None and int(number) * (1024 if unit == "G" else 1) < MEMORY_MIN_MIB:
+        return f"{text!r}: a VM needs {MEMORY_MIN_MIB}M at least"
+    return None
+
+
+def disk_format(head: bytes) -> str:
+    """qcow2 or raw; ValueError if head does not start a disk image."""
+    if head.startswith(QCOW2_MAGIC):
+        return "qcow2"
+    offset, signature = bzimage.BOOT_FLAG  # an MBR's too, and a GPT disk's protective MBR's
+    if head[offset:offset + len(signature)] == signature:
+        return "raw"
+    raise ValueError("is not a disk image: neither a qcow2 header nor the boot signature "
+                     "of an MBR or GPT disk (raw disks must be partitioned or bootable)")
+
+
+def check_program(head: bytes) -> None:
+    if not (head.startswith(b"\x7fELF") or head.startswith(b"#!")):
+        raise ValueError("is not a program: neither an ELF executable nor a #! script")
+
+
+def method_problems(path: Path, obj: ConfigObj) -> list[ConfigError]:
+    """Keys of another method, and what the method itself needs."""
+    method = obj["method"]
+    given = [key for key in obj if key not in obj.defaults]
+    problems = [ConfigError(path, f"only for method {other}, and this image's method is "
+                            f"{method}", key=key)
+                for other, keys in METHOD_KEYS.items() if other != method
+                for key in keys if key in given]
+    needed = {"kexec": "kernel", "qemu": "disk", "exec": "program"}[method]
+    if not obj[needed]:
+        problems.append(ConfigError(path, f"missing value (method {method} needs a {needed})",
+                                    key=needed))
+    if method == "qemu":
+        if problem := memory_problem(obj["memory"]):
+            problems.append(ConfigError(path, problem, key="memory"))
+        for arg in obj["qemu_args"]:
+            if arg not in QEMU_ARGS:
+                problems.append(ConfigError(path, f"{arg!r} is not one of the QEMU arguments "
+                                            f"an image may add: {', '.join(QEMU_ARGS)}",
+                                            key="qemu_args"))
+        # The pivotal takes QEMU and the firmware from this server's packages.
+        if not shutil.which(QEMU, path="/usr/bin:/usr/sbin"):
+            problems.append(ConfigError(path, f"{QEMU} is not installed on this server: install "
+                                        "the qemu-system-x86 package, whose QEMU the pivotal "
+                                        "ships", key="method"))
+        if obj["firmware"] == "uefi" and not OVMF.is_file():
+            problems.append(ConfigError(path, f"{OVMF} is missing: install the ovmf package, "
+                                        "whose firmware the pivotal ships", key="firmware"))
+    if method == "exec":
+        names = ["program"] + [Path(value).name for value in obj["files"]]
+        for name in {n for n in names if names.count(n) > 1}:
+            problems.append(ConfigError(path, f"two files are named {name!r} in the image "
+                                        "(the program runs beside its files, by name; "
+                                        "'program' is the program's own)", key="files"))
+    return problems
+
+
 def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
     """Read images.d/NAME.conf; the image if it is valid, and every problem."""
     name = path.name.removesuffix(".conf")
@@ -106,6 +219,7 @@ def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
     obj, problems = read_file(path, IMAGE_SPEC)
     if problems:
         return None, problems
+    heads: dict[str, bytes] = {}
 
     def file_path(key: str, value: str) -> Path:
         candidate = Path(value)
@@ -121,27 +235,36 @@ def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
             raise ConfigError(path, f"{value}: cannot read: {error.strerror}", key=key) from None
         if size == 0:
             raise ConfigError(path, f"{value}: file is empty (0 bytes)", key=key)
-        if key == "kernel":
-            try:
-                bzimage.check(head)
-            except ValueError as error:
-                raise ConfigError(path, f"{value}: {error}", key=key) from None
+        check = {"kernel": bzimage.check, "disk": disk_format, "program": check_program}.get(key)
+        try:
+            if check:
+                check(head)
+        except ValueError as error:
+            raise ConfigError(path, f"{value}: {error}", key=key) from None
+        heads[key] = head
         return candidate.resolve()
 
-    problems = text_problems(path, obj["description"], obj["cmdline"])
-    if obj["method"] not in METHODS:
-        problems.append(ConfigError(path, f"{obj['method']!r}: this version boots an image "
-                                    f"by {' or '.join(METHODS)} only", key="method"))
+    problems = text_problems(path, obj["description"], obj["cmdline"]) + method_problems(path, obj)
     if problems:
         return None, problems
+    method = obj["method"]
     try:
-        image = Image(
-            name=name, source=path, description=obj["description"],
-            kernel=file_path("kernel", obj["kernel"]),
-            initrds=tuple(file_path("initrd", value) for value in obj["initrd"]),
-            cmdline=obj["cmdline"], method=obj["method"], arch=obj["arch"])
+        files = {key: file_path(key, obj[key]) for key in ("kernel", "disk", "program")
+                 if key in METHOD_KEYS[method]}
+        initrds = tuple(file_path("initrd", value) for value in obj["initrd"])
+        program_files = tuple(file_path("files", value) for value in obj["files"])
     except ConfigError as error:
         return None, [error]
+    vm = None
+    if method == "qemu":
+        vm = VmSettings(format=disk_format(heads["disk"]), memory=obj["memory"],
+                        cpus=obj["cpus"], firmware=obj["firmware"],
+                        qemu_args=tuple(obj["qemu_args"]))
+    image = Image(
+        name=name, source=path, description=obj["description"], kernel=files.get("kernel"),
+        initrds=initrds, cmdline=obj["cmdline"], method=method, arch=obj["arch"],
+        disk=files.get("disk"), vm=vm, program=files.get("program"),
+        program_files=program_files)
     return image, []
 
 

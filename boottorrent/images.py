@@ -80,7 +80,8 @@ def store(image: Image, state: State, stream: TextIO) -> tuple[ImageRecord, Path
             cmdline=image.cmdline, method=image.method, arch=image.arch,
             registered=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             piece_size=torrents.load(torrent).piece_length(),
-            conf_sha256=conf_digest(image), files=tuple(files))
+            conf_sha256=conf_digest(image), files=tuple(files),
+            vm=image.vm.to_json() if image.vm else {})
         final = state.content_dir(infohash)
         if final.exists():
             # Same content, stored already; a damaged torrent file beside it

@@ -59,6 +59,7 @@ class ImageRecord:
     piece_size: int
     conf_sha256: str
     files: tuple[FileRecord, ...] = field(default_factory=tuple)
+    vm: dict = field(default_factory=dict)  # method qemu: imageconf.VmSettings
 
     @property
     def size(self) -> int:
@@ -66,6 +67,7 @@ class ImageRecord:
 
     @property
     def kernel(self) -> FileRecord:
+        """Method kexec's kernel (the other methods' first file)."""
         return self.files[0]
 
     @property

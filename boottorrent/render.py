@@ -26,6 +26,8 @@ PIVOTAL_KERNEL = "pivotal/vmlinuz"
 # the initrd= files back to back with no padding, and the kernel finds an
 # uncompressed cpio only on a 4-byte boundary; compressed ones anywhere.
 PIVOTAL_INITRDS = ("pivotal/config.cpio", "pivotal/base.cpio.zst", "pivotal/modules.cpio.zst")
+# QEMU and its firmware, a fourth part only while some image's method is qemu.
+PIVOTAL_QEMU = "pivotal/qemu.cpio.zst"
 PIVOTAL_CONFIG = "etc/boottorrent/pivotal.json"
 # What every pivotal fetches from the swarm and serves to later machines:
 # all but the config part, which names them.
@@ -38,6 +40,18 @@ environment = Environment(loader=PackageLoader("boottorrent"), undefined=StrictU
 
 def render(template: str, **context) -> str:
     return environment.get_template(template).render(**context)
+
+
+def uses_qemu(records: dict[str, ImageRecord]) -> bool:
+    return any(r.method == "qemu" for r in records.values())
+
+
+def pivotal_initrds(records: dict[str, ImageRecord]) -> list[str]:
+    return list(PIVOTAL_INITRDS) + ([PIVOTAL_QEMU] if uses_qemu(records) else [])
+
+
+def pivotal_shared(records: dict[str, ImageRecord]) -> list[str]:
+    return list(PIVOTAL_SHARED) + ([PIVOTAL_QEMU] if uses_qemu(records) else [])
 
 
 def check_registry(config: Config, records: dict[str, ImageRecord]) -> None:
@@ -64,7 +78,7 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
         "lease_file": str(state.root / "dnsmasq" / "leases"),
         "http_url": config.http_url,
         "ipxe_script": "boot.ipxe",
-        "pivotal": {"kernel": PIVOTAL_KERNEL, "initrds": list(PIVOTAL_INITRDS),
+        "pivotal": {"kernel": PIVOTAL_KERNEL, "initrds": pivotal_initrds(records),
                     "cmdline": config.pivotal_cmdline},
         "images": [{"name": r.name, "description": r.description or r.name}
                    for r in sorted(records.values(), key=lambda r: r.name)],
@@ -78,7 +92,7 @@ def web_seed(config: Config, record: ImageRecord) -> str:
     """The image's URL on the seeder's HTTP side (BEP 19): the folder, to
     which clients add NAME/FILE, or for a one-file image the file itself."""
     folder = f"{config.http_url}/images/{record.infohash}/"
-    return folder if len(record.files) > 1 else f"{folder}{record.name}/{record.kernel.name}"
+    return folder if len(record.files) > 1 else f"{folder}{record.name}/{record.files[0].name}"
 
 
 def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
@@ -103,11 +117,13 @@ def pivotal_config(config: Config, records: dict[str, ImageRecord], default: str
         mac_images=dict(sorted(config.mac_images.items())),
         images={r.name: ImageSpec(
             torrent=base64.b64encode(torrents_by_name[r.name]).decode(),
-            kernel=r.kernel.name,
-            initrds=[f.name for f in r.initrds],
+            kernel=r.kernel.name if r.method == "kexec" else "",
+            initrds=[f.name for f in r.initrds] if r.method == "kexec" else [],
             cmdline=r.cmdline,
             size=r.size,
             sha256={f.name: f.sha256 for f in r.files},
+            method=r.method,
+            vm=r.vm,
         ) for r in sorted(records.values(), key=lambda r: r.name)})
 
 
@@ -143,12 +159,13 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
     return pivotal_config(config, records, default, torrents_by_name)
 
 
-def write_pivotal_torrent(config: Config, snapshot: Path, pivotal: PivotalConfig) -> PivotalConfig:
-    """The torrent of the pivotal's shared files (PIVOTAL_SHARED, already
+def write_pivotal_torrent(config: Config, snapshot: Path, pivotal: PivotalConfig,
+                          shared: list[str]) -> PivotalConfig:
+    """The torrent of the pivotal's shared files (pivotal_shared(), already
     in snapshot/boot), into boot/pivotal.torrent, its infohash into the
     tracker's whitelist; returns pivotal with the torrent in it."""
     boot = snapshot / "boot"
-    files = [(Path(p).name, (boot / p).stat().st_size) for p in PIVOTAL_SHARED]
+    files = [(Path(p).name, (boot / p).stat().st_size) for p in shared]
     torrent = torrents.with_urls(torrents.create(boot, "pivotal", files),
                                  config.tracker_url, f"{config.http_url}/boot/")
     (boot / PIVOTAL_TORRENT).write_bytes(torrent)

@@ -79,4 +79,21 @@ def format_status(status: dict, now: float | None = None) -> str:
                         human_bytes(report.from_server), human_bytes(report.from_peers),
                         f"{now - entry.get('received', now):.0f}s ago"))
     lines += table(clients) if len(clients) > 1 else ["no client has reported yet"]
+    lines += ran_here(status.get("clients", []))
     return "\n".join(lines)
+
+
+def ran_here(entries: list[dict], output_lines: int = 5) -> list[str]:
+    """The qemu and exec images that ran on machines: their exit status
+    (running: none yet) and the end of a program's output."""
+    lines = []
+    for entry in entries:
+        report = Report.from_dict(entry)
+        if report.phase != "running" and report.exit_status is None:
+            continue
+        state = ("running" if report.exit_status is None
+                 else f"exited with status {report.exit_status}")
+        lines += ["", f"{report.mac or report.address}: image {report.image} {state}"]
+        tail = report.output.rstrip("\n").splitlines()[-output_lines:]
+        lines += [f"  | {line}" for line in tail]
+    return lines

@@ -48,7 +48,7 @@ from urllib.parse import parse_qs
 
 from boottorrent import assign
 from boottorrent.pivotal.wire import Report
-from boottorrent.render import PIVOTAL_SHARED
+from boottorrent.render import PIVOTAL_QEMU, PIVOTAL_SHARED
 
 WORKERS = 64
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
@@ -66,8 +66,8 @@ COMING_FOR = 180  # seconds
 MACHINES_MAX = 10000  # entries kept; the oldest go first
 COMING_PHASES = ("pxe", "pivotal", "dhcp")
 # The pivotal's files that machines serve each other (Machines.pivotal_source).
-SHARED_FILES = tuple(f"/boot/{path}" for path in PIVOTAL_SHARED)
-SERVING_PHASES = ("downloading", "seeding")
+SHARED_FILES = tuple(f"/boot/{path}" for path in (*PIVOTAL_SHARED, PIVOTAL_QEMU))
+SERVING_PHASES = ("downloading", "seeding", "running", "exited")
 PEER_ALIVE = 10.0  # seconds, or three report intervals when they are longer
 LOAD_WINDOW = 60.0
 SERVER_SENDS = 1  # machines the server sends the pivotal's files to at once

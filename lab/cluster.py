@@ -49,11 +49,14 @@ def pivotal_cache(cache: Path = PIVOTAL_CACHE) -> Path:
     """The pivotal's kernel and base parts, built once for the tests, the
     demo and the benchmark: `boottorrent generate` puts them into every
     snapshot."""
-    from boottorrent.initramfs import base, kernel
+    from boottorrent.initramfs import base, kernel, qemu
     from lab.kernel import kernel_deb
     cache.mkdir(parents=True, exist_ok=True)
     kernel.build_kernel_part(kernel_deb(), cache)
     base.ensure_base(cache)
+    # For images of method qemu: the modules part with KVM, and QEMU's part.
+    kernel.build_kernel_part(kernel_deb(), cache, kvm=True)
+    qemu.cached_qemu_part(cache)
     return cache
 
 
@@ -137,10 +140,11 @@ class Client:
         log = open(self.log_path, "wb")
         self.launched = time.time()
         self.process = self.host.popen(
-            [PYTHON, "-m", "boottorrent.pivotal", "--dry-run", "--image", self.image,
+            # KVM on the lab's host is no machine's own (and may hang): TCG.
+            [PYTHON, "-m", "boottorrent.pivotal", "--dry-run", "--no-kvm", "--image", self.image,
              "--config", str(self.config or self.cluster.pivotal_json()),
              "--work-dir", str(self.work)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=environment(self.cluster.config_dir, self.cluster.state_dir))
         log.close()
         return self

@@ -72,11 +72,49 @@ def test_description_option_is_checked_the_same_way(image_files, config_dir, sta
             config_dir, state_dir)
 
 
-@pytest.mark.parametrize("method", ["qemu", "exec", "kexex"])
-def test_a_method_that_is_not_built_is_refused(method, image_files, config_dir, state_dir):
-    """A value we accept must do what it says: only kexec boots an image."""
-    image_conf_refused("vm", f"method = {method}",
-                       f"method: '{method}': this version boots an image by kexec only",
+def image_text_refused(name: str, text: str, expected: str, image_files: dict,
+                       config_dir: Path, state_dir: Path) -> None:
+    """images.d/NAME.conf as text: add-image and check both refuse it,
+    naming expected, and change nothing."""
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "images.d" / f"{name}.conf"
+    conf.write_text(text)
+    before = tree(config_dir), tree(state_dir)
+    for command in (["add-image", name], ["check"]):
+        result = cli(*command, config_dir=config_dir, state_dir=state_dir)
+        refused(result, conf, expected, before, config_dir, state_dir)
+
+
+def test_an_unknown_method_is_refused(image_files, config_dir, state_dir):
+    image_conf_refused("vm", "method = kexex", "method: the value \"kexex\" is unacceptable",
+                       image_files, config_dir, state_dir)
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ("method = qemu\ndisk = {text}", "disk: {text}: is not a disk image"),
+    ("method = qemu\ndisk = {disk}\nqemu_args = -hda /etc/shadow,",
+     "qemu_args: '-hda /etc/shadow' is not one of the QEMU arguments"),
+    ("method = qemu\ndisk = {disk}\nmemory = 95%",
+     "memory: '95%': a share of the node's RAM is 1% to 90%"),
+    ("method = qemu\ndisk = {disk}\nmemory = lots", "memory: 'lots': give a share"),
+    ("method = qemu\ndisk = {disk}\nkernel = {disk}",
+     "kernel: only for method kexec, and this image's method is qemu"),
+    ("method = qemu", "disk: missing value (method qemu needs a disk)"),
+    ("method = exec", "program: missing value (method exec needs a program)"),
+    ("method = exec\nprogram = {text}", "program: {text}: is not a program"),
+    ("method = exec\nprogram = {script}\nfiles = {script}, {script}",
+     "files: two files are named"),
+    ("kernel = {vmlinuz}\ndisk = {disk}", "disk: only for method qemu"),
+])
+def test_bad_qemu_and_exec_images_are_refused(settings, expected, image_files, config_dir,
+                                              state_dir, tmp_path):
+    from lab.diskimage import boot_sector_disk
+    paths = {"disk": boot_sector_disk(tmp_path / "disk.raw", "marker"),
+             "text": tmp_path / "notes.txt", "script": tmp_path / "run.sh",
+             "vmlinuz": image_files["vmlinuz"]}
+    paths["text"].write_text("not a disk, not a program\n")
+    paths["script"].write_text("#!/bin/sh\necho hi\n")
+    image_text_refused("vm", settings.format(**paths) + "\n", expected.format(**paths),
                        image_files, config_dir, state_dir)
 
 

@@ -6,6 +6,7 @@ and from each other, and kexec into it. Run alone with `make test-qemu`
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from lab.netns import Lab
 from lab.qemu import VM
 from lab.server import Server
-from lab.cluster import wait_for
+from lab.cluster import random_image, wait_for
+from lab.diskimage import boot_sector_disk
 from lab.testimage import MARKER_PREFIX, build_test_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,3 +128,80 @@ def test_machine_whose_pivotal_peer_dies_mid_transfer_still_boots(make_cluster, 
     assert "boottorrent.test=e2e" in console
     report = next(r for r in cluster.server.status()["clients"] if r["mac"] == vm.mac)
     assert report["phase"] == "kexec", report
+
+
+@pytest.mark.qemu
+def test_a_machine_runs_a_qemu_image_in_a_vm_of_its_own(tmp_path, config_dir, state_dir):
+    """Method qemu on a real (virtual) machine: PXE, the pivotal with its
+    QEMU part, the disk through the swarm, then the disk under the pivotal's
+    QEMU (a boot sector that prints a marker, nothing more). The lab's
+    virtual CPU has AMD-V (QEMU's TCG emulates SVM), so the pivotal's
+    kvm_amd gives its QEMU KVM; without it the VM would run under TCG."""
+    marker = "BOOTTORRENT-VM-MARKER nested"
+    disk = boot_sector_disk(tmp_path / "disk.raw", marker)
+    (config_dir / "images.d" / "lab-vm.conf").write_text(
+        f"method = qemu\ndisk = {disk}\nmemory = 32M\ncpus = 1\n")
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text() + "[machines]\n52:54:00:e2:e0:04 = lab-vm\n")
+    with Lab() as lab:
+        server = Server(lab.add_server(), config_dir, state_dir, tmp_path / "logs")
+        server.boottorrent("add-image", "lab-vm")
+        server.start()
+        vm = VM(lab, "vm", tmp_path, mac="52:54:00:e2:e0:04", memory_mib=1024).start()
+        vm.wait_for(marker, timeout=900)
+        console = vm.console()
+        started = re.search(r"starting its VM \(32 MiB, (KVM|TCG)\)", console)
+        assert started and started.start() < console.index(marker), console[-3000:]
+        if started.group(1) == "TCG":
+            assert "the VM runs in software emulation" in console
+        print(f"the pivotal ran the VM with {started.group(1)}")
+        report = wait_for(lambda: next((r for r in server.status()["clients"]
+                                        if r["mac"] == vm.mac and r["phase"] == "running"),
+                                       None), 60, "the machine to report its VM running")
+    assert report["exit_status"] is None and report["image"] == "lab-vm", report
+
+
+@pytest.mark.qemu
+def test_a_machine_runs_an_exec_image_while_another_gets_it_from_it(make_cluster, tmp_path):
+    """Method exec on a real (virtual) machine: its program prints a marker
+    and runs until the test says (it polls the server's /status for a word
+    the test reports); meanwhile a machine that boots later (the real
+    pivotal program in a namespace) gets the image from the VM; both
+    programs' exit status and output reach `boottorrent status`."""
+    cluster = make_cluster(conf={"clients": {"seed_idle_time": 2},
+                                 "machines": {"52:54:00:e2:e0:05": "burn-in"}})
+    payload = random_image(tmp_path, "burn-in", {"payload.bin": 4 << 20})["payload.bin"]
+    program = tmp_path / "burn-in.sh"
+    program.write_text("""#!/bin/sh
+echo "BURN-IN-MARKER on $BOOTTORRENT_MAC: $(wc -c < burn-in-payload.bin) bytes"
+until wget -q -O - "http://$BOOTTORRENT_SERVER:6980/status" | grep -q release-burn-in; do
+    sleep 1
+done
+echo "burn-in passed"
+exit 7
+""")
+    (cluster.config_dir / "images.d" / "burn-in.conf").write_text(
+        f"method = exec\nprogram = {program}\nfiles = {payload},\n")
+    cluster.server.boottorrent("add-image", "burn-in")
+    cluster.start(("dnsmasq", "tracker", "seeder"))
+
+    vm = VM(cluster.lab, "vm", tmp_path, mac="52:54:00:e2:e0:05", memory_mib=1024).start()
+    vm.wait_for("BURN-IN-MARKER on 52:54:00:e2:e0:05: 4194304 bytes", timeout=600)
+    wait_for(lambda: any(r["mac"] == vm.mac and r["phase"] == "running"
+                         for r in cluster.server.status()["clients"]), 60,
+             "the machine to report its program running")
+    later = cluster.start_client("later", "burn-in")
+    wait_for(lambda: later.report().get("phase") == "running", 300,
+             "the later machine to run the program")
+    assert later.report()["from_peers"] > 0, later.report()
+
+    # A report of no machine on its way (phase failed), whose message the programs wait for.
+    cluster.send_report(cluster.add_host("operator"), phase="failed", message="release-burn-in")
+    assert later.wait(120) == 7, later.log()[-3000:]
+    vm.wait_for("exited with status 7", timeout=300)
+    status = cluster.server.boottorrent("status").stdout
+    assert f"{vm.mac}: image burn-in exited with status 7" in status, status
+    assert status.count("image burn-in exited with status 7") == 2, status
+    assert "  | burn-in passed" in status, status
+    vm_report = next(r for r in cluster.server.status()["clients"] if r["mac"] == vm.mac)
+    assert vm_report["uploaded"] > 0 and vm_report["exit_status"] == 7, vm_report

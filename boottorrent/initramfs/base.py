@@ -114,7 +114,7 @@ def _key(modules: python.PythonModules) -> str:
     return digest.hexdigest()[:16]
 
 
-def _fingerprint(path: Path) -> str:
+def fingerprint(path: Path) -> str:
     stat = path.stat()
     return f"{path} {stat.st_size} {stat.st_mtime_ns}"
 
@@ -139,21 +139,21 @@ def cached_base(cache_dir: Path, progress: Progress = None) -> Path:
     key = _key(modules)
     output = cache_dir / f"pivotal-base-{key}.cpio.zst"
     manifest = cache_dir / f"pivotal-base-{key}.sources"
-    if output.exists() and manifest.exists() and _manifest_current(manifest):
+    if output.exists() and manifest.exists() and manifest_current(manifest):
         return output
     sources = _build(output, modules, progress)
-    write_atomic(manifest, "".join(_fingerprint(p) + "\n" for p in sources))
+    write_atomic(manifest, "".join(fingerprint(p) + "\n" for p in sources))
     for old in cache_dir.glob("pivotal-base-*"):  # builds for older program code
         if old not in (output, manifest):
             old.unlink(missing_ok=True)
     return output
 
 
-def _manifest_current(manifest: Path) -> bool:
+def manifest_current(manifest: Path) -> bool:
     for line in manifest.read_text().splitlines():
         path = Path(line.rsplit(" ", 2)[0])
         try:
-            if _fingerprint(path) != line:
+            if fingerprint(path) != line:
                 return False
         except OSError:
             return False

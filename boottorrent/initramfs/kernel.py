@@ -34,6 +34,8 @@ NET_EXCLUDED = (
     "veth.ko", "wan", "wimax", "wireless", "xen-netback.ko", "zaurus.ko")
 # virtio_net sits on the virtio_pci transport: not a symbol dependency.
 EXTRA_MODULES = ("virtio_pci",)
+# For images of method qemu: KVM, which the CPU's modalias loads at coldplug.
+KVM_MODULES = ("kvm_intel", "kvm_amd")
 # The NIC drivers among those: every Ethernet driver (mlx4_en binds no bus
 # itself: mlx4_core loads it) and any module with an alias on a device bus.
 # The other modules (PHYs, tunnels) are loaded by what needs them.
@@ -242,8 +244,10 @@ def _builder_key() -> str:
 
 # -- the part ----------------------------------------------------------------
 
-def build_kernel_part(kernel: Path, cache_dir: Path, progress: Progress = None) -> KernelPart:
-    """The pivotal's kernel and its network-driver modules part.
+def build_kernel_part(kernel: Path, cache_dir: Path, progress: Progress = None,
+                      kvm: bool = False) -> KernelPart:
+    """The pivotal's kernel and its network-driver modules part (and KVM's
+    modules if kvm).
 
     kernel is a linux-image-*.deb (unpacked with dpkg-deb, not installed) or
     a vmlinuz whose modules are on disk. The result is cached in cache_dir by
@@ -254,7 +258,8 @@ def build_kernel_part(kernel: Path, cache_dir: Path, progress: Progress = None) 
     if not kernel.is_file():
         raise PivotalError(f"kernel {kernel} does not exist")
     kernel_key = _file_sha256(kernel)[:16]
-    entry = Path(cache_dir) / f"kernel-{kernel_key}-{_builder_key()}"
+    built_by = f"kernel-{kernel_key}-{_builder_key()}"
+    entry = Path(cache_dir) / (built_by + ("-kvm" if kvm else ""))
     cached = _cached(entry)
     if cached:
         return cached
@@ -264,7 +269,8 @@ def build_kernel_part(kernel: Path, cache_dir: Path, progress: Progress = None) 
             _unpacked(kernel) as (vmlinuz, moddir):
         work = Path(tmp)
         kmod = _Kmod(moddir, work / "kmod")
-        roots = net_driver_names(moddir) + [n for n in EXTRA_MODULES if kmod.known(n)]
+        extra = EXTRA_MODULES + (KVM_MODULES if kvm else ())
+        roots = net_driver_names(moddir) + [n for n in extra if kmod.known(n)]
         if not roots:
             raise PivotalError(f"{kernel} has no network drivers under {NET_DRIVERS}")
         wanted = kmod.closure(roots)
@@ -286,7 +292,7 @@ def build_kernel_part(kernel: Path, cache_dir: Path, progress: Progress = None) 
         shutil.rmtree(work / "kmod")
         _store(work, entry)
     for old in entry.parent.glob(f"kernel-{kernel_key}-*"):  # by an older builder
-        if old != entry:
+        if not old.name.startswith(built_by):
             shutil.rmtree(old, ignore_errors=True)
     part = _cached(entry)
     assert part

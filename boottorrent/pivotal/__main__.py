@@ -1,5 +1,6 @@
 """The pivotal's program, run as python3 -m boottorrent.pivotal by
-pivotal/init: network, image, swarm, kexec, retried ATTEMPTS times."""
+pivotal/init: network, image, swarm, then kexec into the image (or run it
+here, seeding it meanwhile: methods qemu and exec), retried ATTEMPTS times."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from boottorrent.pivotal.console import human_bytes, say
 from boottorrent.pivotal.kexec import kexec, kexec_commands, verify
 from boottorrent.pivotal.network import bring_up_network, kernel_parameters
 from boottorrent.pivotal.report import Reporter, send_report
-from boottorrent.pivotal.swarm import Swarm, choose_image
+from boottorrent.pivotal.run import CannotRun, start
+from boottorrent.pivotal.swarm import Image, Swarm, choose_image
 from boottorrent.pivotal.wire import PivotalConfig, Report
 
 CONFIG = Path("/etc/boottorrent/pivotal.json")
@@ -26,7 +28,24 @@ WORK_DIR = Path("/run/boottorrent")
 ATTEMPTS = 3
 
 
-def boot(args: argparse.Namespace, config: PivotalConfig, report: Report) -> list[list[str]]:
+def run_here(args: argparse.Namespace, config: PivotalConfig, image: Image, folder: Path,
+             swarm: Swarm, report: Report) -> None:
+    """Run a qemu or exec image, seeding it while it runs and then while
+    others still need it."""
+    running = start(image, folder, args.work_dir, report, config.server,
+                    kvm_allowed=not args.no_kvm)
+    swarm.seed_while(running.running)
+    report.exit_status = running.wait()
+    what = "its VM" if image.spec.method == "qemu" else "its program"
+    report.message = f"{what} exited with status {report.exit_status}"
+    say(f"{image.name}: {report.message}")
+    swarm.seed(phase="exited")
+    swarm.leave()
+
+
+def boot(args: argparse.Namespace, config: PivotalConfig,
+         report: Report) -> list[list[str]] | None:
+    """The kexec commands of the image, or None once it ran here."""
     params = kernel_parameters(Path("/proc/cmdline").read_text())
     if args.image:
         params["boottorrent.image"] = args.image
@@ -44,6 +63,9 @@ def boot(args: argparse.Namespace, config: PivotalConfig, report: Report) -> lis
         folder = save_path / image.name
         verify(image, folder)
         report.verified_at = time.time()
+        if image.spec.method != "kexec":
+            run_here(args, config, image, folder, swarm, report)
+            return None
         swarm.seed()
         swarm.leave()
         report.phase = "kexec"
@@ -59,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="boottorrent.pivotal",
         description="The pivotal's client: get an address, download the image over "
         "BitTorrent from the server and the other machines, seed it while others "
-        "still need it, then kexec into it.")
+        "still need it, then kexec into it (method kexec), or run it here while "
+        "seeding it: its disk under QEMU (qemu) or its program (exec). Exits with "
+        "the status of a program or VM that ran.")
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help="the pivotal configuration (default: %(default)s)")
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
@@ -69,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=6881, help="BitTorrent port")
     parser.add_argument("--dry-run", action="store_true",
                         help="do everything but the kexec: print its commands instead")
+    parser.add_argument("--no-kvm", action="store_true",
+                        help="run a qemu image in software emulation (TCG) even where "
+                        "/dev/kvm exists")
     args = parser.parse_args(argv)
     # libtorrent is C++: should it crash, the console shows where.
     faulthandler.enable()
@@ -83,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             commands = boot(args, config, report)
             break
+        except CannotRun as error:
+            report.phase, report.message = "failed", str(error)
+            say(f"cannot run image {report.image}: {error}")
+            send_report(config.report_url, report)
+            return 1
         except (ClientError, OSError, RuntimeError, subprocess.CalledProcessError) as error:
             report.phase, report.message = "failed", str(error)
             say(f"attempt {attempt} of {ATTEMPTS} failed: {error}")
@@ -90,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"giving up after {ATTEMPTS} attempts: {error}")
                 return 1
             time.sleep(5)
+    if commands is None:  # the image ran here: its status (128 + N for signal N)
+        status = report.exit_status or 0
+        return status if status >= 0 else 128 - status
     if args.dry_run:
         for command in commands:
             print("dry run: " + " ".join(command), flush=True)

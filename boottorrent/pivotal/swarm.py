@@ -5,6 +5,7 @@ who sent what."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,10 +278,20 @@ class Swarm:
         return (f"no progress for {seconds} s from {status.num_peers} peers nor from the "
                 f"server's HTTP side{last}")
 
-    def seed(self) -> None:
+    def seed_while(self, running: Callable[[], bool]) -> None:
+        """Seed for as long as running() says the image runs here (a qemu
+        or exec image), however long that is."""
+        self.report.phase = "running"
+        while running():
+            self._count_sources(lan.alerts_after(self.session, 0.5))
+            self._update_report()
+            self._announce_when_due()
+
+    def seed(self, phase: str = "seeding") -> None:
         """Seed while machines are on their way to the swarm (the server's
         count, when it gives one), else until no peer is
-        incomplete for seed_idle_time; seed_time_max at most.
+        incomplete for seed_idle_time; seed_time_max at most. phase: what
+        the reports say meanwhile.
 
         Incomplete peers that the tracker still lists but that never connect
         (a machine that died mid-download stays listed for the tracker's
@@ -288,7 +299,7 @@ class Swarm:
         only: they would otherwise keep every client from booting until
         seed_time_max.
         """
-        self.report.phase = "seeding"
+        self.report.phase = phase
         started = time.monotonic()
         idle_since: float | None = None
         said_coming = None

@@ -16,10 +16,13 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-VERSION = 2
+VERSION = 3
 # "pxe" is the server's own: a machine that fetched the boot files and has
-# not reported yet.
-PHASES = ("pxe", "pivotal", "dhcp", "downloading", "seeding", "kexec", "failed")
+# not reported yet. "running": a qemu or exec image runs on the machine, which
+# seeds it meanwhile; "exited": it ended (Report.exit_status).
+PHASES = ("pxe", "pivotal", "dhcp", "downloading", "seeding", "kexec", "running", "exited",
+          "failed")
+OUTPUT_TAIL = 1000  # characters of an exec image's output that its reports carry
 
 
 def setting(section: str, check: str, default: int) -> Any:
@@ -62,11 +65,13 @@ class ImageSpec:
     """One image as the pivotal boots it."""
 
     torrent: str  # base64 of the torrent, with the tracker and the web seed in it
-    kernel: str   # file names inside the torrent
+    kernel: str   # file names inside the torrent (method kexec; else "" and [])
     initrds: list[str]
     cmdline: str
     size: int
-    sha256: dict[str, str]  # file name -> digest, checked before kexec
+    sha256: dict[str, str]  # file name -> digest, checked before the image is booted
+    method: str = "kexec"  # or qemu (its file "disk"), or exec (its file "program")
+    vm: dict = field(default_factory=dict)  # qemu: format, memory, cpus, firmware, qemu_args
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,8 @@ class Report:
     verified_at: float | None = None  # when the SHA-256 check of the files passed
     hashfails: int = 0  # pieces that failed their hash check (a bad peer or link)
     serving: str = ""  # infohash of the pivotal files this machine serves over HTTP
+    exit_status: int | None = None  # of a qemu or exec image that ran here
+    output: str = ""  # the end of an exec image's output, OUTPUT_TAIL characters at most
     version: int = VERSION
 
     def to_json(self) -> bytes:
@@ -159,6 +166,6 @@ class Report:
 
 
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float),
-          "float | None": (int, float, type(None))}
+          "float | None": (int, float, type(None)), "int | None": (int, type(None))}
 assert all(f.type in _TYPES for f in fields(Report))
 assert all(f.default is not MISSING for f in fields(SwarmSettings))

@@ -1,0 +1,145 @@
+"""Images that run on the machine instead of replacing its system: a qemu
+image's disk runs under QEMU, an exec image's program runs. The machine
+stays in the swarm meanwhile and seeds the image (Swarm.seed_while), which
+is what these methods are for: later machines get the image from it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+
+from boottorrent.pivotal import ClientError
+from boottorrent.pivotal.console import say
+from boottorrent.pivotal.swarm import Image
+from boottorrent.pivotal.wire import OUTPUT_TAIL, Report
+
+QEMU = "qemu-system-x86_64"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+# RAM the pivotal keeps for itself besides the image it holds, when the VM takes its share.
+PIVOTAL_RESERVE_MIB = 128
+_PRINTABLE = re.compile(r"[^\n\t\x20-\x7e]")
+
+
+class CannotRun(ClientError):
+    """The image cannot run on this machine; trying again would not help."""
+
+
+def meminfo_mib() -> tuple[int, int]:
+    """This machine's RAM: (total, available) in MiB."""
+    values = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        values[key] = int(rest.split()[0]) // 1024
+    return values["MemTotal"], values["MemAvailable"]
+
+
+def vm_memory_mib(setting: str, total: int, available: int) -> int:
+    """The VM's RAM from the image's memory setting (a share of the node's
+    RAM, or a size); CannotRun if this machine cannot give it."""
+    if setting.endswith("%"):
+        wanted = total * int(setting[:-1]) // 100
+    else:
+        wanted = int(setting[:-1]) * (1024 if setting.endswith("G") else 1)
+    free = available - PIVOTAL_RESERVE_MIB
+    if wanted > free:
+        raise CannotRun(f"the VM needs {wanted} MiB of RAM (memory = {setting}) and this "
+                        f"machine has {max(free, 0)} MiB to give it ({total} MiB in all, the "
+                        "image and the pivotal hold the rest)")
+    return wanted
+
+
+def vm_command(image: Image, folder: Path, work: Path, memory_mib: int, cpus: int,
+               kvm: bool) -> list[str]:
+    """QEMU's command line for a qemu image: its disk behind a copy-on-write
+    layer (the downloaded file is what this machine seeds: it must not
+    change), user-mode networking, the serial port on this console."""
+    vm = image.spec.vm
+    command = [QEMU, "-name", image.name, "-nodefaults", "-no-user-config", "-display", "none",
+               "-accel", "kvm" if kvm else "tcg", *(["-cpu", "host"] if kvm else []),
+               "-m", str(memory_mib), "-smp", str(vm["cpus"] or cpus),
+               "-drive", f"file={folder / 'disk'},format={vm['format']},if=ide,snapshot=on",
+               # The node's own NIC stays the pivotal's, which seeds on it; the VM
+               # reaches the network through QEMU's NAT. No option ROM: the VM
+               # boots from its disk, not over the network.
+               "-netdev", "user,id=net0", "-device", "e1000,netdev=net0,romfile=",
+               "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]
+    if vm["firmware"] == "uefi":
+        variables = work / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, variables)
+        command += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                    "-drive", f"if=pflash,format=raw,file={variables}"]
+    for arg in vm["qemu_args"]:  # checked against imageconf.QEMU_ARGS at registration
+        command += shlex.split(arg)
+    return command
+
+
+class Running:
+    """A VM or program running here, its exit status once it ended, and
+    (for a program) the end of what it printed, which the reports carry."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], report: Report,
+                 capture: bool):
+        self.report = report
+        self.tail: deque[str] = deque()
+        self.tail_length = 0
+        self.process = subprocess.Popen(
+            command, cwd=cwd, env=env,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.STDOUT if capture else None)
+        self.reader = None
+        if capture:
+            self.reader = threading.Thread(target=self._read, daemon=True)
+            self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout
+        for raw in iter(self.process.stdout.readline, b""):
+            sys.stdout.buffer.write(raw)
+            sys.stdout.flush()
+            line = _PRINTABLE.sub("?", raw.decode(errors="replace"))
+            self.tail.append(line)
+            self.tail_length += len(line)
+            while self.tail_length > OUTPUT_TAIL and len(self.tail) > 1:
+                self.tail_length -= len(self.tail.popleft())
+            self.report.output = "".join(self.tail)[-OUTPUT_TAIL:]
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self) -> int:
+        status = self.process.wait()
+        if self.reader:
+            self.reader.join(5)
+        return status
+
+
+def start(image: Image, folder: Path, work: Path, report: Report, server: str,
+          kvm_allowed: bool = True) -> Running:
+    """Start a qemu or exec image that was downloaded into folder."""
+    env = {**os.environ, "BOOTTORRENT_IMAGE": image.name, "BOOTTORRENT_SERVER": server,
+           "BOOTTORRENT_MAC": report.mac, "TMPDIR": str(work)}
+    if image.spec.method == "exec":
+        program = folder / "program"
+        program.chmod(0o755)  # the torrent's files are written without modes
+        say(f"{image.name}: running its program")
+        return Running([str(program)], folder, env, report, capture=True)
+    total, available = meminfo_mib()
+    memory = vm_memory_mib(image.spec.vm["memory"], total, available)
+    kvm = kvm_allowed and os.access("/dev/kvm", os.R_OK | os.W_OK)
+    if not kvm:
+        say("warning: no KVM on this machine (no VT-x or AMD-V, or it is off in the "
+            "firmware): the VM runs in software emulation, many times slower")
+    command = vm_command(image, folder, work, memory, os.cpu_count() or 1, kvm)
+    if not shutil.which(QEMU):
+        raise CannotRun(f"{QEMU} is missing: this pivotal was built without its QEMU part")
+    say(f"{image.name}: starting its VM ({memory} MiB, {'KVM' if kvm else 'TCG'}); "
+        "its serial console follows")
+    return Running(command, folder, env, report, capture=False)
