@@ -90,10 +90,13 @@ class Running:
         self.report = report
         self.tail: deque[str] = deque()
         self.tail_length = 0
-        self.process = subprocess.Popen(
-            command, cwd=cwd, env=env,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.STDOUT if capture else None)
+        try:
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env,
+                stdout=subprocess.PIPE if capture else None,
+                stderr=subprocess.STDOUT if capture else None)
+        except OSError as error:  # e.g. a #! interpreter the pivotal lacks
+            raise CannotRun(f"cannot start {Path(command[0]).name}: {error.strerror}") from None
         self.reader = None
         if capture:
             self.reader = threading.Thread(target=self._read, daemon=True)

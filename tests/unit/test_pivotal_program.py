@@ -101,3 +101,46 @@ def test_bytes_of_unseen_connections_go_to_the_peers_and_nothing_shrinks():
     # The connections' sum catching up never takes bytes back.
     assert counter.update(1700, [server_connection(1000), peer_connection(100)]) == (1000, 700)
     assert counter.update(2900, [server_connection(1000), peer_connection(1900)]) == (1000, 1900)
+
+
+# ---------------------------------------------------------------- methods qemu and exec
+
+def vm_image(**vm) -> Image:
+    settings = {"format": "qcow2", "memory": "50%", "cpus": 0, "firmware": "bios",
+                "qemu_args": [], **vm}
+    return Image("lab", dataclasses.replace(spec(), kernel="", method="qemu", vm=settings))
+
+
+@pytest.mark.parametrize("setting, total, available, expected", [
+    ("50%", 4096, 4000, 2048), ("90%", 1000, 1000, None), ("50%", 1000, 1000, 500),
+    ("2048M", 8192, 8192, 2048), ("2G", 8192, 8192, 2048), ("8G", 8192, 8192, None),
+])
+def test_vm_memory_is_what_the_node_can_give(setting, total, available, expected):
+    from boottorrent.pivotal.run import CannotRun, vm_memory_mib
+    if expected is None:
+        with pytest.raises(CannotRun, match=f"memory = {setting}"):
+            vm_memory_mib(setting, total, available)
+    else:
+        assert vm_memory_mib(setting, total, available) == expected
+
+
+def test_vm_command_protects_the_seeded_disk_and_adds_only_checked_arguments(tmp_path):
+    from boottorrent.pivotal.run import vm_command
+    command = vm_command(vm_image(qemu_args=["-rtc base=localtime"]), tmp_path / "lab",
+                         tmp_path, 512, 4, kvm=False)
+    drive = command[command.index("-drive") + 1]
+    assert drive == f"file={tmp_path}/lab/disk,format=qcow2,if=ide,snapshot=on"
+    assert command[command.index("-accel") + 1] == "tcg" and "host" not in command
+    assert command[command.index("-smp") + 1] == "4"  # cpus = 0: the node's
+    assert command[-2:] == ["-rtc", "base=localtime"]
+    assert "pflash" not in " ".join(command)
+
+
+def test_vm_command_with_uefi_and_kvm(tmp_path):
+    from boottorrent.pivotal.run import OVMF_VARS, vm_command  # package ovmf (make deps)
+    command = vm_command(vm_image(firmware="uefi", cpus=2), tmp_path, tmp_path, 512, 4, kvm=True)
+    assert command[command.index("-accel") + 1] == "kvm"
+    assert command[command.index("-cpu") + 1] == "host"
+    assert command[command.index("-smp") + 1] == "2"
+    assert f"if=pflash,format=raw,file={tmp_path}/OVMF_VARS.fd" in command
+    assert (tmp_path / "OVMF_VARS.fd").read_bytes() == OVMF_VARS.read_bytes()
