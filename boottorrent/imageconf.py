@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,13 +21,14 @@ from configobj import ConfigObj
 from boottorrent import bzimage
 from boottorrent.configfile import IMAGE_SPEC, ConfigError, read_file
 from boottorrent.fsutil import open_regular
+from boottorrent.initramfs import qemu
+from boottorrent.pivotal.run import OVMF_CODE
 
 IMAGES_DIR = "images.d"
+# Each method's keys, the one it cannot do without first.
 METHOD_KEYS = {"kexec": ("kernel", "initrd", "cmdline"),
                "qemu": ("disk", "memory", "cpus", "firmware", "qemu_args"),
                "exec": ("program", "files")}
-QEMU = "qemu-system-x86_64"
-OVMF = Path("/usr/share/OVMF/OVMF_CODE.fd")
 # The extra QEMU arguments an image may ask for, each one item of qemu_args
 # as written here: the pivotal decides the disk, network, console and
 # accelerator itself, and nothing here can reach a file or the network.
@@ -180,7 +180,7 @@ def method_problems(path: Path, obj: ConfigObj) -> list[ConfigError]:
                             f"{method}", key=key)
                 for other, keys in METHOD_KEYS.items() if other != method
                 for key in keys if key in given]
-    needed = {"kexec": "kernel", "qemu": "disk", "exec": "program"}[method]
+    needed = METHOD_KEYS[method][0]
     if not obj[needed]:
         problems.append(ConfigError(path, f"missing value (method {method} needs a {needed})",
                                     key=needed))
@@ -193,12 +193,11 @@ def method_problems(path: Path, obj: ConfigObj) -> list[ConfigError]:
                                             f"an image may add: {', '.join(QEMU_ARGS)}",
                                             key="qemu_args"))
         # The pivotal takes QEMU and the firmware from this server's packages.
-        if not shutil.which(QEMU, path="/usr/bin:/usr/sbin"):
-            problems.append(ConfigError(path, f"{QEMU} is not installed on this server: install "
-                                        "the qemu-system-x86 package, whose QEMU the pivotal "
-                                        "ships", key="method"))
-        if obj["firmware"] == "uefi" and not OVMF.is_file():
-            problems.append(ConfigError(path, f"{OVMF} is missing: install the ovmf package, "
+        if missing := qemu.missing_inputs():
+            problems.append(ConfigError(path, f"{', '.join(missing)} {qemu.MISSING}",
+                                        key="method"))
+        if obj["firmware"] == "uefi" and not OVMF_CODE.is_file():
+            problems.append(ConfigError(path, f"{OVMF_CODE} is missing: install the ovmf package, "
                                         "whose firmware the pivotal ships", key="firmware"))
     if method == "exec":
         names = ["program"] + [Path(value).name for value in obj["files"]]

@@ -46,12 +46,16 @@ def uses_qemu(records: dict[str, ImageRecord]) -> bool:
     return any(r.method == "qemu" for r in records.values())
 
 
+def _qemu_part(records: dict[str, ImageRecord]) -> list[str]:
+    return [PIVOTAL_QEMU] if uses_qemu(records) else []
+
+
 def pivotal_initrds(records: dict[str, ImageRecord]) -> list[str]:
-    return list(PIVOTAL_INITRDS) + ([PIVOTAL_QEMU] if uses_qemu(records) else [])
+    return list(PIVOTAL_INITRDS) + _qemu_part(records)
 
 
 def pivotal_shared(records: dict[str, ImageRecord]) -> list[str]:
-    return list(PIVOTAL_SHARED) + ([PIVOTAL_QEMU] if uses_qemu(records) else [])
+    return list(PIVOTAL_SHARED) + _qemu_part(records)
 
 
 def check_registry(config: Config, records: dict[str, ImageRecord]) -> None:

@@ -72,23 +72,22 @@ def format_status(status: dict, now: float | None = None) -> str:
     lines.append("")
     clients = [("MAC", "ADDRESS", "IMAGE", "PHASE", "PROGRESS", "", "PEERS", "FROM SERVER",
                 "FROM PEERS", "SEEN")]
-    for entry in status.get("clients", []):
-        report = Report.from_dict(entry)
+    reports = [(Report.from_dict(entry), entry) for entry in status.get("clients", [])]
+    for report, entry in reports:
         clients.append((report.mac or "?", report.address, report.image or "?", report.phase,
                         bar(report.progress), f"{report.progress:4.0%}", str(report.peers),
                         human_bytes(report.from_server), human_bytes(report.from_peers),
                         f"{now - entry.get('received', now):.0f}s ago"))
     lines += table(clients) if len(clients) > 1 else ["no client has reported yet"]
-    lines += ran_here(status.get("clients", []))
+    lines += ran_here([report for report, _ in reports])
     return "\n".join(lines)
 
 
-def ran_here(entries: list[dict], output_lines: int = 5) -> list[str]:
+def ran_here(reports: list[Report], output_lines: int = 5) -> list[str]:
     """The qemu and exec images that ran on machines: their exit status
     (running: none yet) and the end of a program's output."""
     lines = []
-    for entry in entries:
-        report = Report.from_dict(entry)
+    for report in reports:
         if report.phase != "running" and report.exit_status is None:
             continue
         state = ("running" if report.exit_status is None

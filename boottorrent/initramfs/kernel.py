@@ -34,7 +34,7 @@ NET_EXCLUDED = (
     "veth.ko", "wan", "wimax", "wireless", "xen-netback.ko", "zaurus.ko")
 # virtio_net sits on the virtio_pci transport: not a symbol dependency.
 EXTRA_MODULES = ("virtio_pci",)
-# For images of method qemu: KVM, which the CPU's modalias loads at coldplug.
+# For images of method qemu: KVM (/init loads it when the QEMU part is there).
 KVM_MODULES = ("kvm_intel", "kvm_amd")
 # The NIC drivers among those: every Ethernet driver (mlx4_en binds no bus
 # itself: mlx4_core loads it) and any module with an alias on a device bus.

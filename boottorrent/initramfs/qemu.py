@@ -13,26 +13,31 @@ from boottorrent.fsutil import write_atomic
 from boottorrent.initramfs import PivotalError, Progress, archive, say
 from boottorrent.initramfs.base import fingerprint, manifest_current
 from boottorrent.initramfs.staging import Tree, shared_libraries
+from boottorrent.pivotal import run
 
-QEMU = Path("/usr/bin/qemu-system-x86_64")
+QEMU = Path("/usr/bin") / run.QEMU
 # Debian builds the accelerators as modules: TCG, when the node has no KVM.
 MODULES = (Path("/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so"),)
 # What `-machine pc|q35 -nodefaults` loads: SeaBIOS and QEMU's small option ROMs.
 FIRMWARE = (Path("/usr/share/seabios/bios-256k.bin"), Path("/usr/share/qemu/kvmvapic.bin"),
             Path("/usr/share/qemu/linuxboot_dma.bin"), Path("/usr/share/qemu/multiboot_dma.bin"))
 # Package ovmf: the UEFI firmware and the template of its variable store.
-OVMF = (Path("/usr/share/OVMF/OVMF_CODE.fd"), Path("/usr/share/OVMF/OVMF_VARS.fd"))
+OVMF = (run.OVMF_CODE, run.OVMF_VARS)
+MISSING = "missing: install the qemu-system-x86 package, whose QEMU the pivotal ships"
+
+
+def missing_inputs() -> list[str]:
+    """What the part needs and this server lacks (add-image and check
+    refuse a qemu image then, naming them)."""
+    return [str(p) for p in (QEMU, *MODULES, *FIRMWARE) if not p.exists()]
 
 
 def _inputs() -> list[Path]:
     """What goes in, OVMF when it is installed (an image with firmware =
     uefi cannot be registered without it: imageconf.py)."""
-    wanted = [QEMU, *MODULES, *FIRMWARE]
-    missing = [str(p) for p in wanted if not p.exists()]
-    if missing:
-        raise PivotalError(f"{', '.join(missing)} missing: install the qemu-system-x86 "
-                           "package (images of method qemu run with this server's QEMU)")
-    return wanted + [p for p in OVMF if p.exists()]
+    if missing := missing_inputs():
+        raise PivotalError(f"{', '.join(missing)} {MISSING}")
+    return [QEMU, *MODULES, *FIRMWARE] + [p for p in OVMF if p.exists()]
 
 
 def _build(output: Path, inputs: list[Path], progress: Progress) -> list[Path]:

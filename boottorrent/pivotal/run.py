@@ -14,12 +14,17 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from boottorrent.pivotal import ClientError
 from boottorrent.pivotal.console import say
-from boottorrent.pivotal.swarm import Image
 from boottorrent.pivotal.wire import OUTPUT_TAIL, Report
 
+if TYPE_CHECKING:  # swarm.py loads libtorrent; the server reads the paths below
+    from boottorrent.pivotal.swarm import Image
+
+# Where the pivotal finds QEMU and OVMF: where Debian's packages put them on
+# the server, which the QEMU part copies them from (initramfs/qemu.py).
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
@@ -134,6 +139,8 @@ def start(image: Image, folder: Path, work: Path, report: Report, server: str,
         program.chmod(0o755)  # the torrent's files are written without modes
         say(f"{image.name}: running its program")
         return Running([str(program)], folder, env, report, capture=True)
+    if not shutil.which(QEMU):
+        raise CannotRun(f"{QEMU} is missing: this pivotal was built without its QEMU part")
     total, available = meminfo_mib()
     memory = vm_memory_mib(image.spec.vm["memory"], total, available)
     kvm = kvm_allowed and os.access("/dev/kvm", os.R_OK | os.W_OK)
@@ -141,8 +148,6 @@ def start(image: Image, folder: Path, work: Path, report: Report, server: str,
         say("warning: no KVM on this machine (no VT-x or AMD-V, or it is off in the "
             "firmware): the VM runs in software emulation, many times slower")
     command = vm_command(image, folder, work, memory, os.cpu_count() or 1, kvm)
-    if not shutil.which(QEMU):
-        raise CannotRun(f"{QEMU} is missing: this pivotal was built without its QEMU part")
     say(f"{image.name}: starting its VM ({memory} MiB, {'KVM' if kvm else 'TCG'}); "
         "its serial console follows")
     return Running(command, folder, env, report, capture=False)
