@@ -9,7 +9,7 @@ DEPS := python3-libtorrent python3-configobj python3-systemd python3-jinja2 \
 	python3-matplotlib dnsmasq-base opentracker ipxe busybox-static \
 	kexec-tools kmod qemu-system-x86 ovmf mmdebstrap zstd xz-utils cpio iproute2 \
 	udpcast systemd lintian debhelper dh-python devscripts fakeroot \
-	build-essential help2man git curl
+	build-essential help2man man-db git curl
 
 .PHONY: all deps test test-fast test-qemu bench demo deb clean
 

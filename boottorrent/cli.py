@@ -11,13 +11,14 @@ import textwrap
 from pathlib import Path
 
 from boottorrent import __version__, render
-from boottorrent.config import Config, all_problems, default_image, load_config
+from boottorrent.config import (Config, all_problems, default_image, load_config,
+                                unconfigured)
 from boottorrent.configfile import ConfigError
 from boottorrent.imageconf import check_image_name
 from boottorrent.generate import regenerate
-from boottorrent.initramfs import base, kernel
+from boottorrent.initramfs import kernel
 from boottorrent.pivotal.console import human_bytes
-from boottorrent.registration import NewImage, add_image, remove_image
+from boottorrent.registration import NewImage, add_image, remove_image, sync_images
 from boottorrent.registry import State
 
 EXIT_FAILURE = 1  # the work failed (disk full, a service error)
@@ -25,9 +26,12 @@ EXIT_BAD_INPUT = 2  # the configuration or the command line is wrong
 
 FILES_AND_ENVIRONMENT = """\
 files:
-  /etc/boottorrent/boottorrent.conf   server configuration (configobj)
-  /etc/boottorrent/images.d/NAME.conf one file per image
-  /var/lib/boottorrent/               registered images, torrents, generated files
+  /etc/boottorrent/boottorrent.conf
+                           server configuration, see boottorrent.conf(5)
+  /etc/boottorrent/images.d/NAME.conf
+                           one file per image
+  /var/lib/boottorrent/    registered images, torrents, generated files
+  /var/cache/boottorrent/  the pivotal's parts, built from this server's packages
 
 environment:
   BOOTTORRENT_CONFIG_DIR   default for --config-dir
@@ -37,6 +41,17 @@ exit status:
   0 success, 1 the work failed (nothing was changed), 2 bad input or
   configuration (one line names the file, section and key; nothing was changed)
 """
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse measures the command names at their parent's indent, two
+    columns short of where it prints them: a long name's summary then goes
+    on a line of its own, which help2man misreads. Count the two columns."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 2
 
 
 class BadInput(Exception):
@@ -110,14 +125,14 @@ def _command(commands, name: str, run, summary: str, description: str,
              epilog: str = FILES_AND_ENVIRONMENT) -> argparse.ArgumentParser:
     command = commands.add_parser(name, help=summary, description=_wrap(description),
                                   epilog=epilog,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=HelpFormatter)
     command.set_defaults(run=run)
     return command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="boottorrent", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="boottorrent", formatter_class=HelpFormatter,
         description=_wrap("""Network boot of a cluster over BitTorrent.
 
             A BootTorrent server answers PXE clients (dnsmasq), runs a tracker
@@ -135,16 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_arguments(add)
 
     remove = _command(commands, "remove-image", cmd_remove_image,
-                      "unregister an image and delete its images.d file",
-                      """Unregister an image, delete images.d/NAME.conf and regenerate.
-                      The image's files are deleted once no service uses them.""")
+                      "unregister an image, delete the file add-image wrote",
+                      """Unregister an image, delete the images.d/NAME.conf that add-image
+                      wrote and regenerate. The image's files are deleted once no service
+                      uses them. A NAME.conf you wrote yourself is yours to delete:
+                      remove-image refuses until it is gone.""")
     remove.add_argument("name", metavar="NAME")
+
+    _command(commands, "sync-images", cmd_sync_images,
+             "register and unregister images as images.d/ says",
+             """Make the registry follow /etc/boottorrent/images.d/: register each
+             NAME.conf that is new or changed since its image was registered (as
+             add-image NAME would), unregister each image whose file is gone, and
+             reload the running services if anything changed. A file with a problem
+             is named, one line, and skipped: its image, if registered, keeps serving
+             as it was, and the other files are synced (exit status 2).
+             boottorrent.service runs this at each start and reload, and
+             boottorrent-images.path reloads it whenever images.d/ changes: by hand,
+             `systemctl reload boottorrent` does the same and reloads the services.""")
 
     _command(commands, "list", cmd_list, "list registered images",
              "List registered images: name, size, infohash, registration time.")
 
     _command(commands, "generate", cmd_generate,
-             "regenerate all files derived from configuration and registry",
+             "regenerate the files made from configuration and registry",
              """Regenerate the dnsmasq and tracker configuration, the iPXE script,
              the torrents' tracker URLs and the pivotal from the configuration and
              the registry, atomically. boottorrent.service runs this at start and
@@ -154,20 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
              """Validate boottorrent.conf and every images.d file; print every
              problem, one line each; exit 2 if there is any.""")
 
-    build = _command(commands, "build-pivotal", cmd_build_pivotal,
-                     "build the pivotal and show its size",
-                     """Build the pivotal's parts (the base unless the package ships it,
-                     the kernel part from [pivotal] kernel, the configuration part),
-                     regenerate, and print the network drivers that went in, a warning
-                     for each driver whose firmware this server lacks, and the size of
-                     each part. add-image and generate do this too, reusing every part
-                     whose inputs did not change.
+    _command(commands, "configured", cmd_configured,
+             "exit 1 if the server is not configured (ExecCondition=)",
+             """Exit 1, with one line saying so, if [server] interface is not set (the
+             server as installed, which is meant to serve nothing); else exit 0, also
+             for a configuration with mistakes, which generate and check name. The
+             units' ExecCondition= runs this, so that an unconfigured server is a
+             skipped unit ("condition failed") rather than a failed one.""")
 
-                     With --base-only, build only the base into --output (the package
-                     build does this).""")
-    build.add_argument("--base-only", action="store_true", help="build only the base part")
-    build.add_argument("--output", type=Path, metavar="FILE",
-                       help="with --base-only: where to write it")
+    _command(commands, "build-pivotal", cmd_build_pivotal,
+             "build the pivotal and show its size",
+             """Build the pivotal's parts from this server's own packages (the base:
+             busybox, kexec, python, libtorrent and the pivotal program; the kernel
+             part from [pivotal] kernel; QEMU's while an image uses it; the
+             configuration part), regenerate, and print the network drivers that went
+             in, a warning for each driver whose firmware this server lacks, and the
+             size of each part. add-image and generate do this too, reusing every part
+             whose inputs did not change.""")
 
     _command(commands, "seeder", cmd_seeder,
              "run the seeder daemon (boottorrent-seeder.service)",
@@ -192,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_image_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="boottorrent-add-image", description=_wrap(ADD_IMAGE_DESCRIPTION),
-        epilog=ADD_IMAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=ADD_IMAGE_EPILOG, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_image_arguments(parser)
     parser.set_defaults(run=cmd_add_image)
@@ -244,6 +276,18 @@ def cmd_remove_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync_images(args: argparse.Namespace) -> int:
+    config = load_config(args.config_dir)
+    synced = sync_images(config, args.config_dir, State(args.state_dir), sys.stderr)
+    for line in synced.changes:
+        print(line)
+    for problem in synced.problems:
+        print(f"boottorrent: {problem}; skipped", file=sys.stderr)
+    if not synced.changes and not synced.problems:
+        print("images.d and the registry agree")
+    return EXIT_BAD_INPUT if synced.problems else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     records = State(args.state_dir).registry()
     if not records:
@@ -280,14 +324,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build_pivotal(args: argparse.Namespace) -> int:
-    if args.base_only:
-        if not args.output:
-            raise BadInput("--base-only needs --output FILE")
-        base.build_base(args.output, progress=lambda line: print(f"pivotal: {line}",
-                                                                 file=sys.stderr))
-        print(f"{args.output}: {human_bytes(args.output.stat().st_size)}")
+def cmd_configured(args: argparse.Namespace) -> int:
+    reason = unconfigured(args.config_dir)
+    if reason is None:
         return 0
+    print(f"boottorrent: {reason}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_build_pivotal(args: argparse.Namespace) -> int:
     config = load_config(args.config_dir)
     state = State(args.state_dir)
     with state.transaction():
@@ -337,6 +382,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"boottorrent: the tracker at {config.tracker_url} does not answer "
               f"({getattr(error, 'reason', error)}); counts are the seeder's",
               file=sys.stderr)
+    # What the server does not serve as written: a bad images.d file, for
+    # one, which sync-images skipped.
+    _, problems, _ = all_problems(args.config_dir, list(State(args.state_dir).registry()))
+    current["problems"] = [str(problem) for problem in problems]
     print(json.dumps(current, indent=1) if args.json else status.format_status(current))
     return 0
 

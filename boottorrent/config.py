@@ -80,6 +80,25 @@ def interface_ipv4(interface: str) -> ipaddress.IPv4Interface | None:
     return None
 
 
+def _interface_unset(path: Path) -> ConfigError:
+    return ConfigError(path, "not set: name the network interface that faces the cluster "
+                       "(BootTorrent serves nothing until then)", ("server",), "interface")
+
+
+def unconfigured(config_dir: Path) -> ConfigError | None:
+    """Why the server is not meant to run yet ([server] interface unset, as
+    installed), or None. A configuration that is set but wrong is not
+    "unconfigured": generate's own error says what is wrong with it."""
+    path = config_dir / CONFIG_FILE
+    try:
+        obj, problems = read_file(path, SERVER_SPEC)
+    except ConfigError:
+        return None
+    if problems or obj["server"]["interface"]:
+        return None
+    return _interface_unset(path)
+
+
 def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]:
     path = config_dir / CONFIG_FILE
     obj, problems = read_file(path, SERVER_SPEC)
@@ -107,9 +126,7 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
 
     interface, address, netmask = server["interface"], server["address"], dhcp["netmask"]
     if not interface:
-        problems.append(ConfigError(path, "not set: name the network interface that faces "
-                                    "the cluster (BootTorrent serves nothing until then)",
-                                    ("server",), "interface"))
+        problems.append(_interface_unset(path))
     elif not INTERFACE_NAME.fullmatch(interface):
         problems.append(ConfigError(path, f"{interface!r} is not a network interface name "
                                     "(1 to 15 letters, digits, '.', '_' or '-', e.g. enp3s0 "

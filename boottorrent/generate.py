@@ -39,7 +39,7 @@ def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot
     try:
         kernel_part = kernel.build_kernel_part(config.pivotal_kernel, state.cache, progress,
                                                kvm=with_qemu)
-        base_part = base.ensure_base(state.cache, progress)
+        base_part = base.cached_base(state.cache, progress)
     except PivotalError as error:
         raise ConfigError(config.path, str(error), ("pivotal",), "kernel") from None
     try:

@@ -276,11 +276,25 @@ def load_image(config_dir: Path, name: str) -> Image:
     return image
 
 
+# The first line of an images.d file that add-image wrote: such a file is
+# the tool's to delete at remove-image, even once edited; any other is the
+# admin's own.
+WRITTEN_BY_ADD_IMAGE = "# Written by boottorrent-add-image; edit and run it again to re-register."
+
+
+def written_by_add_image(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            first = file.readline(len(WRITTEN_BY_ADD_IMAGE) + 2)
+    except FileNotFoundError:
+        return True
+    return first.rstrip(b"\r\n") == WRITTEN_BY_ADD_IMAGE.encode()
+
+
 def image_conf_text(kernel: Path, initrds: list[Path], cmdline: str, description: str) -> str:
     """The images.d file that `boottorrent-add-image NAME --kernel …` writes."""
     obj = ConfigObj(list_values=True)
-    obj.initial_comment = ["# Written by boottorrent-add-image; edit and run it again to "
-                           "re-register."]
+    obj.initial_comment = [WRITTEN_BY_ADD_IMAGE]
     obj["description"] = description
     obj["kernel"] = str(kernel)
     obj["initrd"] = [str(p) for p in initrds]

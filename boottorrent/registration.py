@@ -18,8 +18,8 @@ from typing import TextIO
 
 from boottorrent.config import Config, default_image
 from boottorrent.configfile import ConfigError
-from boottorrent.imageconf import (Image, image_conf_path, image_conf_text, image_problems,
-                                   text_problems)
+from boottorrent.imageconf import (Image, image_conf_path, image_conf_paths, image_conf_text,
+                                   image_problems, text_problems, written_by_add_image)
 from boottorrent.fsutil import remove_tree
 from boottorrent.generate import regenerate
 from boottorrent.images import is_unchanged, store
@@ -107,11 +107,60 @@ def _store_and_commit(config: Config, state: State, image: Image,
 
 
 def remove_image(config: Config, config_dir: Path, state: State, name: str) -> None:
-    """Unregister an image and delete its images.d file; ConfigError if it
-    is not registered."""
+    """Unregister an image and delete the images.d file add-image wrote for
+    it; ConfigError if it is not registered, or if the admin wrote that
+    file (which would describe the image still)."""
     with state.transaction():
         registry = state.registry()
         if name not in registry:
             raise ConfigError(state.root, f"no image {name!r} is registered")
+        conf_path = image_conf_path(config_dir, name)
+        if not written_by_add_image(conf_path):
+            raise ConfigError(conf_path, "not written by boottorrent-add-image, so it is "
+                              "yours to delete: remove or rename it, then remove the image")
         regenerate(config, state, {n: r for n, r in registry.items() if n != name})
-        image_conf_path(config_dir, name).unlink(missing_ok=True)
+        conf_path.unlink(missing_ok=True)
+
+
+@dataclass
+class Synced:
+    """What sync_images did: lines for the journal, and the files it skipped."""
+
+    changes: list[str] = dataclasses.field(default_factory=list)
+    problems: list[ConfigError] = dataclasses.field(default_factory=list)
+
+
+def sync_images(config: Config, config_dir: Path, state: State, stream: TextIO) -> Synced:
+    """Make the registry follow images.d/: register each file that is new or
+    changed, unregister each image whose file is gone.
+
+    A file with a problem is skipped and reported; its image, if it was
+    registered, keeps serving as it was, and every other image is synced.
+    Each change is its own transaction, as add-image's and remove-image's.
+    """
+    synced = Synced()
+    try:
+        paths = image_conf_paths(config_dir)
+    except ConfigError as error:  # an unreadable folder: unregister nothing
+        synced.problems.append(error)
+        return synced
+    described = {path.name.removesuffix(".conf") for path in paths}
+    for path in paths:
+        name = path.name.removesuffix(".conf")
+        try:
+            result = add_image(config, config_dir, state, name, None, stream)
+        except ConfigError as error:
+            synced.problems.append(error)
+            continue
+        if result.action != "unchanged":
+            synced.changes.append(f"{name}: {result.action} from {path}, "
+                                  f"infohash {result.record.infohash}")
+    for name in state.registry():
+        if name not in described:
+            try:
+                remove_image(config, config_dir, state, name)
+            except ConfigError as error:
+                synced.problems.append(error)
+                continue
+            synced.changes.append(f"{name}: removed, {image_conf_path(config_dir, name)} is gone")
+    return synced

@@ -7,8 +7,13 @@ Layout of the state directory:
     snapshots/<N>/registry.json                    the registry ...
     snapshots/<N>/...                              ... and every file made from it
     current -> snapshots/<N>                       what the services use
-    cache/                                         pivotal parts, reusable
+    cache/                                         pivotal parts, reusable (*)
     pending-conf.json                              an images.d file being added
+
+(*) The system's state folder, /var/lib/boottorrent, keeps its cache in
+/var/cache/boottorrent instead (FHS: files that can be rebuilt). The
+pivotal's parts are built there from this server's own packages and rebuilt
+when one of them changes; losing the folder costs one rebuild.
 
 A change builds a whole new snapshot beside the current one and then swaps
 the `current` symlink with one rename(2): the registry and all generated
@@ -35,6 +40,8 @@ from boottorrent.fsutil import locked, remove_tree, write_atomic
 
 REGISTRY_FILE = "registry.json"
 TORRENT_FILE = "torrent"
+SYSTEM_STATE = Path("/var/lib/boottorrent")
+SYSTEM_CACHE = Path("/var/cache/boottorrent")
 SNAPSHOTS_KEPT = 2  # the current one and the one before, which a seeder may still read
 
 
@@ -91,7 +98,7 @@ class State:
         self.images = root / "images"
         self.snapshots = root / "snapshots"
         self.current = root / "current"
-        self.cache = root / "cache"
+        self.cache = SYSTEM_CACHE if root.absolute() == SYSTEM_STATE else root / "cache"
         self.pending_conf = root / "pending-conf.json"
 
     def content_dir(self, infohash: str) -> Path:

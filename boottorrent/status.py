@@ -80,6 +80,9 @@ def format_status(status: dict, now: float | None = None) -> str:
                         f"{now - entry.get('received', now):.0f}s ago"))
     lines += table(clients) if len(clients) > 1 else ["no client has reported yet"]
     lines += ran_here([report for report, _ in reports])
+    if problems := status.get("problems"):
+        lines += ["", "not served as configured (`boottorrent check`):"]
+        lines += [f"  {problem}" for problem in problems]
     return "\n".join(lines)
 
 

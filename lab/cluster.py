@@ -53,7 +53,7 @@ def pivotal_cache(cache: Path = PIVOTAL_CACHE) -> Path:
     from lab.kernel import kernel_deb
     cache.mkdir(parents=True, exist_ok=True)
     kernel.build_kernel_part(kernel_deb(), cache)
-    base.ensure_base(cache)
+    base.cached_base(cache)
     # For images of method qemu: the modules part with KVM, and QEMU's part.
     kernel.build_kernel_part(kernel_deb(), cache, kvm=True)
     qemu.cached_qemu_part(cache)

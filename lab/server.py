@@ -52,7 +52,7 @@ def unit_command(unit: str, state_dir: Path) -> list[str]:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.read(REPO / "systemd" / f"{unit}.service")
     argv = shlex.split(parser["Service"]["ExecStart"].replace(STATE_IN_UNITS, str(state_dir)))
-    if argv[0] == "/usr/bin/boottorrent":
+    if argv[0] == "/usr/sbin/boottorrent":
         argv = [PYTHON, "-m", "boottorrent"] + argv[1:]
     return argv
 

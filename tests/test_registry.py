@@ -168,6 +168,76 @@ def test_list_and_remove(image_files, config_dir, state_dir):
     assert infohash not in (state_dir / "current" / "tracker" / "whitelist").read_text()
 
 
+def test_remove_keeps_an_images_d_file_the_admin_wrote(image_files, config_dir, state_dir):
+    conf = config_dir / "images.d" / "mine.conf"
+    text = f"# my own\nkernel = {image_files['vmlinuz']}\n"
+    conf.write_text(text)
+    assert cli("add-image", "mine", config_dir=config_dir, state_dir=state_dir).returncode == 0
+    before = registry(state_dir)
+
+    refused = cli("remove-image", "mine", config_dir=config_dir, state_dir=state_dir)
+    assert refused.returncode == 2
+    assert f"{conf}: not written by boottorrent-add-image" in refused.stderr, refused.stderr
+    assert conf.read_text() == text and registry(state_dir) == before
+
+    conf.unlink()
+    assert cli("remove-image", "mine", config_dir=config_dir, state_dir=state_dir).returncode == 0
+    assert registry(state_dir) == {}
+
+
+def test_sync_images_follows_images_d(image_files, config_dir, state_dir):
+    """What boottorrent.service does at start and reload (and so whenever
+    boottorrent-images.path sees images.d change)."""
+    images = config_dir / "images.d"
+    (images / "one.conf").write_text(f"kernel = {image_files['vmlinuz']}\n")
+    (images / "bad.conf").write_text("kernel = /nonexistent\n")
+    result = cli("sync-images", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 2
+    assert f"one: registered from {images / 'one.conf'}" in result.stdout, result.stdout
+    assert f"{images / 'bad.conf'}: kernel: /nonexistent: no such file; skipped" \
+        in result.stderr, result.stderr
+    assert list(registry(state_dir)) == ["one"]
+    infohash = registry(state_dir)["one"]["infohash"]
+
+    # A second image, and an edit of the first; the bad file is still named.
+    (images / "two.conf").write_text(f"kernel = {image_files['vmlinuz']}\n")
+    (images / "one.conf").write_text(f"kernel = {image_files['vmlinuz']}\n"
+                                     f"initrd = {image_files['initrd-a.img']},\n")
+    result = cli("sync-images", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 2 and "bad.conf" in result.stderr
+    assert "one: re-registered" in result.stdout and "two: registered" in result.stdout
+    assert sorted(registry(state_dir)) == ["one", "two"]
+    assert registry(state_dir)["one"]["infohash"] != infohash
+
+    # Removing a file unregisters its image; then everything agrees.
+    (images / "two.conf").unlink()
+    (images / "bad.conf").unlink()
+    result = cli("sync-images", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert f"two: removed, {images / 'two.conf'} is gone" in result.stdout
+    assert list(registry(state_dir)) == ["one"]
+    before = tree(state_dir)
+    result = cli("sync-images", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 0 and "images.d and the registry agree" in result.stdout
+    assert tree(state_dir) == before
+
+
+def test_configured_says_whether_the_server_is_meant_to_run(config_dir, state_dir):
+    assert cli("configured", config_dir=config_dir, state_dir=state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    text = conf.read_text()
+    conf.write_text(text.replace("[server]\n", "[server]\ncolour = blue\n"))
+    # Set but wrong is configured: generate names the mistake.
+    assert cli("configured", config_dir=config_dir, state_dir=state_dir).returncode == 0
+    lines = [line for line in text.splitlines() if not line.startswith("interface")]
+    conf.write_text("\n".join(lines) + "\n")
+    result = cli("configured", config_dir=config_dir, state_dir=state_dir)
+    assert result.returncode == 1
+    assert result.stderr == (f"boottorrent: {conf}: [server] interface: not set: name the "
+                             "network interface that faces the cluster (BootTorrent serves "
+                             "nothing until then)\n")
+
+
 def test_check_reports_every_problem(image_files, config_dir, state_dir):
     ok = cli("check", config_dir=config_dir, state_dir=state_dir)
     assert ok.returncode == 0, ok.stderr

@@ -199,17 +199,18 @@ def test_client_without_a_server_says_so_and_gives_up(make_cluster):
 
 
 def test_units_verify(tmp_path):
-    """systemd-analyze verify on our units, with /usr/bin/boottorrent standing
+    """systemd-analyze verify on our units, with /usr/sbin/boottorrent standing
     for the checkout (the installed units are verified by the package test)."""
     wrapper = tmp_path / "boottorrent"
     wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {PYTHON} -m boottorrent \"$@\"\n")
     wrapper.chmod(0o755)
     units = []
-    for unit in sorted((REPO / "systemd").glob("*.service")):
+    units_dir = REPO / "systemd"
+    for unit in sorted([*units_dir.glob("*.service"), *units_dir.glob("*.path")]):
         target = tmp_path / unit.name
-        target.write_text(unit.read_text().replace("/usr/bin/boottorrent", str(wrapper)))
+        target.write_text(unit.read_text().replace("/usr/sbin/boottorrent", str(wrapper)))
         units.append(str(target))
-    assert len(units) == 4
+    assert len(units) == 6
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *units],
                             capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == "", result.stderr

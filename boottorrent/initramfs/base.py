@@ -13,7 +13,6 @@ from boottorrent.initramfs import PivotalError, Progress, archive, python, say
 from boottorrent.initramfs.staging import Tree, shared_libraries, which
 
 BUSYBOX = Path("/bin/busybox")  # busybox-static: no shared libraries needed
-INSTALLED_BASE = Path("/usr/lib/boottorrent/pivotal-base.cpio.zst")
 
 _ETC_FILES = {
     "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n",
@@ -119,21 +118,15 @@ def fingerprint(path: Path) -> str:
     return f"{path} {stat.st_size} {stat.st_mtime_ns}"
 
 
-def ensure_base(cache_dir: Path, progress: Progress = None) -> Path:
-    """The base part: the installed one (package boottorrent), else
-    cached_base(cache_dir), e.g. when running from a git checkout."""
-    if INSTALLED_BASE.exists():
-        return INSTALLED_BASE
-    return cached_base(cache_dir, progress)
-
-
 def cached_base(cache_dir: Path, progress: Progress = None) -> Path:
-    """The base part built from this source tree, once, into cache_dir.
+    """The base part built from this server's own packages, once, into
+    cache_dir.
 
     The file is named by a hash of the program's code, /init and this
     builder, and rebuilt when any host file it was made from (python's modules,
     libtorrent, the shared libraries, busybox, kexec) has changed since,
-    e.g. after a package upgrade.
+    e.g. after a security update: the package's dpkg triggers reload a
+    running server for that (debian/boottorrent.triggers).
     """
     modules = python.resolve_modules()  # a fraction of a second
     key = _key(modules)
