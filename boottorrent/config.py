@@ -16,14 +16,18 @@ from pathlib import Path
 from validate import ValidateError
 
 from boottorrent.configfile import SERVER_SPEC, ConfigError, check_mac, read_file
-from boottorrent.imageconf import (IMAGES_DIR, check_ipxe_text, image_conf_path,
-                                   image_conf_paths, image_problems)
+from boottorrent.imageconf import (IMAGES_DIR, check_ipxe_text, check_machines_cmdline,
+                                   image_conf_path, image_conf_paths, image_problems)
 from boottorrent.pivotal.wire import SwarmSettings
 
 CONFIG_FILE = "boottorrent.conf"
 # A Linux interface name (IFNAMSIZ is 16 with the NUL), without the
 # wildcards, commas and spaces that mean something else to dnsmasq.
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
+# One DNS label (RFC 1123): what systemd.hostname= sets as the machine's
+# static hostname.
+HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+HOSTNAME_PARAMETER = "systemd.hostname="
 # The iPXE script adds the initrd= names, the image name and BOOTIF= to the
 # pivotal's command line; this leaves them ample room.
 PIVOTAL_CMDLINE_MAX = 1024
@@ -53,6 +57,9 @@ class Config:
     default_image: str
     menu_timeout: int
     mac_images: dict[str, str] = field(default_factory=dict)
+    # Words the pivotal adds to a machine's image command line: its
+    # hostname (systemd.hostname=) and its group's cmdline ([machines]).
+    mac_cmdline: dict[str, str] = field(default_factory=dict)
 
     @property
     def tracker_url(self) -> str:
@@ -80,6 +87,21 @@ def interface_ipv4(interface: str) -> ipaddress.IPv4Interface | None:
     return None
 
 
+def machine_hostname(pattern: str, index: int, mac: str) -> str:
+    """The hostname of the index-th machine (from 1) of a [machines] group:
+    its pattern with {index} (e.g. node-{index:03}) and {mac} (as
+    52-54-00-12-34-56) filled in. ValueError says what is wrong."""
+    try:
+        hostname = pattern.format(index=index, mac=mac.replace(":", "-"))
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"{pattern!r} is not a pattern of {{index}} and {{mac}} "
+                         f"({error})") from None
+    if not HOSTNAME.fullmatch(hostname):
+        raise ValueError(f"{hostname!r} (for {mac}) is not a hostname: letters, digits and "
+                         "'-' (not first or last), at most 63")
+    return hostname
+
+
 def _interface_unset(path: Path) -> ConfigError:
     return ConfigError(path, "not set: name the network interface that faces the cluster "
                        "(BootTorrent serves nothing until then)", ("server",), "interface")
@@ -99,17 +121,38 @@ def unconfigured(config_dir: Path) -> ConfigError | None:
     return _interface_unset(path)
 
 
-def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]:
-    path = config_dir / CONFIG_FILE
-    obj, problems = read_file(path, SERVER_SPEC)
-    if problems:
-        return None, problems
-    server, dhcp = obj["server"], obj["dhcp"]
-
+def _machines(path: Path, section: dict, problems: list[ConfigError]
+              ) -> tuple[dict[str, str], dict[str, str]]:
+    """[machines]: the image of each MAC, and the words its command line
+    gets (hostname, the group's cmdline); problems are appended."""
     mac_images: dict[str, str] = {}
-    for key, value in obj["machines"].items():
+    mac_cmdline: dict[str, str] = {}
+    hostnames: dict[str, str] = {}  # hostname -> the MAC it went to
+    for key, value in section.items():
         if isinstance(value, dict):
             group, image, macs = (key,), value["image"], value["macs"]
+            where = ("machines",) + group
+            try:
+                cmdline = check_machines_cmdline(value["cmdline"])
+            except ValueError as error:
+                problems.append(ConfigError(path, str(error), where, "cmdline"))
+                cmdline = ""
+            for index, mac in enumerate(macs, start=1):
+                words = [cmdline] if cmdline else []
+                if value["hostname"]:
+                    try:
+                        hostname = machine_hostname(value["hostname"], index, mac)
+                    except ValueError as error:
+                        problems.append(ConfigError(path, str(error), where, "hostname"))
+                        break
+                    if hostnames.setdefault(hostname, mac) != mac:
+                        problems.append(ConfigError(path, f"{hostname} is the hostname of "
+                                                    f"{hostnames[hostname]} and of {mac}",
+                                                    where, "hostname"))
+                        break
+                    words.insert(0, HOSTNAME_PARAMETER + hostname)
+                if words:
+                    mac_cmdline[mac] = " ".join(words)
         else:
             group, image = (), value
             try:
@@ -123,6 +166,17 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
                 problems.append(ConfigError(path, f"{mac} is mapped twice",
                                             ("machines",) + group, "macs" if group else key))
             mac_images[mac] = image
+    return mac_images, mac_cmdline
+
+
+def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]:
+    path = config_dir / CONFIG_FILE
+    obj, problems = read_file(path, SERVER_SPEC)
+    if problems:
+        return None, problems
+    server, dhcp = obj["server"], obj["dhcp"]
+
+    mac_images, mac_cmdline = _machines(path, obj["machines"], problems)
 
     interface, address, netmask = server["interface"], server["address"], dhcp["netmask"]
     if not interface:
@@ -189,7 +243,7 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         pivotal_kernel=kernel, pivotal_cmdline=obj["pivotal"]["cmdline"],
         swarm=SwarmSettings.from_sections(obj),
         default_image=obj["boot"]["default_image"], menu_timeout=obj["boot"]["menu_timeout"],
-        mac_images=mac_images), []
+        mac_images=mac_images, mac_cmdline=mac_cmdline), []
 
 
 def load_config(config_dir: Path) -> Config:

@@ -48,6 +48,10 @@ DESCRIPTION_MAX = 80
 # " BOOTIF=01-xx-xx-xx-xx-xx-xx" (28 bytes) to an image's command line.
 CMDLINE_MAX = 2047
 BOOTIF_LENGTH = 28
+# What the pivotal may add for one machine ([machines]): systemd.hostname=
+# with a 63-character name, and the group's cmdline.
+MACHINES_CMDLINE_MAX = 256
+MACHINE_WORDS_LENGTH = len("systemd.hostname=") + 63 + 1 + MACHINES_CMDLINE_MAX + 1
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,15 @@ def check_ipxe_text(text: str, limit: int) -> str:
     return text
 
 
+def check_machines_cmdline(text: str) -> str:
+    """The words a [machines] group adds to its machines' command line."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError("must be one line without control characters")
+    if len(text.encode()) > MACHINES_CMDLINE_MAX:
+        raise ValueError(f"is {len(text.encode())} bytes long; at most {MACHINES_CMDLINE_MAX}")
+    return text
+
+
 def check_description(text: str) -> str:
     return check_ipxe_text(text, DESCRIPTION_MAX)
 
@@ -135,7 +148,8 @@ def text_problems(path: Path, description: str, cmdline: str) -> list[ConfigErro
     problems = []
     for key, value, check in (
             ("description", description, check_description),
-            ("cmdline", cmdline, lambda text: check_cmdline(text, BOOTIF_LENGTH))):
+            ("cmdline", cmdline,
+             lambda text: check_cmdline(text, BOOTIF_LENGTH + MACHINE_WORDS_LENGTH))):
         try:
             check(value)
         except ValueError as error:

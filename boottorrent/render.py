@@ -119,6 +119,7 @@ def pivotal_config(config: Config, records: dict[str, ImageRecord], default: str
         swarm=config.swarm,
         default_image=default,
         mac_images=dict(sorted(config.mac_images.items())),
+        mac_cmdline=dict(sorted(config.mac_cmdline.items())),
         images={r.name: ImageSpec(
             torrent=base64.b64encode(torrents_by_name[r.name]).decode(),
             kernel=r.kernel.name if r.method == "kexec" else "",

@@ -16,7 +16,7 @@ from lab.qemu import VM
 from lab.server import Server
 from lab.cluster import random_image, wait_for
 from lab.diskimage import boot_sector_disk
-from lab.testimage import MARKER_PREFIX, build_test_image
+from lab.testimage import CMDLINE_PREFIX, HOSTNAME_PREFIX, MARKER_PREFIX, build_test_image
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "booted-by-boottorrent"
@@ -34,7 +34,8 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
     conf = config_dir / "boottorrent.conf"
     conf.write_text(conf.read_text()
                     + "[clients]\nseed_idle_time = 5\nseed_time_max = 300\n"
-                    + "[machines]\n52:54:00:e2:e0:01 = e2e\n52:54:00:e2:e0:02 = e2e\n")
+                    + "[machines]\n[[e2e-nodes]]\nimage = e2e\n"
+                    + "macs = 52:54:00:e2:e0:01, 52:54:00:e2:e0:02\nhostname = node-{index:02}\n")
 
     with Lab() as lab:
         server = Server(lab.add_server(), config_dir, state_dir, tmp_path / "logs")
@@ -53,11 +54,16 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
                     firmware="uefi", romfile="").start()
 
         times = {}
-        for vm in (first, second):
+        for number, vm in enumerate((first, second), start=1):
             times[vm.name] = vm.wait_for(MARKER_PREFIX + MARKER, timeout=600)
+            vm.wait_for(HOSTNAME_PREFIX, timeout=60)  # printed after the command line
             console = vm.console()
-            # The image's kernel got the image's own command line.
-            assert "boottorrent.test=e2e" in console
+            # The image's kernel got the image's own command line, and the
+            # machine's hostname from its [machines] group, for systemd.
+            cmdline = re.search(f"^{re.escape(CMDLINE_PREFIX)}(.*)$", console, re.M)
+            assert cmdline, console
+            assert "boottorrent.test=e2e" in cmdline[1].split(), cmdline[1]
+            assert f"systemd.hostname=node-0{number}" in cmdline[1].split(), cmdline[1]
             assert "dry run" not in console
         reports = {r["mac"]: r for r in server.status()["clients"]}
 

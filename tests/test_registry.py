@@ -89,7 +89,9 @@ def test_progress_is_shown_in_plain_lines(image_files, config_dir, state_dir):
 def test_pivotal_config_describes_images(image_files, config_dir, state_dir):
     assert add(image_files, config_dir, state_dir).returncode == 0
     conf = config_dir / "boottorrent.conf"
-    conf.write_text(conf.read_text() + "[machines]\n52:54:00:AA:BB:CC = compute\n")
+    conf.write_text(conf.read_text() + "[machines]\n52:54:00:AA:BB:CC = compute\n"
+                    "[[rack1]]\nimage = compute\nmacs = 52:54:00:00:01:01, 52:54:00:00:01:02\n"
+                    "hostname = rack1-node{index:03}\ncmdline = slurm.role=compute quiet\n")
     assert cli("generate", config_dir=config_dir, state_dir=state_dir).returncode == 0
     cpio = state_dir / "current" / "boot" / "pivotal" / "config.cpio"
     listing = subprocess.run(["cpio", "-i", "--to-stdout", "etc/boottorrent/pivotal.json"],
@@ -98,7 +100,13 @@ def test_pivotal_config_describes_images(image_files, config_dir, state_dir):
     image = pivotal["images"]["compute"]
     assert image["cmdline"] == "root=/dev/ram0 quiet"
     assert image["initrds"] == ["initrd.0", "initrd.1"]
-    assert pivotal["mac_images"] == {"52:54:00:aa:bb:cc": "compute"}
+    assert pivotal["mac_images"] == {"52:54:00:aa:bb:cc": "compute",
+                                     "52:54:00:00:01:01": "compute",
+                                     "52:54:00:00:01:02": "compute"}
+    # Each machine of a group gets its own hostname, and the group's words.
+    assert pivotal["mac_cmdline"] == {
+        "52:54:00:00:01:01": "systemd.hostname=rack1-node001 slurm.role=compute quiet",
+        "52:54:00:00:01:02": "systemd.hostname=rack1-node002 slurm.role=compute quiet"}
     assert pivotal["default_image"] == "compute"
     # The torrent the pivotal downloads names the tracker the server runs.
     info = lt.torrent_info(lt.bdecode(base64.b64decode(image["torrent"])))
@@ -270,6 +278,18 @@ BAD_SERVER_CONFIGS = [
     ("malformed MAC in group", "menu_timeout = 0",
      "menu_timeout = 0\n[machines]\n[[rack1]]\nimage = compute\nmacs = 52:54:00:1",
      "[machines][rack1] macs:"),
+    ("hostname pattern", "menu_timeout = 0",
+     "menu_timeout = 0\n[machines]\n[[rack1]]\nimage = compute\nmacs = 52:54:00:00:00:01\n"
+     "hostname = node-{rack}", "[machines][rack1] hostname: 'node-{rack}' is not a pattern"),
+    ("not a hostname", "menu_timeout = 0",
+     "menu_timeout = 0\n[machines]\n[[rack1]]\nimage = compute\nmacs = 52:54:00:00:00:01\n"
+     "hostname = node_{index}", "[machines][rack1] hostname: 'node_1' (for 52:54:00:00:00:01) "
+     "is not a hostname"),
+    ("one hostname for two", "menu_timeout = 0",
+     "menu_timeout = 0\n[machines]\n[[rack1]]\nimage = compute\n"
+     "macs = 52:54:00:00:00:01, 52:54:00:00:00:02\nhostname = node",
+     "[machines][rack1] hostname: node is the hostname of 52:54:00:00:00:01 and of "
+     "52:54:00:00:00:02"),
     ("one upload slot", "announce_interval = 2", "announce_interval = 2\n[seeder]\nupload_slots = 1",
      "[seeder] upload_slots:"),
     ("not configobj", "[dhcp]", "[dhcp", "not valid configobj syntax"),

@@ -19,7 +19,7 @@ from boottorrent.pivotal.console import human_bytes, say
 from boottorrent.pivotal.kexec import kexec, kexec_commands, verify
 from boottorrent.pivotal.network import bring_up_network, kernel_parameters
 from boottorrent.pivotal.report import Reporter, send_report
-from boottorrent.pivotal.run import CannotRun, start
+from boottorrent.pivotal.run import CannotRun, check_room, start
 from boottorrent.pivotal.swarm import Image, Swarm, choose_image
 from boottorrent.pivotal.wire import PivotalConfig, Report
 
@@ -53,6 +53,7 @@ def boot(args: argparse.Namespace, config: PivotalConfig,
     bring_up_network(params.get("BOOTIF"), report, args.work_dir)
     image = choose_image(config, params, report.mac)
     report.image = image.name
+    check_room(image, args.work_dir)
     reporter = Reporter(config.report_url, report)
     try:
         say(f"booting image {image.name} ({human_bytes(image.spec.size)}) from {config.server}")
@@ -69,7 +70,8 @@ def boot(args: argparse.Namespace, config: PivotalConfig,
         swarm.seed()
         swarm.leave()
         report.phase = "kexec"
-        commands = kexec_commands(image, folder, args.work_dir, report.mac)
+        commands = kexec_commands(image, folder, report.mac,
+                                  config.mac_cmdline.get(report.mac, ""))
         (args.work_dir / "summary.json").write_text(json.dumps(asdict(report), indent=1))
     finally:
         reporter.stop()

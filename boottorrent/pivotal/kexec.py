@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,31 +22,42 @@ def verify(image: Image, folder: Path) -> None:
             raise ClientError(f"{name}: SHA-256 does not match the registry")
 
 
-def image_cmdline(image: Image, mac: str) -> str:
-    """The image's command line, plus BOOTIF= (the pxelinux convention that
-    Debian's live-boot, dracut and others read) naming the NIC that booted,
-    unless the image sets it itself."""
-    cmdline = image.spec.cmdline
+def image_cmdline(image: Image, mac: str, machine_words: str = "") -> str:
+    """The image's command line, then this machine's words from [machines]
+    (its systemd.hostname=, its group's cmdline), then BOOTIF= (the pxelinux
+    convention that Debian's live-boot, dracut and others read) naming the
+    NIC that booted, unless the image sets it itself."""
+    cmdline = f"{image.spec.cmdline} {machine_words}".strip()
     if mac and "BOOTIF=" not in cmdline:
         cmdline = f"{cmdline} BOOTIF=01-{mac.replace(':', '-')}".strip()
     return cmdline
 
 
-def kexec_commands(image: Image, folder: Path, work: Path, mac: str) -> list[list[str]]:
-    """The kexec command lines that boot the image, and write the initrd."""
+def kexec_commands(image: Image, folder: Path, mac: str,
+                   machine_words: str = "") -> list[list[str]]:
+    """The kexec command lines that boot the image, with its one initrd."""
     kernel = folder / image.spec.kernel
-    load = ["kexec", "-s", "-l", str(kernel), f"--command-line={image_cmdline(image, mac)}"]
+    cmdline = image_cmdline(image, mac, machine_words)
+    load = ["kexec", "-s", "-l", str(kernel), f"--command-line={cmdline}"]
     initrds = [folder / name for name in image.spec.initrds]
     if initrds:
-        # kexec takes one initrd; the kernel unpacks concatenated archives.
-        combined = work / "initrd"
-        with combined.open("wb") as out:
-            for path in initrds:
-                with path.open("rb") as part:
-                    while chunk := part.read(1 << 20):
-                        out.write(chunk)
-        load.insert(4, f"--initrd={combined}")
+        load.insert(4, f"--initrd={one_initrd(initrds)}")
     return [load, ["kexec", "-e"]]
+
+
+def one_initrd(initrds: list[Path]) -> Path:
+    """kexec takes one initrd, and the kernel unpacks concatenated archives:
+    the first file, with the others appended to it, each deleted once it is
+    (the image is seeded and checked by now). So RAM never holds a second
+    copy of the image, only of the part being appended."""
+    first, *rest = initrds
+    if rest:
+        with first.open("ab") as out:
+            for path in rest:
+                with path.open("rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 20)
+                path.unlink()
+    return first
 
 
 def kexec(commands: list[list[str]]) -> None:

@@ -61,6 +61,28 @@ def vm_memory_mib(setting: str, total: int, available: int) -> int:
     return wanted
 
 
+def check_room(image: Image, work: Path) -> None:
+    """Before the download: CannotRun if the image cannot fit in this
+    machine's RAM. The download is held in RAM (work is a tmpfs); a kexec
+    image needs a second copy while kexec loads it, and a qemu image's VM
+    its memory besides."""
+    total, available = meminfo_mib()
+    size = -(-image.spec.size // (1 << 20))
+    copies = 2 if image.spec.method == "kexec" else 1
+    needed = copies * size + PIVOTAL_RESERVE_MIB
+    held = f"{size} MiB, held in RAM{' twice while kexec loads it' if copies == 2 else ''}"
+    if needed > available:
+        raise CannotRun(f"the image needs {needed} MiB of RAM here ({held}, and "
+                        f"{PIVOTAL_RESERVE_MIB} MiB for the pivotal) and this machine has "
+                        f"{available} MiB available ({total} MiB in all)")
+    room = os.statvfs(work)
+    if size > room.f_bavail * room.f_frsize >> 20:
+        raise CannotRun(f"the image ({size} MiB) is larger than {work}, a tmpfs of "
+                        f"{room.f_blocks * room.f_frsize >> 20} MiB")
+    if image.spec.method == "qemu":
+        vm_memory_mib(image.spec.vm["memory"], total, available - size)
+
+
 def vm_command(image: Image, folder: Path, work: Path, memory_mib: int, cpus: int,
                kvm: bool) -> list[str]:
     """QEMU's command line for a qemu image: its disk behind a copy-on-write

@@ -16,7 +16,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-VERSION = 3
+VERSION = 4
 # "pxe" is the server's own: a machine that fetched the boot files and has
 # not reported yet. "running": a qemu or exec image runs on the machine, which
 # seeds it meanwhile; "exited": it ended (Report.exit_status).
@@ -83,6 +83,9 @@ class PivotalConfig:
     default_image: str | None
     mac_images: dict[str, str]
     images: dict[str, ImageSpec]
+    # Words added to a machine's image command line, by MAC: its hostname
+    # (systemd.hostname=) and its [machines] group's cmdline.
+    mac_cmdline: dict[str, str] = field(default_factory=dict)
     # The pivotal's own files (its kernel and the base and modules parts:
     # everything but this configuration's part) as a torrent, base64, that
     # every pivotal fetches from the swarm and serves over HTTP on

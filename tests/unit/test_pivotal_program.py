@@ -4,11 +4,13 @@ choice, the image's command line and the account of who sent what."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
-from boottorrent.pivotal import ClientError
-from boottorrent.pivotal.kexec import image_cmdline
+from boottorrent.pivotal import ClientError, run
+from boottorrent.pivotal.kexec import image_cmdline, one_initrd
+from boottorrent.pivotal.run import CannotRun, check_room
 from boottorrent.pivotal.network import bootif_mac, kernel_parameters
 from boottorrent.pivotal.swarm import Image, SourceCounter, choose_image
 from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, SwarmSettings
@@ -61,6 +63,9 @@ def test_image_cmdline_names_the_boot_nic():
     own = Image("x", spec("BOOTIF=01-00-00-00-00-00-01"))
     assert image_cmdline(own, "52:54:00:aa:bb:0c") == "BOOTIF=01-00-00-00-00-00-01"
     assert image_cmdline(image, "") == "quiet"
+    # The machine's own words ([machines]) go between the image's and BOOTIF=.
+    assert image_cmdline(image, "52:54:00:aa:bb:0c", "systemd.hostname=node-007 role=gpu") \
+        == "quiet systemd.hostname=node-007 role=gpu BOOTIF=01-52-54-00-aa-bb-0c"
 
 
 def server_connection(total: int, port: int = 40000):
@@ -144,3 +149,48 @@ def test_vm_command_with_uefi_and_kvm(tmp_path):
     assert command[command.index("-smp") + 1] == "2"
     assert f"if=pflash,format=raw,file={tmp_path}/OVMF_VARS.fd" in command
     assert (tmp_path / "OVMF_VARS.fd").read_bytes() == OVMF_VARS.read_bytes()
+
+
+def test_several_initrds_become_one_without_a_second_copy(tmp_path):
+    parts = []
+    for n, data in enumerate((b"first " * 1000, b"second " * 3000, b"third")):
+        parts.append(tmp_path / f"initrd.{n}")
+        parts[-1].write_bytes(data)
+    assert one_initrd(parts) == parts[0]
+    assert parts[0].read_bytes() == b"first " * 1000 + b"second " * 3000 + b"third"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["initrd.0"]
+    alone = tmp_path / "alone"
+    alone.write_bytes(b"as it is")
+    assert one_initrd([alone]) == alone and alone.read_bytes() == b"as it is"
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("method, size_mib, available_mib, refused", [
+    ("kexec", 900, 2048, None),
+    ("kexec", 1000, 2048, "needs 2128 MiB of RAM here (1000 MiB, held in RAM twice while "
+                          "kexec loads it, and 128 MiB for the pivotal) and this machine has "
+                          "2048 MiB available (4096 MiB in all)"),
+    ("exec", 1900, 2048, None),
+    ("exec", 1950, 2048, "needs 2078 MiB"),
+])
+def test_an_image_too_large_for_the_ram_is_refused_before_the_download(
+        method, size_mib, available_mib, refused, monkeypatch, tmp_path):
+    monkeypatch.setattr(run, "meminfo_mib", lambda: (4096, available_mib))
+    image = Image("big", dataclasses.replace(spec(), size=size_mib * MIB, method=method))
+    if refused is None:
+        check_room(image, tmp_path)
+    else:
+        with pytest.raises(CannotRun, match=re.escape(refused)):
+            check_room(image, tmp_path)
+
+
+def test_a_qemu_image_needs_room_for_its_disk_and_its_vm(monkeypatch, tmp_path):
+    monkeypatch.setattr(run, "meminfo_mib", lambda: (4096, 3000))
+    vm = {"memory": "2G", "cpus": 0, "firmware": "bios", "qemu_args": [], "format": "raw"}
+    image = Image("vm", dataclasses.replace(spec(), size=500 * MIB, method="qemu", vm=vm))
+    check_room(image, tmp_path)
+    bigger = Image("vm", dataclasses.replace(image.spec, size=1000 * MIB))
+    with pytest.raises(CannotRun, match="the VM needs 2048 MiB of RAM"):
+        check_room(bigger, tmp_path)
