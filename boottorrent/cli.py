@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
              "register and unregister images as images.d/ says",
              """Make the registry follow /etc/boottorrent/images.d/: register each
              NAME.conf that is new or changed since its image was registered (as
-             add-image NAME would), unregister each image whose file is gone, and
-             reload the running services if anything changed. A file with a problem
+             add-image NAME would) and unregister each image whose file is gone. A
+             file with a problem
              is named, one line, and skipped: its image, if registered, keeps serving
              as it was, and the other files are synced (exit status 2).
              boottorrent.service runs this at each start and reload, and

@@ -16,8 +16,9 @@ from pathlib import Path
 from validate import ValidateError
 
 from boottorrent.configfile import SERVER_SPEC, ConfigError, check_mac, read_file
-from boottorrent.imageconf import (IMAGES_DIR, check_ipxe_text, check_machines_cmdline,
-                                   image_conf_path, image_conf_paths, image_problems)
+from boottorrent.imageconf import (HOSTNAME_PARAMETER, IMAGES_DIR, check_ipxe_text,
+                                   check_machines_cmdline, image_conf_path, image_conf_paths,
+                                   image_problems)
 from boottorrent.pivotal.wire import SwarmSettings
 
 CONFIG_FILE = "boottorrent.conf"
@@ -27,7 +28,6 @@ INTERFACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
 # One DNS label (RFC 1123): what systemd.hostname= sets as the machine's
 # static hostname.
 HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-HOSTNAME_PARAMETER = "systemd.hostname="
 # The iPXE script adds the initrd= names, the image name and BOOTIF= to the
 # pivotal's command line; this leaves them ample room.
 PIVOTAL_CMDLINE_MAX = 1024

@@ -50,8 +50,9 @@ CMDLINE_MAX = 2047
 BOOTIF_LENGTH = 28
 # What the pivotal may add for one machine ([machines]): systemd.hostname=
 # with a 63-character name, and the group's cmdline.
+HOSTNAME_PARAMETER = "systemd.hostname="
 MACHINES_CMDLINE_MAX = 256
-MACHINE_WORDS_LENGTH = len("systemd.hostname=") + 63 + 1 + MACHINES_CMDLINE_MAX + 1
+MACHINE_WORDS_LENGTH = len(HOSTNAME_PARAMETER) + 63 + 1 + MACHINES_CMDLINE_MAX + 1
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,7 @@ def check_ipxe_text(text: str, limit: int) -> str:
 
 def check_machines_cmdline(text: str) -> str:
     """The words a [machines] group adds to its machines' command line."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError("must be one line without control characters")
-    if len(text.encode()) > MACHINES_CMDLINE_MAX:
-        raise ValueError(f"is {len(text.encode())} bytes long; at most {MACHINES_CMDLINE_MAX}")
-    return text
+    return check_cmdline(text, reserved=CMDLINE_MAX - MACHINES_CMDLINE_MAX)
 
 
 def check_description(text: str) -> str:
