@@ -49,7 +49,7 @@ async def fetch(url: str, timeout: float) -> dict:
     try:
         async with asyncio.timeout(timeout):
             while True:
-                status, headers, body = await get(url)
+                status, headers, size, digest = await get(url)
                 if status in (301, 302, 303, 307, 308) and "location" in headers \
                         and len(result["redirects"]) < MAX_REDIRECTS:
                     url = urljoin(url, headers["location"])
@@ -59,15 +59,16 @@ async def fetch(url: str, timeout: float) -> dict:
                     await asyncio.sleep(int(headers["retry-after"]))
                 else:
                     break
-            result.update(status=status, bytes=len(body),
-                          sha256=hashlib.sha256(body).hexdigest())
+            result.update(status=status, bytes=size, sha256=digest)
     except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError) as error:
         result["error"] = f"{type(error).__name__}: {error}"
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
 
 
-async def get(url: str) -> tuple[int, dict[str, str], bytes]:
+async def get(url: str) -> tuple[int, dict[str, str], int, str]:
+    """The status, the headers, and the body's size and SHA-256, read as it
+    comes (a storm's machines do not hold their pivotals in memory)."""
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
     try:
@@ -81,8 +82,19 @@ async def get(url: str) -> tuple[int, dict[str, str], bytes]:
         headers = {k.strip().lower(): v.strip()
                    for k, _, v in (line.partition(":") for line in lines[1:] if line)}
         length = headers.get("content-length")
-        body = await (reader.readexactly(int(length)) if length else reader.read())
-        return status, headers, body
+        left = int(length) if length else None
+        digest, size = hashlib.sha256(), 0
+        while left is None or left > 0:
+            chunk = await reader.read(1 << 16 if left is None else min(left, 1 << 16))
+            if not chunk:
+                if left:
+                    raise asyncio.IncompleteReadError(b"", left)
+                break
+            digest.update(chunk)
+            size += len(chunk)
+            if left is not None:
+                left -= len(chunk)
+        return status, headers, size, digest.hexdigest()
     finally:
         writer.close()
 
