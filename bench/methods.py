@@ -77,9 +77,14 @@ class CpuMeter:
         self.seconds = 0.0
         return self
 
+    @staticmethod
+    def busy_between(start: tuple[int, int], end: tuple[int, int]) -> float:
+        """The busy share between two of _read()'s samples."""
+        busy, total = (b - a for a, b in zip(start, end))
+        return busy / total if total else 0.0
+
     def __exit__(self, *exc) -> None:
-        busy, total = (b - a for a, b in zip(self.start, self._read()))
-        self.busy = busy / total if total else 0.0
+        self.busy = self.busy_between(self.start, self._read())
         self.seconds = self._children() - self.start_children
 
 

@@ -30,6 +30,7 @@ then, each in a lab of its own with every link at --wave-rate Mbit/s:
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import resource
@@ -47,15 +48,18 @@ from bench.__main__ import machine
 from bench.methods import CpuMeter, process_cpu
 from boottorrent.render import PIVOTAL_INITRDS, PIVOTAL_KERNEL, PIVOTAL_SHARED
 from lab.cluster import MIB, Cluster, pivotal_cache, sha256
+from lab.standin import script_urls
 from lab.netns import SERVER_ADDRESS
 from lab.server import PYTHON, REPO
 
 HERE = Path(__file__).resolve().parent
 BOOT = f"http://{SERVER_ADDRESS}:6980/boot"
-REPORT_NETWORK = "198.18.4.0/22"  # the reporting machines' own addresses
-# The boot storm's stand-ins' addresses (the lab's /24 has room for 245 hosts).
-STANDIN_NETWORK = "198.18.4.0/22"
-REAL_MACHINES = 48  # per storm; see bench/RESULTS.md, "Boot storm", for why not more
+# Addresses beyond the lab's /24 (room for 245 hosts): the reporting
+# machines' and the boot storms' stand-ins' (in labs of their own).
+EXTRA_NETWORK = ipaddress.ip_network("198.18.4.0/22")
+# Per storm. 48 saturated the 2 cores at 50 Mbit/s (the runs of 2026-12-04,
+# in issue 11's note): choose it with the "busiest 5 s" column.
+REAL_MACHINES = 48
 
 
 def storm(host, count: int, urls: list[str], timeout: float) -> list[dict]:
@@ -65,10 +69,8 @@ def storm(host, count: int, urls: list[str], timeout: float) -> list[dict]:
 
 
 def ipxe_urls(image: str) -> list[str]:
-    """What iPXE fetches on the boot script's first try, in order, with the
-    script's queries: the script, the pivotal's kernel, its initrds."""
-    return [f"{BOOT}/boot.ipxe", f"{BOOT}/{PIVOTAL_KERNEL}?image={image}&try=x"] + [
-        f"{BOOT}/{path}?try=x" for path in PIVOTAL_INITRDS]
+    """What iPXE fetches on the boot script's first try."""
+    return script_urls(BOOT, image, "x")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -108,13 +110,13 @@ def pivotal_storm(cluster: Cluster, host, count: int, pivotal: dict[str, int]) -
 def report_channel(cluster: Cluster, host, count: int, seconds: float) -> dict:
     # The reporting machines' addresses, on the stand-ins' interface, and
     # the server's way back to them (both namespaces are the lab's own).
-    cluster.server_host.run(["ip", "route", "add", REPORT_NETWORK, "dev", "eth0"])
-    script = "".join(f"addr add 198.18.{4 + i // 256}.{i % 256}/22 dev eth0\n"
+    cluster.server_host.run(["ip", "route", "add", str(EXTRA_NETWORK), "dev", "eth0"])
+    script = "".join(f"addr add {EXTRA_NETWORK[i]}/{EXTRA_NETWORK.prefixlen} dev eth0\n"
                      for i in range(1, count + 1))
     host.run(["ip", "-batch", "-"], input=script)
     seeder = cluster.server.processes["seeder"].pid
     cpu_before, started = process_cpu(seeder), time.monotonic()
-    out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--reports-from", REPORT_NETWORK,
+    out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--reports-from", str(EXTRA_NETWORK),
                     "--count", str(count), "--seconds", str(seconds),
                     f"http://{SERVER_ADDRESS}:6980/report"], cwd=HERE.parent)
     elapsed = time.monotonic() - started
@@ -204,15 +206,15 @@ class CpuSampler:
         self.stopped.set()
         self.thread.join()
         self.samples.append(CpuMeter._read())
-        self.by_second = [round((b[0] - a[0]) / max(b[1] - a[1], 1), 2)
+        self.by_second = [round(CpuMeter.busy_between(a, b), 2)
                           for a, b in zip(self.samples, self.samples[1:])]
 
     def busiest(self, seconds: float) -> float:
         """The busiest 5 s of the first seconds (the transfers, not the
         processes' exit that follows)."""
         samples = self.samples[:int(seconds) + 2]
-        return max(((b[0] - a[0]) / max(b[1] - a[1], 1)
-                    for a, b in zip(samples, samples[5:])), default=0.0)
+        return max((CpuMeter.busy_between(a, b) for a, b in zip(samples, samples[5:])),
+                   default=0.0)
 
 
 def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
@@ -239,21 +241,21 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
             os.link(pivotal_dir / name, share / "pivotal" / name)
         expect = [f"--expect={name}={sha256(pivotal_dir / name)}" for name in loaded]
         infohash = cluster.server.status()["pivotal"]["infohash"]
-        cluster.server_host.run(["ip", "route", "add", STANDIN_NETWORK, "dev", "eth0"])
+        cluster.server_host.run(["ip", "route", "add", str(EXTRA_NETWORK), "dev", "eth0"])
         real_at = {round(i * count / real) for i in range(real)} if real else set()
         clients, loaders, standins = [], [], []
         for index in range(count):
             if index in real_at:
                 client = cluster.client(f"m{index}", "bench")
-                client.host.run(["ip", "route", "add", STANDIN_NETWORK, "dev", "eth0"])
+                client.host.run(["ip", "route", "add", str(EXTRA_NETWORK), "dev", "eth0"])
                 clients.append(client)
                 loaders.append(client.host.popen(
                     [PYTHON, "-m", "lab.standin", *expect, BOOT], cwd=REPO,
                     stdout=subprocess.PIPE, text=True))
             else:
                 host = cluster.add_host(f"s{index}", address=None)
-                number = len(standins) + 1
-                host.run(["ip", "addr", "add", f"198.18.{4 + number // 256}.{number % 256}/16",
+                # /16: the lab's /24 is on the same link.
+                host.run(["ip", "addr", "add", f"{EXTRA_NETWORK[len(standins) + 1]}/16",
                           "dev", "eth0"])
                 standins.append(host.popen(
                     [PYTHON, "-m", "lab.standin", *expect, "--serve", str(share),
@@ -288,8 +290,8 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
         status = cluster.server.status()
         summaries = [c.summary() for c in booted if (c.work / "summary.json").exists()]
         loads = standin_results + loader_results
-        last = max([r.get("held_at") or started for r in loads]
-                   + [s["verified_at"] for s in summaries])
+        last_pivotal = max(r.get("held_at") or started for r in loads)
+        last_image = max((s["verified_at"] for s in summaries), default=started)
         fetches = [f for r in loads for f in r.get("fetches", [])]
         image_bytes = sum(s["from_server"] + s["from_peers"] for s in summaries) or 1
         return {
@@ -299,9 +301,8 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
             + sum(c.process is None or c.process.returncode != 0 or not c.has_image(files)
                   for c in clients),
             "boot_script_retries": sum(r.get("tries", 1) - 1 for r in loads),
-            "last_pivotal_s": round(max(r.get("held_at") or started for r in loads) - started, 1),
-            "last_image_s": round(max((s["verified_at"] for s in summaries), default=started)
-                                  - started, 1),
+            "last_pivotal_s": round(last_pivotal - started, 1),
+            "last_image_s": round(last_image - started, 1),
             "server_wire_bytes": sent,
             "server_wire_per_machine_over_pivotal": round(sent / count / pivotal_size, 3),
             "server_over_f_plus_pivotal": round(sent / (size + pivotal_size), 2),
@@ -316,7 +317,7 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
                                             / image_bytes, 2),
             "largest_child_rss_mib": round(
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
-            "cpu_busy": round(cpu.busy, 2), "cpu_busiest_5s": round(peak.busiest(last - started), 2),
+            "cpu_busy": round(cpu.busy, 2), "cpu_busiest_5s": round(peak.busiest(max(last_pivotal, last_image) - started), 2),
             # For the figures' reading: when each machine held its pivotal
             # and (the real ones) its image, and the CPU second by second.
             "pivotal_held_s": sorted(round(r["held_at"] - started, 1)
@@ -397,18 +398,16 @@ def write_markdown(path: Path, figures: dict) -> None:
               f"{s['cpu_busy']:.0%}, {s['cpu_busiest_5s']:.0%} | {s['largest_child_rss_mib']} |"
               for s in figures["storms"]]
     r = figures.get("reports")
-    if not r:
-        path.write_text("\n".join(lines + [""]))
-        return
-    lines += [
-        "", f"## Reports: {r['machines']} machines report for {figures['report_seconds']:.0f} s",
-        "", "| reports answered/s | failed | latency median (ms) | p99 (ms) | interval told (s) | "
-        "seeder CPU | seeder RSS (MiB) | `boottorrent status` (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {r['reports_per_s']} | {r['failed']} | {r['latency_median_s'] * 1000:.0f} | "
-        f"{r['latency_p99_s'] * 1000:.0f} | {r['interval']} | {r['seeder_cpu_share']:.0%} | "
-        f"{r['seeder_rss_mib']} | {r['status_s']} |", ""]
-    path.write_text("\n".join(lines))
+    if r:
+        lines += [
+            "", f"## Reports: {r['machines']} machines report for {figures['report_seconds']:.0f} s",
+            "", "| reports answered/s | failed | latency median (ms) | p99 (ms) | interval told (s) | "
+            "seeder CPU | seeder RSS (MiB) | `boottorrent status` (s) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {r['reports_per_s']} | {r['failed']} | {r['latency_median_s'] * 1000:.0f} | "
+            f"{r['latency_p99_s'] * 1000:.0f} | {r['interval']} | {r['seeder_cpu_share']:.0%} | "
+            f"{r['seeder_rss_mib']} | {r['status_s']} |"]
+    path.write_text("\n".join(lines + [""]))
 
 
 def server_http_side(tmp: Path, args: argparse.Namespace, figures: dict) -> None:

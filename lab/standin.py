@@ -54,21 +54,24 @@ def script_urls(boot_url: str, image: str, tries: str) -> list[str]:
         f"{boot_url}/{path}?try={tries}" for path in PIVOTAL_INITRDS]
 
 
+def file_name(result: dict) -> str:
+    return result["url"].split("?")[0].rsplit("/", 1)[-1]
+
+
 def load_pivotal(boot_url: str, image: str, expect: dict[str, str]) -> dict:
     """The boot script's loads, retried as it retries them."""
     fetches: list[dict] = []
     for attempt in range(1, TRIES + 1):
-        results = []
-        for url in script_urls(boot_url, image, "x" * attempt):
+        urls = script_urls(boot_url, image, "x" * attempt)
+        for url in urls:
             result = asyncio.run(fetch(url, timeout=300))
-            results.append(result)
+            fetches.append(result)
             if result["status"] != 200 or result["error"]:
                 break
-        fetches += results
-        name = lambda r: r["url"].split("?")[0].rsplit("/", 1)[-1]  # noqa: E731
-        if all(r["status"] == 200 and not r["error"] for r in results) \
-                and len(results) == 2 + len(PIVOTAL_INITRDS):
-            matched = all(r["sha256"] == expect[name(r)] for r in results if name(r) in expect)
+        else:
+            loaded = fetches[-len(urls):]  # this attempt's, every one answered
+            matched = all(r["sha256"] == expect[file_name(r)] for r in loaded
+                          if file_name(r) in expect)
             return {"fetches": fetches, "tries": attempt, "matched": matched,
                     "held_at": time.time()}
         if attempt < TRIES:
