@@ -58,6 +58,9 @@ def test_an_exec_image_runs_seeds_while_it_runs_and_its_status_reaches_the_serve
     wait_for(lambda: second.report().get("phase") == "running", 120,
              "the second machine to run the program")
     assert second.has_image(files)
+    # The first machine's upload reaches the server with its next report.
+    wait_for(lambda: first.report().get("uploaded", 0) > 0, 30,
+             "the first machine to report what it sent the second")
     reports = cluster.reports()
     assert second.report(reports)["from_peers"] > 0, second.report(reports)
     assert first.report(reports)["uploaded"] > 0, first.report(reports)
