@@ -60,6 +60,9 @@ EXTRA_NETWORK = ipaddress.ip_network("198.18.4.0/22")
 # Per storm. 48 saturated the 2 cores at 50 Mbit/s (the runs of 2026-12-04,
 # in issue 11's note): choose it with the "busiest 5 s" column.
 REAL_MACHINES = 48
+# A storm's machines still running after this long are stopped and counted
+# as failed, so that a run always ends.
+STORM_MAX = 900.0  # seconds
 
 
 def storm(host, count: int, urls: list[str], timeout: float) -> list[dict]:
@@ -217,6 +220,22 @@ class CpuSampler:
                    default=0.0)
 
 
+def results_of(processes: list[subprocess.Popen], deadline: float) -> list[dict]:
+    """Each stand-in's JSON result, read once it exits; one still running
+    at deadline (time.monotonic()) is killed, and its result says so."""
+    results = []
+    for process in processes:
+        try:
+            process.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            results.append({"timed_out": True})
+            continue
+        results.append(json.loads(process.stdout.read() or "{}"))
+    return results
+
+
 def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
     """count machines powered on within a few milliseconds, every link at
     rate Mbit/s, the whole boot: each loads what iPXE loads (following the
@@ -267,29 +286,37 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
                 raise RuntimeError(f"a stand-in did not start: {process.args}")
         sent_before = cluster.wire_bytes(cluster.server_host)[0]
 
-        def boot_real(client, loader) -> None:
-            if loader.wait() == 0:
+        deadline = time.monotonic() + STORM_MAX
+
+        loader_results: dict[int, dict] = {}
+
+        def boot_real(index: int, client, loader) -> None:
+            loader_results[index] = results_of([loader], deadline)[0]
+            if loader_results[index].get("matched"):
                 client.start()
 
         with CpuMeter() as cpu, CpuSampler() as peak:
             started = time.time()
             for process in loaders + standins:
                 os.kill(process.pid, signal.SIGUSR1)
-            threads = [threading.Thread(target=boot_real, args=pair)
-                       for pair in zip(clients, loaders)]
+            threads = [threading.Thread(target=boot_real, args=(i, *pair))
+                       for i, pair in enumerate(zip(clients, loaders))]
             for thread in threads:
                 thread.start()
-            standin_results = [json.loads(p.communicate()[0] or "{}") for p in standins]
+            standin_results = results_of(standins, deadline)
             for thread in threads:
                 thread.join()
-            loader_results = [json.loads(p.communicate()[0] or "{}") for p in loaders]
             booted = [c for c in clients if c.process]
             for client in booted:
-                client.wait(900)
+                try:
+                    client.process.wait(max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    client.kill()
+                    client.process.wait()
         sent = cluster.wire_bytes(cluster.server_host)[0] - sent_before
         status = cluster.server.status()
         summaries = [c.summary() for c in booted if (c.work / "summary.json").exists()]
-        loads = standin_results + loader_results
+        loads = standin_results + list(loader_results.values())
         last_pivotal = max(r.get("held_at") or started for r in loads)
         last_image = max((s["verified_at"] for s in summaries), default=started)
         fetches = [f for r in loads for f in r.get("fetches", [])]

@@ -71,6 +71,7 @@ SERVING_PHASES = ("downloading", "seeding", "running", "exited")
 PEER_ALIVE = 10.0  # seconds, or three report intervals when they are longer
 LOAD_WINDOW = 60.0
 SERVER_SENDS = 1  # machines the server sends the pivotal's files to at once
+SERVER_SENDS_OVERDUE = 4  # ... when they waited HOLD_MAX s or a peer failed them
 PEER_SENDS = 2  # ... and each machine that serves them
 SERVER = "server"
 WAIT = "wait"
@@ -194,9 +195,13 @@ class Machines:
         (the least loaded); else, while a machine in the swarm is about to
         serve it (it fetches the files once it hears machines wait), WAIT;
         else the server, to SERVER_SENDS machines at once. A machine held
-        for HOLD_MAX s, or on a retry of the boot script (a peer failed it),
-        gets it from the server, and so does one whose turn it is (the
-        server sent it the previous file).
+        for HOLD_MAX s, or on a retry of the boot script (a peer failed it,
+        so no peer is tried again), is overdue: the server sends to it
+        rather than wait for the swarm, but to SERVER_SENDS_OVERDUE
+        machines at once at most, since in a storm all the machines held
+        are overdue together and the server's link shared by them all
+        would give none its files in time. A machine whose turn it is (the
+        server sent it the previous file) keeps it.
         """
         with self._lock:
             now = self.clock()
@@ -204,10 +209,10 @@ class Machines:
             self._fetches[asker] = fetch  # the newest last
             while len(self._fetches) > MACHINES_MAX:
                 del self._fetches[next(iter(self._fetches))]
-            its_turn = fetch.source == SERVER and now - fetch.since < SERVER_GAP
-            if its_turn or not first_try or now - fetch.first_asked >= HOLD_MAX:
-                fetch.source, fetch.since = SERVER, now
+            if fetch.source == SERVER and now - fetch.since < SERVER_GAP:
+                fetch.since = now
                 return SERVER
+            overdue = not first_try or now - fetch.first_asked >= HOLD_MAX
             busy: dict[str, int] = {}
             for address, other in self._fetches.items():
                 if address == asker:
@@ -223,7 +228,7 @@ class Machines:
             alive = self._alive(infohash, asker) if infohash else []
             free = [address for address, entry in alive
                     if entry["serving"] == infohash and busy.get(address, 0) < PEER_SENDS]
-            if free:
+            if free and first_try:
                 for address in list(self._redirects):
                     self._redirects[address] = [t for t in self._redirects[address]
                                                 if t > now - LOAD_WINDOW]
@@ -233,7 +238,8 @@ class Machines:
                 self._redirects_given += 1
                 fetch.source, fetch.since = chosen, now
                 return chosen
-            if not alive and busy.get(SERVER, 0) < SERVER_SENDS:
+            server_may = SERVER_SENDS_OVERDUE if overdue else SERVER_SENDS if not alive else 0
+            if busy.get(SERVER, 0) < server_may:
                 fetch.source, fetch.since = SERVER, now
                 return SERVER
             fetch.source, fetch.since = WAIT, now

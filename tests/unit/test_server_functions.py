@@ -191,9 +191,19 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     # ... for HOLD_MAX s at most.
     machines.add(Report(phase="downloading"), first)
     assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    late = [f"198.18.2.{n}" for n in range(web.SERVER_SENDS_OVERDUE + 1)]
+    for asker in late:
+        assert machines.pivotal_source("ab", asker, first_try=True) == web.WAIT
     clock.now += web.HOLD_MAX
     machines.add(Report(phase="downloading"), first)
     assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.SERVER
+    # Machines overdue together get it from the server a few at a time, so
+    # that each gets it in time; a retry of the boot script is overdue too.
+    given = [machines.pivotal_source("ab", asker, first_try=True) for asker in late]
+    assert given == [web.SERVER] * (web.SERVER_SENDS_OVERDUE - 1) + [web.WAIT] * 2
+    assert machines.pivotal_source("ab", "198.18.1.5", first_try=False) == web.WAIT
+    clock.now += web.SERVER_GAP
+    assert machines.pivotal_source("ab", late[-1], first_try=True) == web.SERVER
 
 
 def test_the_server_gives_each_piece_once_to_a_few_machines_at_a_time():
