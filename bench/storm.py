@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=16,
                         help="the waves' and storms' image F, MiB")
     # Not run by default yet: a storm of 100 with 32 real pivotals at 20 Mbit/s
-    # once hung (2026-12-04, not understood); issue 11 asks for
+    # ends (since SERVER_SENDS_OVERDUE) but the server sends the pivotal about
+    # ten times and the CPU is the limit at its end; issue 11 asks for
     # --storms 100:20,250:10,500:5.
     parser.add_argument("--storms", default="",
                         help="boot storms, N:RATE, every link at RATE Mbit/s (lower for "
