@@ -80,7 +80,10 @@ WAIT = "wait"
 # own retries are not used up. Varied so that held machines do not all ask
 # at the same moment.
 RETRY_AFTER = (2, 5)  # seconds, at least and at most
-HOLD_MAX = 60.0  # seconds a machine is held for a peer at most; then the server serves it
+# Seconds a machine is held for a peer at most while no machine gets its
+# files (by the time of the later): in a storm the machines that serve each
+# other grow in number as a tree does, and hold the others much longer.
+HOLD_MAX = 60.0
 # A machine sent to a peer is taken to be fetching from it until it asks the
 # server for anything again or reports from its pivotal, or for this long.
 TRANSFER_MAX = 60.0
@@ -113,6 +116,7 @@ class Machines:
         self._redirects: dict[str, list[float]] = {}  # when each was sent a machine
         self._redirects_given = 0
         self._fetches: dict[str, PivotalFetch] = {}  # by the fetching machine's address
+        self._last_fetched = 0.0  # when a machine last reported after fetching its files
 
     def _put(self, address: str, entry: dict) -> None:
         self._by_address.pop(address, None)
@@ -134,7 +138,8 @@ class Machines:
         entry = {**asdict(report), "address": address, "received": self.clock()}
         with self._lock:
             self._put(address, entry)
-            self._fetches.pop(address, None)  # it runs its pivotal: it has the files
+            if self._fetches.pop(address, None):  # it runs its pivotal: it has the files
+                self._last_fetched = entry["received"]
             interval = max(1.0, len(self._by_address) / REPORT_RATE)
             coming = self._coming(report.image, address)
             waiting = self._waiting()
@@ -195,8 +200,9 @@ class Machines:
         (the least loaded); else, while a machine in the swarm is about to
         serve it (it fetches the files once it hears machines wait), WAIT;
         else the server, to SERVER_SENDS machines at once. A machine held
-        for HOLD_MAX s, or on a retry of the boot script (a peer failed it,
-        so no peer is tried again), is overdue: the server sends to it
+        for HOLD_MAX s in which no machine got its files, or on a retry of
+        the boot script (a peer failed it, so no peer is tried again), is
+        overdue: the server sends to it
         rather than wait for the swarm, but to SERVER_SENDS_OVERDUE
         machines at once at most, since in a storm all the machines held
         are overdue together and the server's link shared by them all
@@ -212,7 +218,8 @@ class Machines:
             if fetch.source == SERVER and now - fetch.since < SERVER_GAP:
                 fetch.since = now
                 return SERVER
-            overdue = not first_try or now - fetch.first_asked >= HOLD_MAX
+            overdue = (not first_try
+                       or now - max(fetch.first_asked, self._last_fetched) >= HOLD_MAX)
             busy: dict[str, int] = {}
             for address, other in self._fetches.items():
                 if address == asker:

@@ -188,13 +188,18 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     machines.add(Report(phase="downloading", serving="ab"), first)
     assert machines.serving("ab") == [first]
     assert machines.pivotal_source("ab", third, first_try=True) == first
-    # ... for HOLD_MAX s at most.
+    # ... for HOLD_MAX s at most in which no machine got its files.
     machines.add(Report(phase="downloading"), first)
     assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
     late = [f"198.18.2.{n}" for n in range(web.SERVER_SENDS_OVERDUE + 1)]
     for asker in late:
         assert machines.pivotal_source("ab", asker, first_try=True) == web.WAIT
-    clock.now += web.HOLD_MAX
+    clock.now += web.HOLD_MAX - 1
+    machines.add(Report(phase="downloading"), third)  # it got its files from first
+    machines.add(Report(phase="downloading"), first)
+    clock.now += 1
+    assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    clock.now += web.HOLD_MAX - 1
     machines.add(Report(phase="downloading"), first)
     assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.SERVER
     # Machines overdue together get it from the server a few at a time, so
