@@ -72,7 +72,9 @@ PEER_ALIVE = 10.0  # seconds, or three report intervals when they are longer
 LOAD_WINDOW = 60.0
 SERVER_SENDS = 1  # machines the server sends the pivotal's files to at once
 SERVER_SENDS_OVERDUE = 4  # ... when they waited HOLD_MAX s or a peer failed them
-PEER_SENDS = 2  # ... and each machine that serves them
+# ... and each machine that serves them: one after the other, each at its
+# link's full rate, so that the machines serving double every transfer's time.
+PEER_SENDS = 1
 SERVER = "server"
 WAIT = "wait"
 # iPXE asks again after a 503 with Retry-After by itself, within the same

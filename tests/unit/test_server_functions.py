@@ -142,15 +142,17 @@ def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
     machines.add(Report(phase="downloading", serving="ab"), "198.18.0.11")
     machines.add(Report(phase="kexec", serving="ab"), "198.18.0.12")  # leaving
     machines.add(Report(phase="seeding", serving="old"), "198.18.0.13")  # another pivotal
-    askers = [f"198.18.1.{n}" for n in range(1, 6)]
-    given = [machines.pivotal_source("ab", asker, first_try=True) for asker in askers[:4]]
-    assert sorted(given) == ["198.18.0.10", "198.18.0.10", "198.18.0.11", "198.18.0.11"]
-    # Each sends to PEER_SENDS machines at once: the fifth waits ...
-    assert machines.pivotal_source("ab", askers[4], first_try=True) == web.WAIT
+    places = 2 * web.PEER_SENDS  # each sends to PEER_SENDS machines at once
+    askers = [f"198.18.1.{n}" for n in range(1, places + 2)]
+    given = [machines.pivotal_source("ab", asker, first_try=True) for asker in askers[:places]]
+    assert sorted(given) == sorted(["198.18.0.10", "198.18.0.11"] * web.PEER_SENDS)
+    # The next one waits ...
+    late = askers[places]
+    assert machines.pivotal_source("ab", late, first_try=True) == web.WAIT
     assert machines.add(Report(phase="seeding", serving="ab"), "198.18.0.10")["waiting"] == 1
     # ... until one of them asks for its next file (its transfer is over) ...
     machines.fetched_boot_files(askers[0], "")
-    assert machines.pivotal_source("ab", askers[4], first_try=True) == given[0]
+    assert machines.pivotal_source("ab", late, first_try=True) == given[0]
     # ... or reports from its pivotal.
     machines.add(Report(phase="dhcp"), askers[1])
     assert machines.pivotal_source("ab", "198.18.1.9", first_try=True) == given[1]
@@ -158,11 +160,11 @@ def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
     # transfer that was never seen to end counts for TRANSFER_MAX s; nobody
     # who has not reported for PEER_ALIVE s.
     assert machines.pivotal_source("ab", "198.18.0.10", first_try=True) == web.WAIT
-    assert machines.pivotal_source("ab", askers[4], first_try=False) == web.SERVER
+    assert machines.pivotal_source("ab", late, first_try=False) == web.SERVER
     clock.now += web.TRANSFER_MAX
     machines.add(Report(phase="seeding", serving="ab"), "198.18.0.11")
     assert machines.pivotal_source("ab", "198.18.1.20", first_try=True) == "198.18.0.11"
-    assert machines.redirects_given() == 7
+    assert machines.redirects_given() == places + 3
 
 
 def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it():
