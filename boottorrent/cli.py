@@ -76,6 +76,10 @@ def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the image's kernel; writes images.d/NAME.conf from these options")
     parser.add_argument("--initrd", type=Path, metavar="FILE", action="append", default=[],
                         help="an initramfs; repeat for several, loaded in this order")
+    parser.add_argument("--rootfs", type=Path, metavar="DIR",
+                        help="build the image from a root file system tree (a chroot with a "
+                        "kernel, initramfs-tools and live-boot) instead of --kernel and "
+                        "--initrd; writes images.d/NAME.conf")
     parser.add_argument("--cmdline", default="", metavar="TEXT",
                         help="the image's kernel command line")
     parser.add_argument("--description", default="", metavar="TEXT",
@@ -89,9 +93,22 @@ record their sizes and SHA-256, create its BitTorrent torrent, then regenerate
 everything derived from the registry (tracker whitelist, dnsmasq and iPXE
 configuration, the pivotal's configuration) and reload running services.
 
-Without --kernel, the image is read from /etc/boottorrent/images.d/NAME.conf.
-With --kernel, that file is written from the options and the image registered;
-it must not exist yet.
+Without --kernel or --rootfs, the image is read from
+/etc/boottorrent/images.d/NAME.conf. With either, that file is written from
+the options and the image registered; it must not exist yet.
+
+With --rootfs DIR (images.d: rootfs = DIR) the image is built from a root
+file system tree, e.g. made with mmdebstrap or debootstrap, that has a
+kernel (linux-image-amd64), initramfs-tools and live-boot installed: the
+tree's newest kernel, the tree packed as a squashfs (mksquashfs, zstd) in an
+initrd of its own, and the tree's initramfs. The machine runs the tree from
+RAM: live-boot mounts the squashfs under a tmpfs overlay (--cmdline adds to
+"boot=live live-media=/boottorrent"). /proc, /sys, /dev, /run, /tmp and
+/boot's kernels and initramfs files are left out, and so are other file
+systems mounted in the tree. The build is kept under the tree's
+fingerprint (every entry's path, type, mode, owner, size, mtime and link
+target): registering an unchanged tree again only walks it, and a changed
+one gets a new build and a new torrent.
 
 An image's method says how machines boot it: kexec (a kernel, initramfs
 files and a command line: the pivotal kexecs into it; the only method the
@@ -111,6 +128,8 @@ examples:
   boottorrent-add-image compute --kernel /boot/vmlinuz-6.1.0-27-amd64 \\
       --initrd /boot/initrd.img-6.1.0-27-amd64 --cmdline "root=/dev/ram0 quiet"
   boottorrent-add-image compute        # again, after editing images.d/compute.conf
+  mmdebstrap --include=linux-image-amd64,live-boot,systemd-sysv bookworm /srv/trees/node
+  boottorrent-add-image node --rootfs /srv/trees/node --cmdline "quiet"
   boottorrent-add-image burn-in        # images.d/burn-in.conf: method = exec, program = ...
 
 """ + FILES_AND_ENVIRONMENT
@@ -240,11 +259,15 @@ def cmd_add_image(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise BadInput(str(error)) from None
     new = None
-    if args.kernel:
-        new = NewImage(args.kernel.absolute(), [p.absolute() for p in args.initrd],
-                       args.cmdline, args.description)
+    if args.rootfs and (args.kernel or args.initrd):
+        raise BadInput("--rootfs builds the kernel and initramfs from the tree: "
+                       "give it without --kernel and --initrd")
+    if args.kernel or args.rootfs:
+        new = NewImage(args.kernel and args.kernel.absolute(),
+                       [p.absolute() for p in args.initrd], args.cmdline, args.description,
+                       args.rootfs and args.rootfs.absolute())
     elif args.initrd or args.cmdline or args.description:
-        raise BadInput("--initrd, --cmdline and --description go with --kernel")
+        raise BadInput("--initrd, --cmdline and --description go with --kernel or --rootfs")
     result = add_image(config, args.config_dir, State(args.state_dir), name, new, sys.stderr)
     record = result.record
     if result.action == "unchanged":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from configobj import ConfigObj
 
-from boottorrent import bzimage
+from boottorrent import bzimage, rootfs
 from boottorrent.configfile import IMAGE_SPEC, ConfigError, read_file
 from boottorrent.fsutil import open_regular
 from boottorrent.initramfs import qemu
@@ -26,7 +26,7 @@ from boottorrent.pivotal.run import OVMF_CODE
 
 IMAGES_DIR = "images.d"
 # Each method's keys, the one it cannot do without first.
-METHOD_KEYS = {"kexec": ("kernel", "initrd", "cmdline"),
+METHOD_KEYS = {"kexec": ("kernel", "initrd", "cmdline", "rootfs"),
                "qemu": ("disk", "memory", "cpus", "firmware", "qemu_args"),
                "exec": ("program", "files")}
 # The extra QEMU arguments an image may ask for, each one item of qemu_args
@@ -85,6 +85,7 @@ class Image:
     vm: VmSettings | None = None  # qemu
     program: Path | None = None  # exec
     program_files: tuple[Path, ...] = ()  # exec
+    rootfs: Path | None = None  # kexec: the tree kernel and initrds are built from
 
     def files(self) -> list[tuple[str, Path]]:
         """(name inside the image, source path) for every file: the kernel
@@ -95,7 +96,7 @@ class Image:
         if self.method == "exec":
             assert self.program
             return [("program", self.program)] + [(p.name, p) for p in self.program_files]
-        assert self.kernel
+        assert self.kernel, "a rootfs image's files are known once it is built"
         return [("kernel", self.kernel)] + [(f"initrd.{i}", p) for i, p in enumerate(self.initrds)]
 
 
@@ -192,8 +193,13 @@ def method_problems(path: Path, obj: ConfigObj) -> list[ConfigError]:
                 for other, keys in METHOD_KEYS.items() if other != method
                 for key in keys if key in given]
     needed = METHOD_KEYS[method][0]
-    if not obj[needed]:
-        problems.append(ConfigError(path, f"missing value (method {method} needs a {needed})",
+    if method == "kexec" and obj["rootfs"]:
+        problems += [ConfigError(path, "not with rootfs, whose tree gives the kernel and "
+                                 "initramfs", key=key)
+                     for key in ("kernel", "initrd") if key in given]
+    elif not obj[needed]:
+        problems.append(ConfigError(path, f"missing value (method {method} needs a {needed}"
+                                    f"{' or a rootfs' if method == 'kexec' else ''})",
                                     key=needed))
     if method == "qemu":
         if problem := memory_problem(obj["memory"]):
@@ -254,13 +260,25 @@ def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
         heads[key] = head
         return candidate.resolve()
 
-    problems = text_problems(path, obj["description"], obj["cmdline"]) + method_problems(path, obj)
+    method = obj["method"]
+    tree = None
+    cmdline = obj["cmdline"]
+    if method == "kexec" and obj["rootfs"]:
+        tree = Path(obj["rootfs"])
+        tree = (tree if tree.is_absolute() else path.parent / tree).resolve()
+        # live-boot's words first: the admin's may add to them or override them.
+        cmdline = f"{rootfs.LIVE_BOOT_WORDS} {cmdline}".strip()
+    problems = text_problems(path, obj["description"], cmdline) + method_problems(path, obj)
+    if tree and not problems:
+        try:
+            rootfs.tree_boot(tree)
+        except rootfs.TreeError as error:
+            problems.append(ConfigError(path, str(error), key="rootfs"))
     if problems:
         return None, problems
-    method = obj["method"]
     try:
         files = {key: file_path(key, obj[key]) for key in ("kernel", "disk", "program")
-                 if key in METHOD_KEYS[method]}
+                 if key in METHOD_KEYS[method] and obj[key]}
         initrds = tuple(file_path("initrd", value) for value in obj["initrd"])
         program_files = tuple(file_path("files", value) for value in obj["files"])
     except ConfigError as error:
@@ -272,9 +290,9 @@ def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
                         qemu_args=tuple(obj["qemu_args"]))
     image = Image(
         name=name, source=path, description=obj["description"], kernel=files.get("kernel"),
-        initrds=initrds, cmdline=obj["cmdline"], method=method, arch=obj["arch"],
+        initrds=initrds, cmdline=cmdline, method=method, arch=obj["arch"],
         disk=files.get("disk"), vm=vm, program=files.get("program"),
-        program_files=program_files)
+        program_files=program_files, rootfs=tree)
     return image, []
 
 
@@ -302,13 +320,19 @@ def written_by_add_image(path: Path) -> bool:
     return first.rstrip(b"\r\n") == WRITTEN_BY_ADD_IMAGE.encode()
 
 
-def image_conf_text(kernel: Path, initrds: list[Path], cmdline: str, description: str) -> str:
-    """The images.d file that `boottorrent-add-image NAME --kernel …` writes."""
+def image_conf_text(kernel: Path | None, initrds: list[Path], cmdline: str, description: str,
+                    tree: Path | None = None) -> str:
+    """The images.d file that `boottorrent-add-image NAME --kernel …` (or
+    `--rootfs DIR`) writes."""
     obj = ConfigObj(list_values=True)
     obj.initial_comment = [WRITTEN_BY_ADD_IMAGE]
     obj["description"] = description
-    obj["kernel"] = str(kernel)
-    obj["initrd"] = [str(p) for p in initrds]
+    if tree:
+        obj["rootfs"] = str(tree)
+    else:
+        assert kernel
+        obj["kernel"] = str(kernel)
+        obj["initrd"] = [str(p) for p in initrds]
     obj["cmdline"] = cmdline
     obj["method"] = "kexec"
     obj["arch"] = "x86_64"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from boottorrent import rootfs
 from boottorrent.config import Config, default_image
 from boottorrent.configfile import ConfigError
 from boottorrent.imageconf import (Image, image_conf_path, image_conf_paths, image_conf_text,
@@ -30,10 +31,11 @@ from boottorrent.registry import ImageRecord, State
 class NewImage:
     """What `boottorrent-add-image NAME --kernel ...` says of a new image."""
 
-    kernel: Path
+    kernel: Path | None
     initrds: list[Path]
     cmdline: str
     description: str
+    rootfs: Path | None = None  # instead of kernel and initrds
 
 
 @dataclass(frozen=True)
@@ -70,13 +72,16 @@ def add_image(config: Config, config_dir: Path, state: State, name: str,
             # Before the file is written: configobj cannot quote every value.
             for problem in text_problems(conf_path, new.description, new.cmdline):
                 raise problem
-            conf_text = image_conf_text(new.kernel, new.initrds, new.cmdline, new.description)
+            conf_text = image_conf_text(new.kernel, new.initrds, new.cmdline, new.description,
+                                        new.rootfs)
             image = _staged_image(conf_path, conf_text)
         else:
             image, problems = image_problems(conf_path)
             if problems:
                 raise problems[0]
             assert image
+        if image.rootfs:
+            image = _built_image(image, state, stream)
 
         registry = state.registry()
         previous = registry.get(name)
@@ -91,6 +96,23 @@ def add_image(config: Config, config_dir: Path, state: State, name: str,
                       default_image(config, list(records)))
 
 
+def _built_image(image: Image, state: State, stream: TextIO) -> Image:
+    """A rootfs image with the files built from its tree (cached by the
+    tree's fingerprint)."""
+    assert image.rootfs
+    try:
+        built = rootfs.build(image.rootfs, state.rootfs_builds, image.name, stream)
+    except rootfs.TreeError as error:
+        raise ConfigError(image.source, str(error), key="rootfs") from None
+    kernel, *initrds = built.files
+    return dataclasses.replace(image, kernel=kernel, initrds=tuple(initrds))
+
+
+def _remove_unused_builds(state: State, records: dict[str, ImageRecord]) -> None:
+    rootfs.remove_unused(state.rootfs_builds, {Path(f.source).parent for r in records.values()
+                                       for f in r.files})
+
+
 def _store_and_commit(config: Config, state: State, image: Image,
                       records: dict[str, ImageRecord],
                       stream: TextIO) -> ImageRecord:
@@ -103,6 +125,7 @@ def _store_and_commit(config: Config, state: State, image: Image,
         if created:
             remove_tree(created)
         raise
+    _remove_unused_builds(state, records)
     return record
 
 
@@ -118,8 +141,10 @@ def remove_image(config: Config, config_dir: Path, state: State, name: str) -> N
         if not written_by_add_image(conf_path):
             raise ConfigError(conf_path, "not written by boottorrent-add-image, so it is "
                               "yours to delete: remove or rename it, then remove the image")
-        regenerate(config, state, {n: r for n, r in registry.items() if n != name})
+        records = {n: r for n, r in registry.items() if n != name}
+        regenerate(config, state, records)
         conf_path.unlink(missing_ok=True)
+        _remove_unused_builds(state, records)
 
 
 @dataclass

@@ -8,6 +8,7 @@ Layout of the state directory:
     snapshots/<N>/...                              ... and every file made from it
     current -> snapshots/<N>                       what the services use
     cache/                                         pivotal parts, reusable (*)
+    cache/rootfs/<fingerprint>/                    images built from trees (*)
     pending-conf.json                              an images.d file being added
 
 (*) The system's state folder, /var/lib/boottorrent, keeps its cache in
@@ -99,6 +100,7 @@ class State:
         self.snapshots = root / "snapshots"
         self.current = root / "current"
         self.cache = SYSTEM_CACHE if root.absolute() == SYSTEM_STATE else root / "cache"
+        self.rootfs_builds = self.cache / "rootfs"  # images built from trees (rootfs.py)
         self.pending_conf = root / "pending-conf.json"
 
     def content_dir(self, infohash: str) -> Path:
@@ -150,7 +152,7 @@ class State:
             if written and pending["image"] not in self.registry():
                 path.unlink()
             self.pending_conf.unlink()
-        for folder in (self.snapshots, self.images):
+        for folder in (self.snapshots, self.images, self.rootfs_builds):
             for leftover in folder.glob(".new-*"):
                 remove_tree(leftover)
 

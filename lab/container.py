@@ -184,20 +184,23 @@ CUSTOMIZE_HOOKS = [
 ]
 
 
-def _mmdebstrap(sources: Path, tarball: Path, attempts: int = 3) -> None:
-    """mmdebstrap a tarball, retried: a mirror that fails one request (seen
-    in CI: "Failed getting release file") should not fail the suite. Its
-    mounts live in a private mount namespace, gone with it even if killed."""
+def mmdebstrap(sources: Path, target: Path, packages: list[str], hooks: list[str],
+               options: tuple[str, ...] = (), attempts: int = 3) -> None:
+    """mmdebstrap a minbase system with packages into target (a tarball or
+    a folder, which must not exist), retried: a mirror that fails one
+    request (seen in CI: "Failed getting release file") should not fail
+    the suite. Its mounts live in a private mount namespace, gone with it
+    even if killed."""
     argv = ["unshare", "--mount", "--propagation", "private",
-            "mmdebstrap", "--mode=root", "--variant=minbase", "--include=" + ",".join(PACKAGES),
-            *(f"--customize-hook={hook}" for hook in CUSTOMIZE_HOOKS),
-            SUITE, str(tarball), str(sources)]
+            "mmdebstrap", "--mode=root", "--variant=minbase", "--include=" + ",".join(packages),
+            *(f"--customize-hook={hook}" for hook in hooks), *options,
+            SUITE, str(target), str(sources)]
     for attempt in range(1, attempts + 1):
         try:
             _run(argv, timeout=1800)
             return
         except ContainerCommandError:
-            tarball.unlink(missing_ok=True)
+            _remove_tree(target)
             if attempt == attempts:
                 raise
             time.sleep(30 * attempt)
@@ -226,7 +229,7 @@ def bookworm_rootfs(cache_dir: Path) -> Path:
         try:
             (workdir / "debian.sources").write_text(sources)
             partial = workdir / "rootfs.tar.zst"
-            _mmdebstrap(workdir / "debian.sources", partial)
+            mmdebstrap(workdir / "debian.sources", partial, PACKAGES, CUSTOMIZE_HOOKS)
             with open(partial, "rb") as handle:
                 os.fsync(handle.fileno())
             os.rename(partial, tarball)

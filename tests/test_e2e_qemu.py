@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from lab import nodetree
 from lab.netns import Lab
 from lab.qemu import VM
 from lab.server import Server
-from lab.cluster import random_image, wait_for
+from lab.cluster import MIB, random_image, wait_for
 from lab.diskimage import boot_sector_disk
 from lab.testimage import CMDLINE_PREFIX, HOSTNAME_PREFIX, MARKER_PREFIX, build_test_image
 
@@ -211,3 +212,48 @@ exit 7
     assert "  | burn-in passed" in status, status
     vm_report = next(r for r in cluster.server.status()["clients"] if r["mac"] == vm.mac)
     assert vm_report["uploaded"] > 0 and vm_report["exit_status"] == 7, vm_report
+
+
+@pytest.mark.qemu
+def test_two_vms_boot_a_debian_tree_through_the_swarm_to_multi_user(tmp_path, config_dir,
+                                                                    state_dir):
+    """Issue 13: a real bookworm tree (minbase, systemd, Debian's kernel,
+    live-boot; lab/nodetree.py) registered with --rootfs, booted on two
+    machines through the swarm: each reaches multi-user.target running the
+    tree from a squashfs in RAM, with its hostname from [machines]."""
+    node_tree = nodetree.node_tree()
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text()
+                    + "[machines]\n[[rack]]\nimage = node\n"
+                    + "macs = 52:54:00:e2:e1:01, 52:54:00:e2:e1:02\nhostname = rack-{index:02}\n")
+    with Lab() as lab:
+        server = Server(lab.add_server(), config_dir, state_dir, tmp_path / "logs")
+        added = server.boottorrent("add-image", "node", "--rootfs", str(node_tree),
+                                   "--cmdline", "console=ttyS0 panic=-1")
+        print(added.stdout)
+        server.host.shape(40)
+        server.start()
+        vms = [VM(lab, f"vm{n}", tmp_path, mac=f"52:54:00:e2:e1:0{n}", memory_mib=1536).start()
+               for n in (1, 2)]
+        times, memory = {}, {}
+        for number, vm in enumerate(vms, start=1):
+            # Its own hostname, multi-user.target reached, and the root an
+            # overlay: live-boot runs the tree from the squashfs in RAM.
+            greeting = (f"{nodetree.GREETING} hostname=rack-0{number} multi-user=active "
+                        r"root=overlay mem_total_kib=(\d+) mem_available_kib=(\d+)")
+            times[vm.name] = vm.wait_for(greeting, timeout=900)
+            total, available = re.search(greeting, vm.console()).groups()
+            memory[vm.name] = {"total_mib": int(total) // 1024,
+                               "available_mib": int(available) // 1024}
+        reports = {r["mac"]: r for r in server.status()["clients"]}
+    record = json.loads((state_dir / "current" / "registry.json").read_text())["images"]["node"]
+    first, second = sorted(reports.values(), key=lambda r: r["started"])
+    assert first["phase"] == second["phase"] == "kexec", reports
+    assert second["from_peers"] > 0 or first["from_peers"] > 0, reports
+    figures = {"image_mib": round(sum(f["size"] for f in record["files"]) / MIB, 1),
+               "files_mib": {f["name"]: round(f["size"] / MIB, 1) for f in record["files"]},
+               "power_on_to_multi_user_s": {name: round(t, 1) for name, t in times.items()},
+               "memory_at_multi_user": memory,
+               "from_peers_mib": {mac: round(r["from_peers"] / MIB, 1)
+                                  for mac, r in reports.items()}}
+    print(json.dumps(figures, indent=1))
