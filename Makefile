@@ -37,6 +37,8 @@ test-qemu: deps
 bench: deps
 	$(PYTHON) -m bench
 	$(PYTHON) -m bench.storm
+	$(PYTHON) -m bench.bigimage
+	$(PYTHON) -m bench.ram
 
 demo: deps
 	$(PYTHON) -m demo

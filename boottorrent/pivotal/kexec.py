@@ -9,6 +9,7 @@ from pathlib import Path
 
 from boottorrent.pivotal import ClientError
 from boottorrent.pivotal.console import say
+from boottorrent.pivotal.run import meminfo_mib
 from boottorrent.pivotal.swarm import Image
 
 
@@ -67,6 +68,9 @@ def kexec(commands: list[list[str]]) -> None:
         # No kexec_file_load (or the kernel is not signed for it): kexec_load.
         say(f"kexec_file_load failed ({result.stderr.strip()}); trying kexec_load")
         subprocess.run([arg for arg in load if arg != "-s"], check=True)
+    # The most RAM the image takes here: the download and kexec's copy.
+    total, available = meminfo_mib()
+    say(f"kexec loaded the image: {available} MiB of RAM still available, of {total} MiB")
     subprocess.run(["sync"])
     subprocess.run(execute, check=True)
     raise ClientError("kexec -e returned")

@@ -63,14 +63,16 @@ def vm_memory_mib(setting: str, total: int, available: int) -> int:
 
 def check_room(image: Image, work: Path) -> None:
     """Before the download: CannotRun if the image cannot fit in this
-    machine's RAM. The download is held in RAM (work is a tmpfs); a kexec
-    image needs a second copy while kexec loads it, and a qemu image's VM
-    its memory besides."""
+    machine's RAM. The download is held in RAM (work is a tmpfs); while
+    kexec_file_load loads a kexec image, the kernel holds two more copies
+    (the file as it read it, and the segment it copies that into: a 777
+    MiB image on a 2 GiB machine had kexec killed for want of memory,
+    bench/RAM.md), and a qemu image's VM needs its memory besides."""
     total, available = meminfo_mib()
     size = -(-image.spec.size // (1 << 20))
-    copies = 2 if image.spec.method == "kexec" else 1
+    copies = 3 if image.spec.method == "kexec" else 1
     needed = copies * size + PIVOTAL_RESERVE_MIB
-    held = f"{size} MiB, held in RAM{' twice while kexec loads it' if copies == 2 else ''}"
+    held = f"{size} MiB, held in RAM{' three times while kexec loads it' if copies == 3 else ''}"
     if needed > available:
         raise CannotRun(f"the image needs {needed} MiB of RAM here ({held}, and "
                         f"{PIVOTAL_RESERVE_MIB} MiB for the pivotal) and this machine has "

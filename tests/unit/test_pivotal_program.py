@@ -168,10 +168,10 @@ MIB = 1 << 20
 
 
 @pytest.mark.parametrize("method, size_mib, available_mib, refused", [
-    ("kexec", 900, 2048, None),
-    ("kexec", 1000, 2048, "needs 2128 MiB of RAM here (1000 MiB, held in RAM twice while "
-                          "kexec loads it, and 128 MiB for the pivotal) and this machine has "
-                          "2048 MiB available (4096 MiB in all)"),
+    ("kexec", 640, 2048, None),
+    ("kexec", 700, 2048, "needs 2228 MiB of RAM here (700 MiB, held in RAM three times "
+                         "while kexec loads it, and 128 MiB for the pivotal) and this machine "
+                         "has 2048 MiB available (4096 MiB in all)"),
     ("exec", 1900, 2048, None),
     ("exec", 1950, 2048, "needs 2078 MiB"),
 ])
