@@ -32,6 +32,8 @@ REPO = BENCH.parent
 MARKER = "ram-bench"
 LOADED = re.compile(r"kexec loaded the image: (\d+) MiB of RAM still available, of (\d+) MiB")
 REFUSED = re.compile(r"cannot run image \S+: (.*)")
+FAILED = re.compile(r"Out of memory: Killed process \d+ \(\S+\)|No space left on device|"
+                    r"giving up after .*|Kernel panic.*")
 
 
 def boot(size_mib: int, memory_mib: int, tmp: Path) -> dict:
@@ -70,6 +72,7 @@ def boot(size_mib: int, memory_mib: int, tmp: Path) -> dict:
         "available_after_kexec_load_mib": int(loaded[1]) if loaded else None,
         "total_mib": int(loaded[2]) if loaded else None,
         "refused": refused[1].strip() if refused else None,
+        "failed": failed[0].strip() if (failed := FAILED.search(console)) else None,
         "panic": "Kernel panic" in console,
     }
 
@@ -89,7 +92,7 @@ def write(memory_mib: int, rows: list[dict]) -> None:
         "while kexec_file_load loads it, the kernel holds the file as it read it",
         "too, which the pivotal's check counts (three copies).",
         "",
-        "| image | booted | power-on to marker | RAM in use at kexec | refused because |",
+        "| image | booted | power-on to marker | RAM in use at kexec | refused or failed |",
         "|---:|---|---:|---:|---|",
     ]
     for row in sorted(rows, key=lambda row: row["image_mib"]):
@@ -97,7 +100,7 @@ def write(memory_mib: int, rows: list[dict]) -> None:
                   if row["total_mib"] else "-")
         lines.append(f"| {row['image_mib']} MiB | {'yes' if row['booted'] else 'no'} | "
                      f"{str(row['seconds']) + ' s' if row['booted'] else '-'} | {in_use} | "
-                     f"{row['refused'] or ''} |")
+                     f"{row['refused'] or row.get('failed') or ''} |")
     lines += ["", f"Largest image booted: {max(booted) if booted else 'none'} MiB.", ""]
     (BENCH / "RAM.md").write_text("\n".join(lines))
 
