@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from lab.cluster import MIB, Cluster, random_image, sha256, stamp_bzimage_header
+from lab.cluster import MIB, Cluster, random_image, stamp_bzimage_header
 
 BENCH = Path(__file__).resolve().parent
 GIB = 1 << 30

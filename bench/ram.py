@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from lab import kernel
-from lab.cluster import pivotal_cache
-from lab.netns import Lab
+from lab.cluster import Cluster
 from lab.qemu import VM
-from lab.server import Server, lab_config
 from lab.testimage import MARKER_PREFIX, build_test_image
 
 BENCH = Path(__file__).resolve().parent
@@ -38,31 +33,20 @@ FAILED = re.compile(r"Out of memory: Killed process \d+ \(\S+\)|No space left on
 
 def boot(size_mib: int, memory_mib: int, tmp: Path) -> dict:
     image = build_test_image(REPO / ".cache" / "testimage", MARKER, pad_mib=size_mib)
-    config_dir = tmp / "etc"
-    (config_dir / "images.d").mkdir(parents=True)
-    (config_dir / "boottorrent.conf").write_text(lab_config(kernel.kernel_deb()))
-    state_dir = Path(tempfile.mkdtemp(prefix="boottorrent-state-"))
-    state_dir.chmod(0o755)
-    subprocess.run(["cp", "-al", str(pivotal_cache()), str(state_dir / "cache")], check=True)
-    try:
-        with Lab() as lab:
-            server = Server(lab.add_server(), config_dir, state_dir, tmp / "logs")
-            server.boottorrent("add-image", "ram", "--kernel", str(image["kernel"]),
-                               "--initrd", str(image["initrd"]),
-                               "--cmdline", "console=ttyS0 panic=-1")
-            size = sum(f["size"] for f in json.loads(
-                (state_dir / "current" / "registry.json").read_text())["images"]["ram"]["files"])
-            server.start()
-            vm = VM(lab, "vm", tmp, mac="52:54:00:ab:00:01", memory_mib=memory_mib).start()
-            pattern = (f"{re.escape(MARKER_PREFIX + MARKER)}|cannot run image|giving up|Kernel panic|"
-               "dropping to a rescue shell")
-            try:
-                seconds = vm.wait_for(pattern, timeout=1800)
-            except TimeoutError:
-                seconds = None
-            console = vm.console()
-    finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
+    with Cluster(tmp) as cluster:
+        cluster.server.boottorrent("add-image", "ram", "--kernel", str(image["kernel"]),
+                                   "--initrd", str(image["initrd"]),
+                                   "--cmdline", "console=ttyS0 panic=-1")
+        size = sum(f["size"] for f in cluster.registry()["ram"]["files"])
+        cluster.start(("dnsmasq", "tracker", "seeder"))
+        vm = VM(cluster.lab, "vm", tmp, mac="52:54:00:ab:00:01", memory_mib=memory_mib).start()
+        pattern = (f"{re.escape(MARKER_PREFIX + MARKER)}|cannot run image|giving up|"
+                   "Kernel panic|dropping to a rescue shell")
+        try:
+            seconds = vm.wait_for(pattern, timeout=1800)
+        except TimeoutError:
+            seconds = None
+        console = vm.console()
     loaded = LOADED.search(console)
     refused = REFUSED.search(console)
     return {

@@ -109,8 +109,8 @@ def _built_image(image: Image, state: State, stream: TextIO) -> Image:
 
 
 def _remove_unused_builds(state: State, records: dict[str, ImageRecord]) -> None:
-    rootfs.remove_unused(state.rootfs_builds, {Path(f.source).parent for r in records.values()
-                                       for f in r.files})
+    used = {Path(f.source).parent for record in records.values() for f in record.files}
+    rootfs.remove_unused(state.rootfs_builds, used)
 
 
 def _store_and_commit(config: Config, state: State, image: Image,

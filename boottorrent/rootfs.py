@@ -4,10 +4,11 @@ or mmdebstrap, with a kernel, initramfs-tools and live-boot installed.
 
 The image's files are the tree's own kernel, an initrd that is an
 uncompressed cpio holding the tree as a compressed squashfs at
-/boottorrent/live/filesystem.squashfs, and the tree's own initramfs. After kexec the kernel unpacks
-it into the initramfs, and live-boot (`boot=live live-media=/boottorrent`)
-mounts it under an overlay with a tmpfs for writes: the machine runs the
-tree from RAM, holding the squashfs once.
+/boottorrent/live/filesystem.squashfs, and the tree's own initramfs. After
+kexec the kernel unpacks both into its initramfs, and live-boot
+(`boot=live live-media=/boottorrent`) mounts the squashfs under an overlay
+with a tmpfs for writes: the machine runs the tree from RAM, holding the
+squashfs once.
 
 A build is kept in the state's cache under the tree's fingerprint (every
 entry's path, type, mode, owner, size, mtime and link target, as rsync and
@@ -219,18 +220,23 @@ def pack(tree: Path, output: Path, total: int, label: str, stream: TextIO) -> No
     command = (["mksquashfs", str(tree), str(output), "-offset", str(head_size)]
                + MKSQUASHFS_OPTIONS + ["-e", *EXCLUDED])
     progress = Progress(f"{label}: packing the tree (mksquashfs)", total, stream)
-    try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   env=env)
-    except FileNotFoundError:
-        raise OSError("mksquashfs is missing: install squashfs-tools") from None
-    assert process.stdout and process.stderr
-    while chunk := process.stdout.read1(4096):
-        if found := PROGRESS_BAR.findall(chunk):
-            done, blocks = found[-1]
-            progress.update(total * int(done) // max(int(blocks), 1))
-    errors = process.stderr.read().decode(errors="replace").strip()
-    if process.wait() != 0:
+    # Its complaints go to a file: a pipe that nobody reads while the
+    # progress bar is read could fill up and stop mksquashfs.
+    with tempfile.TemporaryFile() as complaints:
+        try:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=complaints,
+                                       env=env)
+        except FileNotFoundError:
+            raise OSError("mksquashfs is missing: install squashfs-tools") from None
+        assert process.stdout
+        while chunk := process.stdout.read1(4096):
+            if found := PROGRESS_BAR.findall(chunk):
+                done, blocks = found[-1]
+                progress.update(total * int(done) // max(int(blocks), 1))
+        process.wait()
+        complaints.seek(0)
+        errors = complaints.read().decode(errors="replace").strip()
+    if process.returncode != 0:
         lines = [line for line in errors.splitlines() if line.strip()]
         raise OSError(f"mksquashfs {tree} failed: {lines[-1] if lines else process.returncode}")
     progress.close()

@@ -7,6 +7,7 @@ QEMU test in test_e2e_qemu.py boots a real bookworm tree."""
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import signal
 import subprocess
@@ -18,6 +19,8 @@ from conftest import PYTHON, REPO, cli, stamp_bzimage_header, tree, wait_for
 from test_bad_input import refused
 from test_registry import registry
 
+from lab.testimage import CpioWriter
+
 VERSION = "6.1.0-99-amd64"
 LIVE_WORDS = "boot=live live-media=/boottorrent"
 SQUASHFS = "boottorrent/live/filesystem.squashfs"
@@ -25,13 +28,12 @@ SQUASHFS = "boottorrent/live/filesystem.squashfs"
 
 def newc(entries: dict[str, bytes]) -> bytes:
     """A newc cpio of regular files (folders implied), as cpio -H newc writes."""
-    out = b""
-    for number, (name, body) in enumerate(entries.items(), start=1):
-        fields = [number, 0o100644, 0, 0, 1, 0, len(body), 0, 0, 0, 0, len(name) + 1, 0]
-        header = b"070701" + b"".join(b"%08X" % f for f in fields) + name.encode() + b"\0"
-        out += header + b"\0" * (-len(header) % 4) + body + b"\0" * (-len(body) % 4)
-    trailer = b"070701" + b"%08X" % 0 * 11 + b"%08X" % 11 + b"%08X" % 0 + b"TRAILER!!!\0"
-    return out + trailer + b"\0" * (-len(trailer) % 4)
+    out = io.BytesIO()
+    cpio = CpioWriter(out)
+    for name, data in entries.items():
+        cpio.file(name, data)
+    cpio.trailer()
+    return out.getvalue()
 
 
 def make_tree(root: Path, *, kernel: bool = True, modules: bool = True, initrd: bool = True,

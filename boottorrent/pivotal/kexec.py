@@ -68,7 +68,8 @@ def kexec(commands: list[list[str]]) -> None:
         # No kexec_file_load (or the kernel is not signed for it): kexec_load.
         say(f"kexec_file_load failed ({result.stderr.strip()}); trying kexec_load")
         subprocess.run([arg for arg in load if arg != "-s"], check=True)
-    # The most RAM the image takes here: the download and kexec's copy.
+    # What the image takes here once loaded: the download and kexec's segment
+    # (while loading, the kernel's read buffer as well; run.check_room).
     total, available = meminfo_mib()
     say(f"kexec loaded the image: {available} MiB of RAM still available, of {total} MiB")
     subprocess.run(["sync"])
