@@ -101,7 +101,7 @@ class Seeder:
             if infohash not in wanted:
                 seeded = self.seeded.pop(infohash)
                 self.session.remove_torrent(seeded.handle)
-                self.web.pieces.withdraw(infohash)
+                self.web.withdraw(infohash)
                 log.info("stopped seeding %s", seeded.record.name,
                          extra={"IMAGE": seeded.record.name, "INFOHASH": infohash})
         for infohash, record in wanted.items():
@@ -128,7 +128,7 @@ class Seeder:
         infohash = torrents.info_hash(torrent) if torrent else ""
         if self.pivotal and self.pivotal[0] != infohash:
             self.session.remove_torrent(self.pivotal[1])
-            self.web.pieces.withdraw(self.pivotal[0])
+            self.web.withdraw(self.pivotal[0])
             self.pivotal = None
         if torrent and not self.pivotal:
             self.pivotal = (infohash, self._add(torrent, self.state.current / "boot"))
@@ -158,8 +158,11 @@ class Seeder:
         # without reading it a second time.
         params.flags |= lt.torrent_flags.seed_mode
         params.verified_pieces = [True] * params.ti.num_pieces()
-        # The machines fetch their share of the pieces over HTTP (assign.py).
-        self.web.pieces.offer(str(params.ti.info_hashes().v1), params.ti.num_pieces())
+        # The first machine of the chain streams the files over HTTP (chain.py).
+        files = params.ti.files()
+        self.web.offer(str(params.ti.info_hashes().v1),
+                       [(save_path / files.file_path(i), files.file_size(i))
+                        for i in range(files.num_files())])
         return self.session.add_torrent(params)
 
     @staticmethod
@@ -183,7 +186,8 @@ class Seeder:
                 "leechers": max(status.num_incomplete, 0),
                 "upload_rate": status.upload_payload_rate,
                 "uploaded": status.all_time_upload,
-                "http_sent": self.web.sent_under(f"/images/{infohash}/"),
+                "http_sent": (self.web.sent_under(f"/images/{infohash}/")
+                              + self.web.sent_under(f"/stream/{infohash}")),
                 "state": str(status.state),
             })
             for peer in seeded.handle.get_peer_info():
@@ -194,7 +198,8 @@ class Seeder:
         if self.pivotal:
             pivotal = {"infohash": self.pivotal[0],
                        "uploaded": self.pivotal[1].status().all_time_upload}
-        pivotal.update(http_sent=self.web.sent_under("/boot/pivotal/"),
+        pivotal.update(http_sent=self.web.sent_under("/boot/pivotal/")
+                       + (self.web.sent_under(f"/stream/{self.pivotal[0]}") if self.pivotal else 0),
                        redirects=self.web.machines.redirects_given())
         self._status = {"images": images, "peers": peers, "pivotal": pivotal,
                         "time": time.time()}

@@ -7,9 +7,13 @@ and the status endpoint that pivotals report to.
                                        that serves it, or 503 and Retry-After
                                        while one is about to (Machines.pivotal_source)
     GET  /images/INFOHASH/NAME/FILE    a registered file (BEP 19 web seed; Range)
-    GET  /pieces/INFOHASH              which piece of a torrent the asker fetches from
-                                       the server (assign.py), JSON: {"piece": N},
-                                       {"wait": SECONDS} or {"done": true}
+    GET  /chain/INFOHASH?port=P[&failed=ADDRESS:PORT]
+                                       whom the asker (its relay on port P) streams a
+                                       torrent's bytes from (chain.py), JSON:
+                                       {"source": "ADDRESS:PORT"}, or "" for the server
+    GET  /stream/INFOHASH              a torrent's bytes, its files one after the
+                                       other (Range: bytes=N-), for the first machine
+                                       of the chain
     POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report);
                                        the answer: when to report next, and how
                                        many machines are on their way
@@ -46,7 +50,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from boottorrent import assign
+from boottorrent import chain
 from boottorrent.pivotal.wire import Report
 from boottorrent.render import PIVOTAL_QEMU, PIVOTAL_SHARED
 
@@ -319,17 +323,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/status":
             self._send_json(self.server.status())
-        elif self.path.startswith("/pieces/"):
-            piece = self.server.pieces.next_piece(self.path.removeprefix("/pieces/")[:64],
-                                                  self.client_address[0])
-            if piece is None:
-                self.send_error(HTTPStatus.NOT_FOUND)
-            elif piece == assign.WAIT:
-                self._send_json({"wait": round(random.uniform(0.1, 0.3), 2)})
-            elif piece == assign.DONE:
-                self._send_json({"done": True})
-            else:
-                self._send_json({"piece": piece})
+        elif self.path.startswith("/chain/"):
+            self._chain_source()
+        elif self.path.startswith("/stream/"):
+            self._send_stream(self.path.removeprefix("/stream/")[:64])
         else:
             self._serve_file(head=False)
 
@@ -356,6 +353,54 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.BAD_REQUEST, str(reason)[:200])
             return
         self._send_json(self.server.machines.add(report, self.client_address[0]))
+
+    def _chain_source(self) -> None:
+        infohash, _, query = self.path.removeprefix("/chain/").partition("?")
+        asked = parse_qs(query)
+        port = asked.get("port", [""])[0]
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            self.send_error(HTTPStatus.BAD_REQUEST, "port: a TCP port number is expected")
+            return
+        source = self.server.chains.source(infohash[:64], f"{self.client_address[0]}:{port}",
+                                           asked.get("failed", [""])[0][:64])
+        if source is None:
+            self.send_error(HTTPStatus.NOT_FOUND)
+        else:
+            self._send_json({"source": source})
+
+    def _send_stream(self, infohash: str) -> None:
+        files = self.server.streams.get(infohash)
+        if files is None:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        total = sum(size for _, size in files)
+        wanted = byte_range(self.headers.get("Range", ""), total)
+        if wanted is None:
+            self._not_satisfiable(total)
+            return
+        start, end, partial = wanted
+        self.send_response(HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(end - start + 1))
+        if partial:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        self.end_headers()
+        self.wfile.flush()
+        offset = 0
+        for path, size in files:
+            first, last = max(start - offset, 0), min(end - offset, size - 1)
+            if first <= last:
+                with path.open("rb") as file:
+                    sent = self.connection.sendfile(file, first, last - first + 1)
+                self.server.count_sent(f"/stream/{infohash}", sent)
+            offset += size
+
+    def _not_satisfiable(self, size: int) -> None:
+        self.log_error("code 416, Range %r of %d bytes", self.headers.get("Range", "")[:40], size)
+        self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+        self.send_header("Content-Range", f"bytes */{size}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _retry_later(self) -> None:
         self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
@@ -413,12 +458,7 @@ class Handler(BaseHTTPRequestHandler):
             size = os.fstat(file.fileno()).st_size
             wanted = byte_range(self.headers.get("Range", ""), size)
             if wanted is None:
-                self.log_error("code 416, Range %r of a file of %d bytes",
-                               self.headers.get("Range", "")[:40], size)
-                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self._not_satisfiable(size)
                 return
             start, end, partial = wanted
             status = HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK
@@ -446,7 +486,9 @@ class WebServer(HTTPServer):
         self.log_request_line = log_request_line
         self.log_bad_request = log_bad_request
         self.machines = Machines(forget_after)
-        self.pieces = assign.PieceAssigner(self.machines.in_swarm)
+        self.chains = chain.Chains(self.machines.in_swarm)
+        # The files of each torrent offered for streaming, in torrent order.
+        self.streams: dict[str, list[tuple[Path, int]]] = {}
         self.pivotal_infohash = ""  # of the pivotal files the seeder seeds (seeder.py)
         self.sent_by_path: dict[str, int] = {}
         self._sent_lock = threading.Lock()
@@ -495,6 +537,15 @@ class WebServer(HTTPServer):
             return path if path.is_file() else None
         except (OSError, ValueError):  # a name too long, a NUL byte
             return None
+
+    def offer(self, infohash: str, files: list[tuple[Path, int]]) -> None:
+        """Stream this torrent's files (in torrent order) to the machines' chain."""
+        self.streams[infohash] = files
+        self.chains.offer(infohash)
+
+    def withdraw(self, infohash: str) -> None:
+        self.streams.pop(infohash, None)
+        self.chains.withdraw(infohash)
 
     def count_sent(self, path: str, count: int) -> None:
         with self._sent_lock:

@@ -131,8 +131,31 @@ class Lab:
         _ip("link", "set", "eth0", "up", netns=netns)
         if address:
             _ip("addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "eth0", netns=netns)
+            self._add_neighbours(host)
         self.hosts[name] = host
         return host
+
+    def _add_neighbours(self, new: Host) -> None:
+        """Static ARP entries between new and every host with a fixed address.
+
+        The kernel keeps one ARP table for all namespaces, of 1024 entries
+        (net.ipv4.neigh.default.gc_thresh3, settable only in the host's own
+        namespace): 33 hosts that each talk to all others overflow it
+        ("neighbor table overflow" in dmesg), and their connections then
+        wait seconds for addresses that never resolve. Each real machine
+        has its own table; permanent entries stand for that, and the
+        kernel does not count them against the limit.
+        """
+        others = [h for h in self.hosts.values() if h.address]
+        if not others:
+            return
+        lines = "".join(f"neigh replace {h.address} lladdr {h.mac} dev eth0 nud permanent\n"
+                        for h in others)
+        subprocess.run(["ip", "-n", new.netns, "-batch", "-"], input=lines, check=True,
+                       capture_output=True, text=True)
+        for host in others:
+            _ip("neigh", "replace", new.address, "lladdr", new.mac, "dev", "eth0",
+                "nud", "permanent", netns=host.netns)
 
     def add_server(self) -> Host:
         return self.add_host("server", SERVER_ADDRESS)

@@ -135,17 +135,22 @@ def test_seeder_stopped_once_swarm_holds_every_piece(make_cluster):
     (checked on the clients' files against the torrent's piece hashes):
     the clients complete from each other.
 
-    The server uploads to two clients at a time, over a link faster than
-    theirs, so that the swarm holds every piece well before any client
-    does; with every client served at once they would all fetch the last
-    rare pieces from the server together, and hold everything together."""
+    The clients start one after the other, each once the one before holds
+    a quarter of the pieces, so that the swarm holds every piece well
+    before the last client does: the machines pass the image along a chain
+    (relay.py), each a little behind the one before, and started together
+    they would all hold everything within a second of each other."""
     cluster = make_cluster(rate_mbit=8, conf={"seeder": {"upload_slots": 2}})
     cluster.server_host.shape(32)
     files = cluster.add_image(IMAGE, SIZES)
     cluster.start()
     pieces = Pieces(cluster.torrent(IMAGE))
     clients = [cluster.client(f"c{i}", IMAGE) for i in range(4)]
-    for client in clients:
+    for before, client in zip([None] + clients, clients):
+        if before:
+            wait_for(lambda: sum(pieces.held(before.work / "images", p)
+                                 for p in range(len(pieces))) >= len(pieces) // 4,
+                     TIMEOUT, f"{before.name} holds a quarter of the pieces", interval=0.1)
         client.start()
     holders: dict[int, str] = {}
 

@@ -1,7 +1,7 @@
 """The pivotal's own files, shared: a pivotal that hears from the server
 that machines wait for them fetches them from the swarm (a second torrent
-in its libtorrent session, from the other machines, and the pieces the
-server hands it) and, once it holds all of them, serves them over
+in its libtorrent session, through the chain and from the other machines)
+and, once it holds all of them, serves them over
 HTTP with busybox httpd. The server then sends the iPXE of machines that
 boot later here rather than serving the pivotal itself (web.py)."""
 
@@ -14,22 +14,21 @@ import libtorrent as lt
 
 from boottorrent.pivotal import lan
 from boottorrent.pivotal.console import say
-from boottorrent.pivotal.pieces import ServerPieces
+from boottorrent.pivotal.relay import Relay, RelayServer
 from boottorrent.pivotal.wire import PivotalConfig, Report
 
 
 class PivotalShare:
     def __init__(self, session: lt.session, config: PivotalConfig, folder: Path,
-                 report: Report):
-        # From the swarm, and the pieces the server hands out over HTTP
-        # (pieces.py), never from its web seed as such: the server's HTTP
-        # side is what this spares.
+                 report: Report, relays: RelayServer):
+        # Through the chain (relay.py) and from the swarm, never from the
+        # server's web seed as such: the server's HTTP side is what this spares.
         params, web_seeds = lan.join_params(config.pivotal_torrent, folder,
                                             (config.server, config.seeder_port))
         self.handle = session.add_torrent(params)
         self.infohash = str(params.ti.info_hashes().v1)
-        self.server_pieces = ServerPieces(self.handle, params.ti, config.http_url,
-                                          web_seeds[0]) if web_seeds else None
+        self.relay = Relay(self.handle, params.ti, config.http_url, folder,
+                           relays) if web_seeds else None
         self.folder = folder
         self.port = config.http_port
         self.report = report
@@ -55,8 +54,8 @@ class PivotalShare:
                 "pivotal's files")
 
     def stop(self) -> None:
-        if self.server_pieces:
-            self.server_pieces.stop()
+        if self.relay:
+            self.relay.stop()
         self.report.serving = ""
         if self.httpd and self.httpd.poll() is None:
             self.httpd.terminate()

@@ -13,7 +13,7 @@ import libtorrent as lt
 
 from boottorrent.pivotal import ClientError, lan
 from boottorrent.pivotal.console import human_bytes, say
-from boottorrent.pivotal.pieces import ServerPieces
+from boottorrent.pivotal.relay import Relay, RelayServer
 from boottorrent.pivotal.report import Reporter
 from boottorrent.pivotal.share import PivotalShare
 from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, Report
@@ -77,15 +77,15 @@ class SourceCounter:
 class ServerGate:
     """The server as a BitTorrent peer only for what it cannot get otherwise.
 
-    The server hands each machine pieces over HTTP itself (pieces.py),
-    each piece to one machine, and the machines trade the rest. Its
-    address is filtered out of this machine's BitTorrent from the start
-    (its connection closes and it is not dialled), so that libtorrent does
-    not also ask the server for whatever it lacks. The server is let in
-    when a piece this machine misses has been on no connected peer for
-    STALL seconds once the server gives no more pieces over HTTP (the
-    machine that had it left), or when nothing arrived for STALL seconds
-    (peers that choke us, or a server without /pieces), and then stays in
+    The image arrives through the chain (relay.py), which the server
+    feeds once, and BitTorrent fills the gaps from the other machines. The
+    server's address is filtered out of this machine's BitTorrent from the
+    start (its connection closes and it is not dialled), so that
+    libtorrent does not also ask the server for whatever it lacks. The
+    server is let in when a piece this machine misses has been on no
+    connected peer for STALL seconds once the chain brings nothing more,
+    or when nothing arrived for STALL seconds
+    (peers that choke us, or a server without /chain), and then stays in
     for REOPEN_FOR seconds at least; it is filtered out again while the
     peers hold, between them, every piece this machine misses.
     """
@@ -108,12 +108,12 @@ class ServerGate:
             self._shut(False, [])
 
     def update(self, handles: list[lt.torrent_handle], server_gives: bool) -> None:
-        """server_gives: the server still hands this machine pieces over
-        HTTP (pieces.py); what the peers lack meanwhile comes that way."""
+        """server_gives: the chain still brings this machine the image
+        (relay.py); what the peers lack meanwhile comes that way."""
         downloading, lacking, done = False, False, 0
         for handle in handles:
             status = handle.status(lt.status_flags_t.query_pieces)
-            done += status.total_wanted_done
+            done += status.total_done
             if status.is_seeding:
                 continue
             downloading = True
@@ -177,8 +177,10 @@ class Swarm:
         self.handle = self.session.add_torrent(params)
         self.last_announce = time.monotonic()
         report.size = params.ti.total_size()
-        self.server_pieces = ServerPieces(self.handle, params.ti, config.http_url,
-                                          self.web_seeds[0]) if self.web_seeds else None
+        # The chain (relay.py), where the server offers it (it has web seeds).
+        self.relays = RelayServer(listen.rpartition(":")[0])
+        self.relay = Relay(self.handle, params.ti, config.http_url, save_path,
+                           self.relays) if self.web_seeds else None
         self.server_answer = server
         self.config = config
         self.share_folder = share_folder if config.pivotal_torrent else None
@@ -197,15 +199,18 @@ class Swarm:
         if self.share:
             self.share.poll()
         elif self.share_folder and self.server_answer and self.server_answer.waiting:
-            self.share = PivotalShare(self.session, self.config, self.share_folder, self.report)
+            self.share = PivotalShare(self.session, self.config, self.share_folder, self.report,
+                                      self.relays)
         # The torrent's total first, then the connections: see SourceCounter.
         received = self.handle.status().total_payload_download
-        peers = [(p.ip, p.local_endpoint, p.total_download) for p in self.handle.get_peer_info()]
-        from_server, self.report.from_peers = self.sources.update(received, peers)
-        self.report.from_server = from_server + (
-            self.server_pieces.received if self.server_pieces else 0)
-        giving = [p for p in (self.server_pieces, self.share and self.share.server_pieces)
-                  if p and not p.done]
+        peer_info = self.handle.get_peer_info()
+        peers = [(p.ip, p.local_endpoint, p.total_download) for p in peer_info]
+        if self.relay:
+            self.relay.use_seeds(peer_info, self.server)
+        from_server, from_peers = self.sources.update(received, peers)
+        self.report.from_server = from_server + (self.relay.from_server if self.relay else 0)
+        self.report.from_peers = from_peers + (self.relay.from_peers if self.relay else 0)
+        giving = [r for r in (self.relay, self.share and self.share.relay) if r and not r.done]
         self.gate.update([self.handle] + ([self.share.handle] if self.share else []),
                          bool(giving))
         for alert in alerts:
@@ -225,11 +230,13 @@ class Swarm:
 
     def _update_report(self) -> lt.torrent_status:
         status = self.handle.status()
-        self.report.progress = status.progress
+        # Of the whole image: progress is of the pieces BitTorrent is to
+        # fetch, none while the chain brings them (relay.py).
+        self.report.progress = status.total_done / max(self.report.size, 1)
         self.report.peers = status.num_peers
         self.report.download_rate = status.download_payload_rate
         self.report.upload_rate = status.upload_payload_rate
-        self.report.uploaded = status.all_time_upload
+        self.report.uploaded = status.all_time_upload + (self.relay.sent if self.relay else 0)
         return status
 
     def download(self) -> None:
@@ -243,8 +250,8 @@ class Swarm:
                 break
             if status.state == lt.torrent_status.downloading and status.errc.value():
                 raise ClientError(f"download failed: {status.errc.message()}")
-            if status.total_wanted_done != last_progress:
-                last_progress, stalled_since = status.total_wanted_done, time.monotonic()
+            if status.total_done != last_progress:
+                last_progress, stalled_since = status.total_done, time.monotonic()
             elif (self.web_seeds and time.monotonic() - stalled_since
                   > self.settings.fallback_after):
                 say(f"no progress for {self.settings.fallback_after} s: "
@@ -260,14 +267,28 @@ class Swarm:
             self._announce_when_due()
             if time.monotonic() - last_said >= 2:
                 last_said = time.monotonic()
-                say(f"{self.image.name}: {status.progress:.0%} from {status.num_peers} peers "
+                say(f"{self.image.name}: {self.report.progress:.0%} from {status.num_peers} peers "
                     f"({human_bytes(self.report.from_server)} from the server, "
                     f"{human_bytes(self.report.from_peers)} from peers; tracker: "
                     f"{max(status.num_complete, 0)} seeds, "
                     f"{max(status.num_incomplete, 0)} downloading)")
+        self._close_written_files()
         self.report.downloaded_at = time.time()
         say(f"{self.image.name}: downloaded, {human_bytes(self.report.from_server)} from the "
             f"server, {human_bytes(self.report.from_peers)} from peers")
+
+    def _close_written_files(self) -> None:
+        """Have libtorrent close the files it wrote. It does so by itself
+        when a download completes, but with the chain's pieces wanted by
+        nobody (relay.py) the torrent counts as complete from the start, and
+        an exec image's program cannot run while a file handle writes it
+        ("Text file busy")."""
+        self.handle.flush_cache()
+        # Asynchronous; files a peer's request opens again are opened to read
+        # (the binding cannot show how a file is open: wait for none, 2 s at most).
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and self.handle.file_status():
+            time.sleep(0.05)
 
     def _stalled(self, status: lt.torrent_status, seconds: int) -> str:
         last = f" (last error: {self.last_error})" if self.last_error else ""
@@ -318,7 +339,7 @@ class Swarm:
             # -1 while it does not answer: then no new peer can find us
             # either, and only the peers already connected count.
             # (peer_info.seed is the flag's value, always true: test the flags.)
-            if on_their_way:
+            if on_their_way or self.relays.streaming:
                 idle_since = None
             elif all(p.flags & lt.peer_info.seed for p in self.handle.get_peer_info()):
                 idle_since = idle_since or time.monotonic()
@@ -336,8 +357,9 @@ class Swarm:
         """Tell the tracker we are gone before the kernel is replaced."""
         if self.share:
             self.share.stop()
-        if self.server_pieces:
-            self.server_pieces.stop()
+        if self.relay:
+            self.relay.stop()
+        self.relays.stop()
         self.handle.pause()  # which announces "stopped"
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:

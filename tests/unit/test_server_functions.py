@@ -11,7 +11,7 @@ from boottorrent.imageconf import check_cmdline, check_image_name
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.status import format_status
 from boottorrent.torrents import PIECES_MAX, piece_size_for
-from boottorrent import assign, web
+from boottorrent import chain, web
 from boottorrent.pivotal.wire import Report
 from boottorrent.web import Machines, byte_range
 
@@ -213,21 +213,25 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     assert machines.pivotal_source("ab", late[-1], first_try=True) == web.SERVER
 
 
-def test_the_server_gives_each_piece_once_to_a_few_machines_at_a_time():
-    now, in_swarm = [0.0], {"m0", "m1", "m2", "m3", "late"}
-    pieces = assign.PieceAssigner(in_swarm.__contains__, clock=lambda: now[0])
-    assert pieces.next_piece("ab", "m1") is None  # a torrent it does not give
-    pieces.offer("ab", 6)
-    given = [pieces.next_piece("ab", f"m{n}") for n in range(assign.SENDS_AT_ONCE)]
-    assert given == list(range(assign.SENDS_AT_ONCE))
-    assert pieces.next_piece("ab", "late") == assign.WAIT
-    # Asking again says the last piece arrived: the next one is given at once.
-    assert pieces.next_piece("ab", "m0") == assign.SENDS_AT_ONCE
-    now[0] += assign.FETCH_MAX  # fetches that never asked again count as over
-    assert pieces.next_piece("ab", "late") == 5
-    # Every piece is with a machine in the swarm: the others trade them.
-    assert pieces.next_piece("ab", "new") == assign.DONE
-    # The machine that had piece 2 left (the wave is over): it is given again.
-    in_swarm.discard("m2")
-    assert pieces.next_piece("ab", "new") == 2
-    assert pieces.next_piece("ab", "m0") == assign.DONE
+def test_machines_form_a_chain_in_the_order_they_ask():
+    now, in_swarm = [0.0], {"198.18.1.1", "198.18.1.2", "198.18.1.3"}
+    chains = chain.Chains(in_swarm.__contains__, clock=lambda: now[0])
+    assert chains.source("ab", "198.18.1.1:7000") is None  # a torrent it does not offer
+    chains.offer("ab")
+    m1, m2, m3 = "198.18.1.1:7000", "198.18.1.2:7000", "198.18.1.3:7000"
+    # The first streams from the server, every other one from the one before.
+    assert [chains.source("ab", m) for m in (m1, m2, m3)] == [chain.SERVER, m1, m2]
+    assert chains.source("ab", m2) == m1  # asking again keeps the place
+    # m3's source failed it: m2 leaves the chain, m3 streams from m1.
+    assert chains.source("ab", m3, failed=m2) == m1
+    assert chains.members("ab") == [m1, m3]
+    # The server is never left out.
+    assert chains.source("ab", m1, failed=chain.SERVER) == chain.SERVER
+    # Machines that left the swarm are passed over once they are no longer
+    # new: the next boot wave starts from the server.
+    now[0] += chain.NEW_FOR
+    in_swarm.clear()
+    assert chains.source("ab", "198.18.1.9:7000") == chain.SERVER
+    assert chains.members("ab") == ["198.18.1.9:7000"]
+    chains.withdraw("ab")
+    assert chains.source("ab", m1) is None
