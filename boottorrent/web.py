@@ -379,12 +379,7 @@ class Handler(BaseHTTPRequestHandler):
             self._not_satisfiable(total)
             return
         start, end, partial = wanted
-        self.send_response(HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end - start + 1))
-        if partial:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
-        self.end_headers()
+        self._send_body_headers(start, end, total, partial)
         self.wfile.flush()
         offset = 0
         for path, size in files:
@@ -394,6 +389,16 @@ class Handler(BaseHTTPRequestHandler):
                     sent = self.connection.sendfile(file, first, last - first + 1)
                 self.server.count_sent(f"/stream/{infohash}", sent)
             offset += size
+
+    def _send_body_headers(self, start: int, end: int, size: int, partial: bool) -> None:
+        """The status and headers of bytes start to end of size bytes."""
+        self.send_response(HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        if partial:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
 
     def _not_satisfiable(self, size: int) -> None:
         self.log_error("code 416, Range %r of %d bytes", self.headers.get("Range", "")[:40], size)
@@ -461,14 +466,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._not_satisfiable(size)
                 return
             start, end, partial = wanted
-            status = HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(end - start + 1))
-            if status == HTTPStatus.PARTIAL_CONTENT:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.end_headers()
+            self._send_body_headers(start, end, size, partial)
             if not head:
                 self.wfile.flush()
                 sent = self.connection.sendfile(file, start, end - start + 1)
