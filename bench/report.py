@@ -89,8 +89,10 @@ def write_markdown(path: Path, results: list[Result], context: dict) -> None:
         "moment a client holds a verified copy: BootTorrent's `verified_at` (every piece "
         "hash-checked by libtorrent, then the client's SHA-256 check of every file), HTTP and "
         "multicast: the download process's exit, and the bench then compares the SHA-256 of "
-        "what arrived. BootTorrent's times include starting Python and libtorrent in each "
-        "client.",
+        "what arrived. BootTorrent's clients are started beforehand and wait with Python and "
+        "libtorrent imported (lab/ready.py), as N computers would each have started their "
+        "pivotal on a CPU of their own: the lab's two cores would start 32 of them one after "
+        "the other (1.1 s); the time runs from the moment they are all told to begin.",
         "- Server sent: bytes the server's interface sent, counted on the wire (RX counter of "
         "the switch's end of the server's veth, so Ethernet, IP and TCP headers and the "
         "tracker's and status traffic are in) over F. \"Payload\": the seeder's own counters "

@@ -264,7 +264,7 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
         infohash = cluster.server.status()["pivotal"]["infohash"]
         cluster.server_host.run(["ip", "route", "add", str(EXTRA_NETWORK), "dev", "eth0"])
         real_at = {round(i * count / real) for i in range(real)} if real else set()
-        clients, loaders, standins = [], [], []
+        clients, loaders, standins, standin_hosts = [], [], [], []
         for index in range(count):
             if index in real_at:
                 client = cluster.client(f"m{index}", "bench")
@@ -275,14 +275,19 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
                     stdout=subprocess.PIPE, text=True))
             else:
                 host = cluster.add_host(f"s{index}", address=None)
+                host.address = str(EXTRA_NETWORK[len(standins) + 1])
                 # /16: the lab's /24 is on the same link.
-                host.run(["ip", "addr", "add", f"{EXTRA_NETWORK[len(standins) + 1]}/16",
-                          "dev", "eth0"])
+                host.run(["ip", "addr", "add", f"{host.address}/16", "dev", "eth0"])
+                standin_hosts.append(host)
                 standins.append(host.popen(
                     [PYTHON, "-m", "lab.standin", *expect, "--serve", str(share),
                      "--report", f"http://{SERVER_ADDRESS}:6980/report",
                      "--infohash", infohash, BOOT], cwd=REPO, stdout=subprocess.PIPE,
                     text=True))
+        # Hundreds of hosts that talk to each other overflow the kernel's one
+        # ARP table for all namespaces (lab.netns.Lab._add_neighbours).
+        cluster.lab.add_neighbours([cluster.server_host, *(c.host for c in clients),
+                                    *standin_hosts])
         for process in loaders + standins:
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a stand-in did not start: {process.args}")
@@ -471,8 +476,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's link for the pivotal storm, Mbit/s (default: 1000)")
     parser.add_argument("--reporters", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long they report")
-    parser.add_argument("--waves", default="4:0,16:30,32:30",
-                        help="boot waves, N:SECONDS (default: %(default)s)")
+    parser.add_argument("--waves", default="4:0,16:30,32:30,32:30:256:20",
+                        help="boot waves, N:SECONDS[:MIB:RATE], of an image of MIB MiB "
+                        "(default: --size-mib) with every link at RATE Mbit/s (default: "
+                        "--wave-rate) (default: %(default)s)")
     parser.add_argument("--wave-rate", type=int, default=50,
                         help="every link's rate in the boot waves, Mbit/s (default: %(default)s)")
     parser.add_argument("--size-mib", type=int, default=16,
@@ -500,9 +507,10 @@ def main(argv: list[str] | None = None) -> int:
                                             int(rate or args.wave_rate), args.size_mib * MIB))
         print("bench.storm: storm", figures["storms"][-1], flush=True)
     for wave in (w for w in args.waves.split(",") if w):
-        count, _, spread = wave.partition(":")
-        figures["waves"].append(boot_wave(tmp, int(count), float(spread or 0), args.wave_rate,
-                                          args.size_mib * MIB))
+        count, spread, size_mib, rate = (wave.split(":") + ["", "", ""])[:4]
+        figures["waves"].append(boot_wave(tmp, int(count), float(spread or 0),
+                                          int(rate or args.wave_rate),
+                                          int(size_mib or args.size_mib) * MIB))
         print("bench.storm: wave", figures["waves"][-1], flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     figures["load"] = (load_before[0], os.getloadavg()[0])

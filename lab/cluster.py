@@ -133,21 +133,44 @@ class Client:
     process: subprocess.Popen | None = None
     launched: float = 0.0  # time.time() just before the process was started
     exited: float | None = None
+    ready: bool = False  # prepared: its process waits for start()
 
     def start(self) -> "Client":
+        """Start the pivotal's program, or, once prepared, let it begin."""
+        if self.ready:
+            self.ready = False
+            self.launched = time.time()
+            self.process.send_signal(signal.SIGUSR1)
+        else:
+            self._launch(["-m", "boottorrent.pivotal"])
+        return self
+
+    def prepare(self) -> "Client":
+        """Start the pivotal's program's process, its imports done, to
+        begin at start() (lab/ready.py): as a computer of its own would,
+        not after the lab's other clients' start-up on its two cores."""
+        self._launch(["-m", "lab.ready", "boottorrent.pivotal"])
+        wait_for(lambda: self.log().startswith("ready\n") or self.process.poll() is not None,
+                 60, f"{self.name} to be ready", interval=0.05)
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited before it began:\n{self.log()}")
+        self.ready = True
+        return self
+
+    def _launch(self, module: list[str]) -> None:
+        """module: what runs the pivotal's program (["-m", NAME, ...])."""
         self.work.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.launched = time.time()
         self.process = self.host.popen(
             # KVM on the lab's host is no machine's own (and may hang): TCG.
-            [PYTHON, "-m", "boottorrent.pivotal", "--dry-run", "--no-kvm", "--image", self.image,
+            [PYTHON, *module, "--dry-run", "--no-kvm", "--image", self.image,
              "--config", str(self.config or self.cluster.pivotal_json()),
              "--work-dir", str(self.work)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=environment(self.cluster.config_dir, self.cluster.state_dir))
         log.close()
-        return self
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -147,15 +147,17 @@ class Lab:
         kernel does not count them against the limit.
         """
         others = [h for h in self.hosts.values() if h.address]
-        if not others:
-            return
-        lines = "".join(f"neigh replace {h.address} lladdr {h.mac} dev eth0 nud permanent\n"
-                        for h in others)
-        subprocess.run(["ip", "-n", new.netns, "-batch", "-"], input=lines, check=True,
-                       capture_output=True, text=True)
+        if others:
+            _write_neighbours(new, others)
         for host in others:
-            _ip("neigh", "replace", new.address, "lladdr", new.mac, "dev", "eth0",
-                "nud", "permanent", netns=host.netns)
+            _write_neighbours(host, [new])
+
+    def add_neighbours(self, hosts: list[Host]) -> None:
+        """Static ARP entries between all of hosts (whose addresses were set
+        after add_host), one command per host: for hundreds of hosts, which
+        adding them one by one would make a quadratic number of commands."""
+        for host in hosts:
+            _write_neighbours(host, [h for h in hosts if h is not host])
 
     def add_server(self) -> Host:
         return self.add_host("server", SERVER_ADDRESS)
@@ -194,6 +196,13 @@ class Lab:
             _kill_namespace_processes(netns)
             subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
         self._namespaces.clear()
+
+
+def _write_neighbours(host: Host, others: list[Host]) -> None:
+    lines = "".join(f"neigh replace {h.address} lladdr {h.mac} dev eth0 nud permanent\n"
+                    for h in others)
+    subprocess.run(["ip", "-n", host.netns, "-batch", "-"], input=lines, check=True,
+                   capture_output=True, text=True)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -6,7 +6,7 @@ N machines fetching the same URLs at the same moment, as N iPXEs do: each
 of COUNT fetchers opens its own connection for each URL in turn (all
 fetchers start together), sends a plain HTTP/1.1 GET as iPXE does, follows
 redirects, asks again after a 503 with Retry-After as iPXE does (after
-that many seconds, with no limit but the time-out), and reads the whole
+that many seconds, with no limit), and reads the whole
 answer. The result, as JSON: one entry per fetcher and URL with the status,
 the bytes and the SHA-256 of the body, the redirects, how often it was told
 to ask again, the seconds taken, and the error if there was one.
@@ -43,23 +43,25 @@ MAX_REDIRECTS = 5
 
 
 async def fetch(url: str, timeout: float) -> dict:
+    """timeout: for each request and its answer; the waits a 503 asks for
+    are not counted (iPXE waits as long as it is told, as often as it is)."""
     started = time.monotonic()
     result: dict = {"url": url, "status": None, "bytes": 0, "sha256": None, "error": None,
                     "redirects": [], "retried": 0}
     try:
-        async with asyncio.timeout(timeout):
-            while True:
+        while True:
+            async with asyncio.timeout(timeout):
                 status, headers, size, digest = await get(url)
-                if status in (301, 302, 303, 307, 308) and "location" in headers \
-                        and len(result["redirects"]) < MAX_REDIRECTS:
-                    url = urljoin(url, headers["location"])
-                    result["redirects"].append(url)
-                elif status == 503 and headers.get("retry-after", "").isdigit():
-                    result["retried"] += 1
-                    await asyncio.sleep(int(headers["retry-after"]))
-                else:
-                    break
-            result.update(status=status, bytes=size, sha256=digest)
+            if status in (301, 302, 303, 307, 308) and "location" in headers \
+                    and len(result["redirects"]) < MAX_REDIRECTS:
+                url = urljoin(url, headers["location"])
+                result["redirects"].append(url)
+            elif status == 503 and headers.get("retry-after", "").isdigit():
+                result["retried"] += 1
+                await asyncio.sleep(int(headers["retry-after"]))
+            else:
+                break
+        result.update(status=status, bytes=size, sha256=digest)
     except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError) as error:
         result["error"] = f"{type(error).__name__}: {error}"
     result["seconds"] = round(time.monotonic() - started, 3)
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("urls", nargs="+", metavar="URL")
     parser.add_argument("--count", type=int, default=100, help="fetchers (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds one URL may take, waits included (default: %(default)s)")
+                        help="seconds one request and its answer may take, the waits a 503 "
+                        "asks for not included (default: %(default)s)")
     parser.add_argument("--reports-from", metavar="NETWORK",
                         help="send reports to the one URL from COUNT addresses of NETWORK")
     parser.add_argument("--seconds", type=float, default=60.0,
