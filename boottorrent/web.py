@@ -60,9 +60,13 @@ IDLE_TIMEOUT = 10  # seconds
 REPORT_MAX_BYTES = 4096  # a report is about 600 bytes
 RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
 RANGE_FORM = re.compile(r"bytes=\d*-\d*")
-# Reports the server is sized to take per second: each machine is told to
-# report every max(1, machines / REPORT_RATE) s (and adds its own jitter).
-REPORT_RATE = 200
+# Reports the server takes per second: each machine is told to report
+# every max(1, machines / REPORT_RATE) s (and adds its own jitter). The
+# seeder could take 200 a second (`make bench`, "Reports"), but each report
+# costs the server's link a TCP connection, about 500 bytes: in a storm of
+# 250 machines, reports every 1.25 s came to a sixth of the pivotal's size
+# in the server's bytes; every 5 s, they are a fraction of that.
+REPORT_RATE = 50
 # A machine that fetched the boot files is "coming" until it reports from
 # the pivotal, for this long at most: the pivotal's download in a storm,
 # the kernel's start-up and DHCP take well under it.
@@ -83,12 +87,17 @@ SERVER = "server"
 WAIT = "wait"
 # iPXE asks again after a 503 with Retry-After by itself, within the same
 # command and with no limit (httpcore.c, HTTP_RESPONSE_RETRY): its script's
-# own retries are not used up. Varied so that held machines do not all ask
-# at the same moment.
-RETRY_AFTER = (2, 5)  # seconds, at least and at most
-# Seconds a machine is held for a peer at most while no machine gets its
-# files (by the time of the later): in a storm the machines that serve each
-# other grow in number as a tree does, and hold the others much longer.
+# own retries are not used up. The machines held ask HELD_ASKS times a
+# second in all (each asks costs the server's link about 500 bytes): a
+# peer that becomes free is asked for within a fraction of a second, and a
+# storm's hundreds of held machines do not flood the link. Varied so that
+# they do not ask at the same moment.
+HELD_ASKS = 10  # per second
+RETRY_AFTER = (2, 30)  # seconds, at least and at most
+# Seconds a machine is held for a peer at most while the swarm makes no
+# progress towards serving it (Machines.pivotal_source): in a storm the
+# machines that serve each other grow in number as a tree does, and hold
+# the others much longer than this.
 HOLD_MAX = 60.0
 # A machine sent to a peer is taken to be fetching from it until it asks the
 # server for anything again or reports from its pivotal, or for this long.
@@ -104,6 +113,7 @@ class PivotalFetch:
     source: str = ""  # SERVER, WAIT, a peer's address, or "" (no transfer)
     since: float = 0.0  # when source was given (SERVER: its last transfer's end)
     sending: bool = False  # a transfer from the server in flight
+    sent_to_peer: bool = False  # it was sent to a peer once
 
 
 class Machines:
@@ -122,7 +132,10 @@ class Machines:
         self._redirects: dict[str, list[float]] = {}  # when each was sent a machine
         self._redirects_given = 0
         self._fetches: dict[str, PivotalFetch] = {}  # by the fetching machine's address
-        self._last_fetched = 0.0  # when a machine last reported after fetching its files
+        # When the swarm last moved towards serving the pivotal's files to
+        # the machines held, and the server's streams of them in flight.
+        self._last_progress = 0.0
+        self._pivotal_streams = 0
 
     def _put(self, address: str, entry: dict) -> None:
         self._by_address.pop(address, None)
@@ -143,9 +156,12 @@ class Machines:
         """File a report; the answer for the machine that sent it."""
         entry = {**asdict(report), "address": address, "received": self.clock()}
         with self._lock:
+            previous = self._by_address.get(address)
             self._put(address, entry)
             if self._fetches.pop(address, None):  # it runs its pivotal: it has the files
-                self._last_fetched = entry["received"]
+                self._last_progress = entry["received"]
+            if report.serving and (previous is None or previous["serving"] != report.serving):
+                self._last_progress = entry["received"]
             interval = max(1.0, len(self._by_address) / REPORT_RATE)
             coming = self._coming(report.image, address)
             waiting = self._waiting()
@@ -174,6 +190,13 @@ class Machines:
         """Machines held for the pivotal's files (told to ask again) lately."""
         recently = self.clock() - 3 * RETRY_AFTER[1]
         return sum(1 for f in self._fetches.values() if f.source == WAIT and f.since >= recently)
+
+    def retry_after(self) -> int:
+        """The seconds a machine told to wait is told to ask again after."""
+        with self._lock:
+            waiting = self._waiting()
+        seconds = waiting / HELD_ASKS * random.uniform(0.75, 1.25)
+        return round(min(max(seconds, RETRY_AFTER[0]), RETRY_AFTER[1]))
 
     def _swarm_test(self) -> Callable[[dict], bool]:
         """Whether an entry is of a machine in the swarm: it reported from
@@ -204,11 +227,14 @@ class Machines:
         So that the pivotal leaves the server as few times as it can: a
         machine that serves it and sends to fewer than PEER_SENDS machines
         (the least loaded); else, while a machine in the swarm is about to
-        serve it (it fetches the files once it hears machines wait), WAIT;
+        serve it (it fetches the files once it hears machines wait), or one
+        the server sent them to boots them (for HOLD_MAX s at most), WAIT;
         else the server, to SERVER_SENDS machines at once. A machine held
-        for HOLD_MAX s in which no machine got its files, or on a retry of
-        the boot script (a peer failed it, so no peer is tried again), is
-        overdue: the server sends to it
+        for HOLD_MAX s in which the swarm did not move (no machine got its
+        files, began to serve them or was sent to a peer, and the server
+        streamed none of them to the swarm), or on a retry of the boot
+        script after it was sent to a peer (which failed it, so no peer is
+        tried again), is overdue: the server sends to it
         rather than wait for the swarm, but to SERVER_SENDS_OVERDUE
         machines at once at most, since in a storm all the machines held
         are overdue together and the server's link shared by them all
@@ -224,14 +250,18 @@ class Machines:
             if fetch.source == SERVER and now - fetch.since < SERVER_GAP:
                 fetch.since = now
                 return SERVER
-            overdue = (not first_try
-                       or now - max(fetch.first_asked, self._last_fetched) >= HOLD_MAX)
+            peer_failed = not first_try and fetch.sent_to_peer
+            overdue = peer_failed or (
+                not self._pivotal_streams
+                and now - max(fetch.first_asked, self._last_progress) >= HOLD_MAX)
             busy: dict[str, int] = {}
+            booting = False
             for address, other in self._fetches.items():
                 if address == asker:
                     continue
                 if other.source == SERVER:
                     active = other.sending or now - other.since < SERVER_GAP
+                    booting = booting or (not active and now - other.since < HOLD_MAX)
                 else:
                     # WAIT holds nobody's upload; "" is a transfer from a peer that ended.
                     active = (other.source not in (WAIT, "")
@@ -241,7 +271,7 @@ class Machines:
             alive = self._alive(infohash, asker) if infohash else []
             free = [address for address, entry in alive
                     if entry["serving"] == infohash and busy.get(address, 0) < PEER_SENDS]
-            if free and first_try:
+            if free and not peer_failed:
                 for address in list(self._redirects):
                     self._redirects[address] = [t for t in self._redirects[address]
                                                 if t > now - LOAD_WINDOW]
@@ -249,9 +279,11 @@ class Machines:
                                                   len(self._redirects.get(a, ()))))
                 self._redirects.setdefault(chosen, []).append(now)
                 self._redirects_given += 1
-                fetch.source, fetch.since = chosen, now
+                self._last_progress = now
+                fetch.source, fetch.since, fetch.sent_to_peer = chosen, now, True
                 return chosen
-            server_may = SERVER_SENDS_OVERDUE if overdue else SERVER_SENDS if not alive else 0
+            server_may = (SERVER_SENDS_OVERDUE if overdue
+                          else SERVER_SENDS if not alive and not booting else 0)
             if busy.get(SERVER, 0) < server_may:
                 fetch.source, fetch.since = SERVER, now
                 return SERVER
@@ -264,6 +296,15 @@ class Machines:
             fetch = self._fetches.get(asker)
             if fetch and fetch.source == SERVER:
                 fetch.sending, fetch.since = started, self.clock()
+                if not started:
+                    self._last_progress = fetch.since  # it got a file
+
+    def streaming_pivotal(self, started: bool) -> None:
+        """The server started or ended a stream of the pivotal's files to a
+        machine in the swarm (the first of its chain), which will serve them."""
+        with self._lock:
+            self._pivotal_streams += 1 if started else -1
+            self._last_progress = self.clock()
 
     def redirects_given(self) -> int:
         return self._redirects_given
@@ -381,14 +422,21 @@ class Handler(BaseHTTPRequestHandler):
         start, end, partial = wanted
         self._send_body_headers(start, end, total, partial)
         self.wfile.flush()
-        offset = 0
-        for path, size in files:
-            first, last = max(start - offset, 0), min(end - offset, size - 1)
-            if first <= last:
-                with path.open("rb") as file:
-                    sent = self.connection.sendfile(file, first, last - first + 1)
-                self.server.count_sent(f"/stream/{infohash}", sent)
-            offset += size
+        pivotal = infohash == self.server.pivotal_infohash
+        if pivotal:
+            self.server.machines.streaming_pivotal(started=True)
+        try:
+            offset = 0
+            for path, size in files:
+                first, last = max(start - offset, 0), min(end - offset, size - 1)
+                if first <= last:
+                    with path.open("rb") as file:
+                        sent = self.connection.sendfile(file, first, last - first + 1)
+                    self.server.count_sent(f"/stream/{infohash}", sent)
+                offset += size
+        finally:
+            if pivotal:
+                self.server.machines.streaming_pivotal(started=False)
 
     def _send_body_headers(self, start: int, end: int, size: int, partial: bool) -> None:
         """The status and headers of bytes start to end of size bytes."""
@@ -409,7 +457,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _retry_later(self) -> None:
         self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
-        self.send_header("Retry-After", str(random.randint(*RETRY_AFTER)))
+        self.send_header("Retry-After", str(self.server.machines.retry_after()))
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -438,8 +486,9 @@ class Handler(BaseHTTPRequestHandler):
             asked = parse_qs(query)
             self.server.machines.fetched_boot_files(self.client_address[0],
                                                     asked.get("image", [""])[0][:64])
-            if url_path in SHARED_FILES:
-                # "try=x": the boot script's first try (boot.ipxe.j2).
+            # "try=x": the boot script's first try, "try=xx" its second
+            # (boot.ipxe.j2); without it, not the boot script: served here.
+            if url_path in SHARED_FILES and "try" in asked:
                 source = self.server.machines.pivotal_source(
                     self.server.pivotal_infohash, self.client_address[0],
                     first_try=asked.get("try") == ["x"])

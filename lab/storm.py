@@ -40,6 +40,10 @@ from urllib.parse import urljoin, urlsplit
 from boottorrent.pivotal.wire import VERSION
 
 MAX_REDIRECTS = 5
+# Seconds iPXE's TCP waits for its SYN to be answered: its retransmission
+# timer doubles from 0.25 s and gives up once past 10 s (retry.c); then
+# the boot script's command fails, as it does here.
+CONNECT_TIMEOUT = 16
 
 
 async def fetch(url: str, timeout: float) -> dict:
@@ -72,7 +76,8 @@ async def get(url: str) -> tuple[int, dict[str, str], int, str]:
     """The status, the headers, and the body's size and SHA-256, read as it
     comes (a storm's machines do not hold their pivotals in memory)."""
     parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(parts.hostname, parts.port or 80), CONNECT_TIMEOUT)
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         writer.write(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"

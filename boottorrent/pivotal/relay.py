@@ -13,6 +13,7 @@ import http.client
 import json
 import re
 import socket
+import sys
 import threading
 import urllib.parse
 import urllib.request
@@ -74,6 +75,14 @@ class RelayServer(ThreadingHTTPServer):
         super().__init__((address, 0), StreamHandler)
         self.port = self.server_address[1]
         threading.Thread(target=self.serve_forever, name="relay", daemon=True).start()
+
+    def handle_error(self, request, client_address) -> None:
+        """A successor that goes away (it has the rest, or failed) is the
+        chain's normal life, not the socketserver's traceback on the console."""
+        kind, error, _ = sys.exc_info()
+        if not isinstance(error, OSError):
+            say(f"relay: a stream to {client_address[0]} failed: "
+                f"{kind.__name__ if kind else '?'}: {error}")
 
     def stop(self) -> None:
         for relay in list(self.relays.values()):

@@ -156,14 +156,16 @@ def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
     # ... or reports from its pivotal.
     machines.add(Report(phase="dhcp"), askers[1])
     assert machines.pivotal_source("ab", "198.18.1.9", first_try=True) == given[1]
-    # Never to itself; a retry of the boot script goes to the server; a
-    # transfer that was never seen to end counts for TRANSFER_MAX s; nobody
-    # who has not reported for PEER_ALIVE s.
+    # Never to itself; a retry of the boot script after a peer goes to the
+    # server; a transfer that was never seen to end counts for TRANSFER_MAX
+    # s; nobody who has not reported for PEER_ALIVE s.
     assert machines.pivotal_source("ab", "198.18.0.10", first_try=True) == web.WAIT
     assert machines.pivotal_source("ab", late, first_try=False) == web.SERVER
     clock.now += web.TRANSFER_MAX
     machines.add(Report(phase="seeding", serving="ab"), "198.18.0.11")
-    assert machines.pivotal_source("ab", "198.18.1.20", first_try=True) == "198.18.0.11"
+    # A retry of a machine never sent to a peer (its first try was lost on
+    # the way) is as good as a first try.
+    assert machines.pivotal_source("ab", "198.18.1.20", first_try=False) == "198.18.0.11"
     assert machines.redirects_given() == places + 3
 
 
@@ -176,11 +178,14 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     machines.sending(first, started=True)
     assert machines.pivotal_source("ab", second, first_try=True) == web.WAIT
     machines.sending(first, started=False)
-    # The first keeps its turn for its next file; then the second gets one.
+    # The first keeps its turn for its next file; then the others wait
+    # while it boots, for HOLD_MAX s at most.
     clock.now += 1
     assert machines.pivotal_source("ab", second, first_try=True) == web.WAIT
     assert machines.pivotal_source("ab", first, first_try=True) == web.SERVER
     clock.now += web.SERVER_GAP
+    assert machines.pivotal_source("ab", second, first_try=True) == web.WAIT
+    clock.now += web.HOLD_MAX
     assert machines.pivotal_source("ab", second, first_try=True) == web.SERVER
     # Once a machine runs its pivotal, it will serve the files: the others wait for it ...
     machines.add(Report(phase="downloading"), first)
@@ -190,7 +195,8 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     machines.add(Report(phase="downloading", serving="ab"), first)
     assert machines.serving("ab") == [first]
     assert machines.pivotal_source("ab", third, first_try=True) == first
-    # ... for HOLD_MAX s at most in which no machine got its files.
+    # ... for HOLD_MAX s at most in which the swarm did not move: no machine
+    # got its files, began to serve or was sent to a peer ...
     machines.add(Report(phase="downloading"), first)
     assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
     late = [f"198.18.2.{n}" for n in range(web.SERVER_SENDS_OVERDUE + 1)]
@@ -201,8 +207,17 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     machines.add(Report(phase="downloading"), first)
     clock.now += 1
     assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    # ... and the server streamed none of the files to the swarm.
+    machines.streaming_pivotal(started=True)
+    for _ in range(4):
+        clock.now += web.HOLD_MAX / 2
+        machines.add(Report(phase="downloading"), first)
+        assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    machines.streaming_pivotal(started=False)  # counts from its end
     clock.now += web.HOLD_MAX - 1
     machines.add(Report(phase="downloading"), first)
+    assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    clock.now += 1
     assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.SERVER
     # Machines overdue together get it from the server a few at a time, so
     # that each gets it in time; a retry of the boot script is overdue too.
@@ -211,6 +226,23 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     assert machines.pivotal_source("ab", "198.18.1.5", first_try=False) == web.WAIT
     clock.now += web.SERVER_GAP
     assert machines.pivotal_source("ab", late[-1], first_try=True) == web.SERVER
+
+
+def test_machines_held_ask_again_less_often_the_more_of_them_wait():
+    clock = Clock()
+    machines = Machines(forget_after=600, clock=clock)
+    assert machines.retry_after() == web.RETRY_AFTER[0]  # nobody waits
+    askers = [f"198.18.1.{n}" for n in range(1, 201)]
+    assert machines.pivotal_source("ab", askers[0], first_try=True) == web.SERVER
+    for asker in askers[1:]:
+        assert machines.pivotal_source("ab", asker, first_try=True) == web.WAIT
+    # 199 wait: together they ask about HELD_ASKS times a second.
+    after = [machines.retry_after() for _ in range(50)]
+    assert 199 / web.HELD_ASKS * 0.75 - 1 <= min(after) <= max(after) <= web.RETRY_AFTER[1]
+    assert len(set(after)) > 1  # varied, so that they do not ask together
+    # Those held long ago are no longer counted.
+    clock.now += 3 * web.RETRY_AFTER[1] + 1
+    assert machines.retry_after() == web.RETRY_AFTER[0]
 
 
 def test_machines_form_a_chain_in_the_order_they_ask():
