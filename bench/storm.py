@@ -142,7 +142,8 @@ def boot_wave(tmp: Path, count: int, spread: float, rate: int, size: int) -> dic
     at rate Mbit/s: each fetches what iPXE fetches (following the server's
     redirects to machines that serve the pivotal), then runs the real
     pivotal program (--dry-run) for an image of size bytes."""
-    with Cluster(tmp / f"wave-{count}", rate_mbit=rate, cache=pivotal_cache()) as cluster:
+    with Cluster(tmp / f"wave-{count}-{size // MIB}mib-{rate}mbit", rate_mbit=rate,
+                 cache=pivotal_cache()) as cluster:
         files = cluster.add_image("bench", {"kernel": size // 4, "initrd.0": size - size // 4})
         cluster.start()
         cluster.server.wait_for_seeder()
