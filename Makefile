@@ -36,7 +36,7 @@ test-qemu: deps
 
 bench: deps
 	$(PYTHON) -m bench
-	$(PYTHON) -m bench --clients 64,128 --rate 5 --methods boottorrent --out bench/scale
+	$(PYTHON) -m bench --clients 64,128 --rate 2 --methods boottorrent --out bench/scale
 	$(PYTHON) -m bench --clients 16 --size-mib 256 --methods boottorrent,multicast --out bench/big
 	$(PYTHON) -m bench.storm
 	$(PYTHON) -m bench.bigimage
