@@ -414,13 +414,10 @@ class Handler(BaseHTTPRequestHandler):
         if files is None:
             self.send_error(HTTPStatus.NOT_FOUND)
             return
-        total = sum(size for _, size in files)
-        wanted = byte_range(self.headers.get("Range", ""), total)
+        wanted = self._start_body(sum(size for _, size in files))
         if wanted is None:
-            self._not_satisfiable(total)
             return
-        start, end, partial = wanted
-        self._send_body_headers(start, end, total, partial)
+        start, end = wanted
         self.wfile.flush()
         pivotal = infohash == self.server.pivotal_infohash
         if pivotal:
@@ -438,8 +435,15 @@ class Handler(BaseHTTPRequestHandler):
             if pivotal:
                 self.server.machines.streaming_pivotal(started=False)
 
-    def _send_body_headers(self, start: int, end: int, size: int, partial: bool) -> None:
-        """The status and headers of bytes start to end of size bytes."""
+    def _start_body(self, size: int) -> tuple[int, int] | None:
+        """The status and headers for the bytes of size bytes that the
+        request's Range asks for (all without one): the first and the last
+        of them to send, or None once 416 is answered."""
+        wanted = byte_range(self.headers.get("Range", ""), size)
+        if wanted is None:
+            self._not_satisfiable(size)
+            return None
+        start, end, partial = wanted
         self.send_response(HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
@@ -447,6 +451,7 @@ class Handler(BaseHTTPRequestHandler):
         if partial:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
+        return start, end
 
     def _not_satisfiable(self, size: int) -> None:
         self.log_error("code 416, Range %r of %d bytes", self.headers.get("Range", "")[:40], size)
@@ -509,13 +514,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, path: Path, url_path: str, head: bool) -> None:
         with path.open("rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            wanted = byte_range(self.headers.get("Range", ""), size)
+            wanted = self._start_body(os.fstat(file.fileno()).st_size)
             if wanted is None:
-                self._not_satisfiable(size)
                 return
-            start, end, partial = wanted
-            self._send_body_headers(start, end, size, partial)
+            start, end = wanted
             if not head:
                 self.wfile.flush()
                 sent = self.connection.sendfile(file, start, end - start + 1)
