@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from bench.__main__ import machine
@@ -239,6 +240,12 @@ def results_of(processes: list[subprocess.Popen], deadline: float) -> list[dict]
     return results
 
 
+def retry_cause(fetch: dict) -> str:
+    """What failed a fetch of the boot script, and where: "peer: TimeoutError"."""
+    where = "peer" if fetch["redirects"] else "server"
+    return f"{where}: {fetch['error'].split(':')[0] if fetch['error'] else fetch['status']}"
+
+
 def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
     """count machines powered on within a few milliseconds, every link at
     rate Mbit/s, the whole boot: each loads what iPXE loads (following the
@@ -336,6 +343,8 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
             + sum(c.process is None or c.process.returncode != 0 or not c.has_image(files)
                   for c in clients),
             "boot_script_retries": sum(r.get("tries", 1) - 1 for r in loads),
+            "retry_causes": dict(Counter(retry_cause(f) for f in fetches
+                                         if f["error"] or f["status"] != 200)),
             "last_pivotal_s": round(last_pivotal - started, 1),
             "last_image_s": round(last_image - started, 1),
             "server_wire_bytes": sent,
@@ -432,6 +441,12 @@ def write_markdown(path: Path, figures: dict) -> None:
               f"{s['image_from_server_over_f']} | {s['image_from_peers_share']:.0%} | "
               f"{s['cpu_busy']:.0%}, {s['cpu_busiest_5s']:.0%} | {s['largest_child_rss_mib']} |"
               for s in figures["storms"]]
+    causes = [f"N = {s['machines']}: " + ", ".join(f"{n} × {cause}" for cause, n in
+                                               sorted(s["retry_causes"].items()))
+              for s in figures["storms"] if s.get("retry_causes")]
+    if causes:
+        lines += ["", "What failed the fetches the boot scripts retried, and where: "
+                  + "; ".join(causes) + "."]
     r = figures.get("reports")
     if r:
         lines += [
@@ -445,7 +460,7 @@ def write_markdown(path: Path, figures: dict) -> None:
     path.write_text("\n".join(lines + [""]))
 
 
-def server_http_side(tmp: Path, args: argparse.Namespace, figures: dict) -> None:
+def server_http_side(tmp: Path, args: argparse.Namespace, record) -> None:
     """The burst, the pivotal storm and the reports, in one lab."""
     with Cluster(tmp, cache=pivotal_cache()) as cluster:
         cluster.add_image("bench", {"kernel": MIB})
@@ -456,15 +471,12 @@ def server_http_side(tmp: Path, args: argparse.Namespace, figures: dict) -> None
         pivotal = {Path(p).name: (pivotal_dir / Path(p).name).stat().st_size
                    for p in (PIVOTAL_KERNEL, *PIVOTAL_INITRDS)}
         for count in (int(n) for n in args.burst.split(",") if n):
-            figures["burst"].append(burst(cluster, host, count))
-            print("bench.storm: burst", figures["burst"][-1], flush=True)
+            record("burst", burst(cluster, host, count))
         cluster.server_host.shape(args.rate)
         for count in (int(n) for n in args.pivotal.split(",") if n):
-            figures["pivotal"].append(pivotal_storm(cluster, host, count, pivotal))
-            print("bench.storm: pivotal", figures["pivotal"][-1], flush=True)
+            record("pivotal", pivotal_storm(cluster, host, count, pivotal))
         if args.reporters:
-            figures["reports"] = report_channel(cluster, host, args.reporters, args.seconds)
-            print("bench.storm: reports", figures["reports"], flush=True)
+            record("reports", report_channel(cluster, host, args.reporters, args.seconds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,26 +511,35 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
                      "rate": args.rate, "report_seconds": args.seconds,
                      "burst": [], "pivotal": [], "waves": [], "storms": []}
-    tmp = Path(tempfile.mkdtemp(prefix="boottorrent-storm-"))
-    if args.burst or args.pivotal or args.reporters:
-        server_http_side(tmp, args, figures)
-    for storm_size in (s for s in args.storms.split(",") if s):
-        count, _, rate = storm_size.partition(":")
-        figures["storms"].append(boot_storm(tmp, int(count), min(args.real, int(count)),
-                                            int(rate or args.wave_rate), args.size_mib * MIB))
-        print("bench.storm: storm", figures["storms"][-1], flush=True)
-    for wave in (w for w in args.waves.split(",") if w):
-        count, spread, size_mib, rate = (wave.split(":") + ["", "", ""])[:4]
-        figures["waves"].append(boot_wave(tmp, int(count), float(spread or 0),
-                                          int(rate or args.wave_rate),
-                                          int(size_mib or args.size_mib) * MIB))
-        print("bench.storm: wave", figures["waves"][-1], flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    figures["load"] = (load_before[0], os.getloadavg()[0])
-    figures["elapsed_s"] = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "storm.json").write_text(json.dumps(figures, indent=1) + "\n")
-    write_markdown(args.out / "STORM.md", figures)
+
+    def record(kind: str, row: dict) -> None:
+        """Keeps a row and rewrites the files, so that a later row's crash loses only itself."""
+        if kind == "reports":
+            figures[kind] = row
+        else:
+            figures[kind].append(row)
+        print(f"bench.storm: {kind}", row, flush=True)
+        figures["load"] = (load_before[0], os.getloadavg()[0])
+        figures["elapsed_s"] = time.time() - started
+        (args.out / "storm.json").write_text(json.dumps(figures, indent=1) + "\n")
+        write_markdown(args.out / "STORM.md", figures)
+
+    tmp = Path(tempfile.mkdtemp(prefix="boottorrent-storm-"))
+    try:
+        if args.burst or args.pivotal or args.reporters:
+            server_http_side(tmp, args, record)
+        for storm_size in (s for s in args.storms.split(",") if s):
+            count, _, rate = storm_size.partition(":")
+            record("storms", boot_storm(tmp, int(count), min(args.real, int(count)),
+                                        int(rate or args.wave_rate), args.size_mib * MIB))
+        for wave in (w for w in args.waves.split(",") if w):
+            count, spread, size_mib, rate = (wave.split(":") + ["", "", ""])[:4]
+            record("waves", boot_wave(tmp, int(count), float(spread or 0),
+                                      int(rate or args.wave_rate),
+                                      int(size_mib or args.size_mib) * MIB))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"bench.storm: wrote {args.out}/STORM.md and storm.json", flush=True)
     failed = (sum(b["failed"] for b in figures["burst"])
               + sum(p["failed_requests"] for p in figures["pivotal"])
