@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -83,6 +83,10 @@ SERVER_SENDS_OVERDUE = 4  # ... when they waited HOLD_MAX s or a peer failed the
 # ... and each machine that serves them: one after the other, each at its
 # link's full rate, so that the machines serving double every transfer's time.
 PEER_SENDS = 1
+# Peers that may fail a machine (its boot script tries again each time)
+# before the server sends it the files itself: the peer that failed it may
+# be gone or overloaded, and another one saves the server's link a copy.
+PEER_TRIES = 2
 SERVER = "server"
 WAIT = "wait"
 # iPXE asks again after a 503 with Retry-After by itself, within the same
@@ -113,7 +117,9 @@ class PivotalFetch:
     source: str = ""  # SERVER, WAIT, a peer's address, or "" (no transfer)
     since: float = 0.0  # when source was given (SERVER: its last transfer's end)
     sending: bool = False  # a transfer from the server in flight
-    sent_to_peer: bool = False  # it was sent to a peer once
+    tries: int = 1  # the boot script's try it asked in last
+    peer: str = ""  # the peer it was sent to for its last file, if it was
+    failed_peers: set[str] = field(default_factory=set)  # the last peers of its failed tries
 
 
 class Machines:
@@ -220,7 +226,7 @@ class Machines:
         with self._lock:
             return [a for a, e in self._alive(infohash, "") if infohash and e["serving"] == infohash]
 
-    def pivotal_source(self, infohash: str, asker: str, first_try: bool) -> str:
+    def pivotal_source(self, infohash: str, asker: str, tries: int) -> str:
         """Who sends asker the shared pivotal file it asks for: a peer's
         address, SERVER, or WAIT (asker is to ask again shortly).
 
@@ -232,14 +238,16 @@ class Machines:
         else the server, to SERVER_SENDS machines at once. A machine held
         for HOLD_MAX s in which the swarm did not move (no machine got its
         files, began to serve them or was sent to a peer, and the server
-        streamed none of them to the swarm), or on a retry of the boot
-        script after it was sent to a peer (which failed it, so no peer is
-        tried again), is overdue: the server sends to it
-        rather than wait for the swarm, but to SERVER_SENDS_OVERDUE
-        machines at once at most, since in a storm all the machines held
-        are overdue together and the server's link shared by them all
-        would give none its files in time. A machine whose turn it is (the
-        server sent it the previous file) keeps it.
+        streamed none of them to the swarm) is overdue: the server sends to
+        it rather than wait for the swarm. tries: the boot script's try; a
+        machine that asks on a later try than before, whose last file came
+        from a peer (that peer failed it), goes to another free peer while
+        fewer than PEER_TRIES peers failed it, and is otherwise overdue. The server
+        sends to SERVER_SENDS_OVERDUE overdue machines at once at most,
+        since in a storm all the machines held are overdue together and the
+        server's link shared by them all would give none its files in time.
+        A machine whose turn it is (the server sent it the previous file)
+        keeps it.
         """
         with self._lock:
             now = self.clock()
@@ -250,8 +258,12 @@ class Machines:
             if fetch.source == SERVER and now - fetch.since < SERVER_GAP:
                 fetch.since = now
                 return SERVER
-            peer_failed = not first_try and fetch.sent_to_peer
-            overdue = peer_failed or (
+            if tries > fetch.tries:
+                if fetch.peer:
+                    fetch.failed_peers.add(fetch.peer)
+                fetch.tries, fetch.peer = tries, ""
+            failed_peers = fetch.failed_peers
+            overdue = bool(failed_peers) or (
                 not self._pivotal_streams
                 and now - max(fetch.first_asked, self._last_progress) >= HOLD_MAX)
             busy: dict[str, int] = {}
@@ -270,8 +282,9 @@ class Machines:
                     busy[other.source] = busy.get(other.source, 0) + 1
             alive = self._alive(infohash, asker) if infohash else []
             free = [address for address, entry in alive
-                    if entry["serving"] == infohash and busy.get(address, 0) < PEER_SENDS]
-            if free and not peer_failed:
+                    if entry["serving"] == infohash and busy.get(address, 0) < PEER_SENDS
+                    and address not in failed_peers]
+            if free and len(failed_peers) < PEER_TRIES:
                 for address in list(self._redirects):
                     self._redirects[address] = [t for t in self._redirects[address]
                                                 if t > now - LOAD_WINDOW]
@@ -280,12 +293,12 @@ class Machines:
                 self._redirects.setdefault(chosen, []).append(now)
                 self._redirects_given += 1
                 self._last_progress = now
-                fetch.source, fetch.since, fetch.sent_to_peer = chosen, now, True
+                fetch.source, fetch.since, fetch.peer = chosen, now, chosen
                 return chosen
             server_may = (SERVER_SENDS_OVERDUE if overdue
                           else SERVER_SENDS if not alive and not booting else 0)
             if busy.get(SERVER, 0) < server_may:
-                fetch.source, fetch.since = SERVER, now
+                fetch.source, fetch.since, fetch.peer = SERVER, now, ""
                 return SERVER
             fetch.source, fetch.since = WAIT, now
             return WAIT
@@ -496,7 +509,7 @@ class Handler(BaseHTTPRequestHandler):
             if url_path in SHARED_FILES and "try" in asked:
                 source = self.server.machines.pivotal_source(
                     self.server.pivotal_infohash, self.client_address[0],
-                    first_try=asked.get("try") == ["x"])
+                    tries=min(len(asked["try"][0]), 99))
                 if source == WAIT:
                     self._retry_later()
                     return

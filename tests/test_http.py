@@ -175,7 +175,7 @@ def test_later_machines_load_the_pivotal_from_one_that_runs_it(cluster):
         assert result["redirects"] == [f"http://{first.host.address}:6980/pivotal/{name}"], result
         assert result["status"] == 200
         assert result["sha256"] == hashlib.sha256((boot / "pivotal" / name).read_bytes()).hexdigest()
-    # A retry (the script's second try) is the server's own.
+    # A retry (the script's second try) after its only peer is the server's own.
     again = storm(late, 1, f"{BOOT_URL}/pivotal/vmlinuz?image=compute&try=xx")[0]
     assert again["redirects"] == [] and again["status"] == 200, again
     # What the server sent of the pivotal: its torrent's pieces to the first

@@ -144,28 +144,28 @@ def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
     machines.add(Report(phase="seeding", serving="old"), "198.18.0.13")  # another pivotal
     places = 2 * web.PEER_SENDS  # each sends to PEER_SENDS machines at once
     askers = [f"198.18.1.{n}" for n in range(1, places + 2)]
-    given = [machines.pivotal_source("ab", asker, first_try=True) for asker in askers[:places]]
+    given = [machines.pivotal_source("ab", asker, tries=1) for asker in askers[:places]]
     assert sorted(given) == sorted(["198.18.0.10", "198.18.0.11"] * web.PEER_SENDS)
     # The next one waits ...
     late = askers[places]
-    assert machines.pivotal_source("ab", late, first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", late, tries=1) == web.WAIT
     assert machines.add(Report(phase="seeding", serving="ab"), "198.18.0.10")["waiting"] == 1
     # ... until one of them asks for its next file (its transfer is over) ...
     machines.fetched_boot_files(askers[0], "")
-    assert machines.pivotal_source("ab", late, first_try=True) == given[0]
+    assert machines.pivotal_source("ab", late, tries=1) == given[0]
     # ... or reports from its pivotal.
     machines.add(Report(phase="dhcp"), askers[1])
-    assert machines.pivotal_source("ab", "198.18.1.9", first_try=True) == given[1]
+    assert machines.pivotal_source("ab", "198.18.1.9", tries=1) == given[1]
     # Never to itself; a retry of the boot script after a peer goes to the
-    # server; a transfer that was never seen to end counts for TRANSFER_MAX
+    # server when no other peer is free; a transfer that was never seen to end counts for TRANSFER_MAX
     # s; nobody who has not reported for PEER_ALIVE s.
-    assert machines.pivotal_source("ab", "198.18.0.10", first_try=True) == web.WAIT
-    assert machines.pivotal_source("ab", late, first_try=False) == web.SERVER
+    assert machines.pivotal_source("ab", "198.18.0.10", tries=1) == web.WAIT
+    assert machines.pivotal_source("ab", late, tries=2) == web.SERVER
     clock.now += web.TRANSFER_MAX
     machines.add(Report(phase="seeding", serving="ab"), "198.18.0.11")
     # A retry of a machine never sent to a peer (its first try was lost on
     # the way) is as good as a first try.
-    assert machines.pivotal_source("ab", "198.18.1.20", first_try=False) == "198.18.0.11"
+    assert machines.pivotal_source("ab", "198.18.1.20", tries=2) == "198.18.0.11"
     assert machines.redirects_given() == places + 3
 
 
@@ -174,58 +174,91 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     machines = Machines(forget_after=600, clock=clock)
     first, second, third = "198.18.1.1", "198.18.1.2", "198.18.1.3"
     # Nobody in the swarm: the server sends it, to SERVER_SENDS machines at once.
-    assert machines.pivotal_source("ab", first, first_try=True) == web.SERVER
+    assert machines.pivotal_source("ab", first, tries=1) == web.SERVER
     machines.sending(first, started=True)
-    assert machines.pivotal_source("ab", second, first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", second, tries=1) == web.WAIT
     machines.sending(first, started=False)
     # The first keeps its turn for its next file; then the others wait
     # while it boots, for HOLD_MAX s at most.
     clock.now += 1
-    assert machines.pivotal_source("ab", second, first_try=True) == web.WAIT
-    assert machines.pivotal_source("ab", first, first_try=True) == web.SERVER
+    assert machines.pivotal_source("ab", second, tries=1) == web.WAIT
+    assert machines.pivotal_source("ab", first, tries=1) == web.SERVER
     clock.now += web.SERVER_GAP
-    assert machines.pivotal_source("ab", second, first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", second, tries=1) == web.WAIT
     clock.now += web.HOLD_MAX
-    assert machines.pivotal_source("ab", second, first_try=True) == web.SERVER
+    assert machines.pivotal_source("ab", second, tries=1) == web.SERVER
     # Once a machine runs its pivotal, it will serve the files: the others wait for it ...
     machines.add(Report(phase="downloading"), first)
     clock.now += web.SERVER_GAP
-    assert machines.pivotal_source("ab", third, first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", third, tries=1) == web.WAIT
     assert machines.serving("ab") == []
     machines.add(Report(phase="downloading", serving="ab"), first)
     assert machines.serving("ab") == [first]
-    assert machines.pivotal_source("ab", third, first_try=True) == first
+    assert machines.pivotal_source("ab", third, tries=1) == first
     # ... for HOLD_MAX s at most in which the swarm did not move: no machine
     # got its files, began to serve or was sent to a peer ...
     machines.add(Report(phase="downloading"), first)
-    assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.WAIT
     late = [f"198.18.2.{n}" for n in range(web.SERVER_SENDS_OVERDUE + 1)]
     for asker in late:
-        assert machines.pivotal_source("ab", asker, first_try=True) == web.WAIT
+        assert machines.pivotal_source("ab", asker, tries=1) == web.WAIT
     clock.now += web.HOLD_MAX - 1
     machines.add(Report(phase="downloading"), third)  # it got its files from first
     machines.add(Report(phase="downloading"), first)
     clock.now += 1
-    assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.WAIT
     # ... and the server streamed none of the files to the swarm.
     machines.streaming_pivotal(started=True)
     for _ in range(4):
         clock.now += web.HOLD_MAX / 2
         machines.add(Report(phase="downloading"), first)
-        assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+        assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.WAIT
     machines.streaming_pivotal(started=False)  # counts from its end
     clock.now += web.HOLD_MAX - 1
     machines.add(Report(phase="downloading"), first)
-    assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.WAIT
+    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.WAIT
     clock.now += 1
-    assert machines.pivotal_source("ab", "198.18.1.4", first_try=True) == web.SERVER
+    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.SERVER
     # Machines overdue together get it from the server a few at a time, so
     # that each gets it in time; a retry of the boot script is overdue too.
-    given = [machines.pivotal_source("ab", asker, first_try=True) for asker in late]
+    given = [machines.pivotal_source("ab", asker, tries=1) for asker in late]
     assert given == [web.SERVER] * (web.SERVER_SENDS_OVERDUE - 1) + [web.WAIT] * 2
-    assert machines.pivotal_source("ab", "198.18.1.5", first_try=False) == web.WAIT
+    assert machines.pivotal_source("ab", "198.18.1.5", tries=2) == web.WAIT
     clock.now += web.SERVER_GAP
-    assert machines.pivotal_source("ab", late[-1], first_try=True) == web.SERVER
+    assert machines.pivotal_source("ab", late[-1], tries=1) == web.SERVER
+
+
+def test_a_machine_a_peer_failed_goes_to_another_peer_then_to_the_server():
+    clock = Clock()
+    machines = Machines(forget_after=600, clock=clock)
+    peers = [f"198.18.0.{n}" for n in range(10, 10 + web.PEER_TRIES + 1)]
+    for peer in peers:
+        machines.add(Report(phase="seeding", serving="ab"), peer)
+    asker = "198.18.1.1"
+    first = machines.pivotal_source("ab", asker, tries=1)
+    assert first in peers
+    # Each later try of its boot script blames the peer its last file came
+    # from: never sent there again, to another free peer instead ...
+    failed = {first}
+    for tries in range(2, web.PEER_TRIES + 1):
+        again = machines.pivotal_source("ab", asker, tries=tries)
+        assert again in peers and again not in failed
+        failed.add(again)
+    # ... until PEER_TRIES peers failed it: then the server sends the files.
+    assert machines.pivotal_source("ab", asker, tries=web.PEER_TRIES + 1) == web.SERVER
+    # A machine a peer failed while no other peer is free is not held either.
+    other = "198.18.1.2"
+    busy = [machines.pivotal_source("ab", f"198.18.2.{n}", tries=1) for n in range(len(peers))]
+    assert sorted(busy) == sorted(peers)
+    assert machines.pivotal_source("ab", other, tries=1) == web.WAIT
+    clock.now += web.TRANSFER_MAX
+    for peer in peers:
+        machines.add(Report(phase="seeding", serving="ab"), peer)
+    sent_to = machines.pivotal_source("ab", other, tries=1)
+    assert sent_to in peers
+    for n in range(len(peers)):
+        machines.pivotal_source("ab", f"198.18.3.{n}", tries=1)  # the others get busy
+    assert machines.pivotal_source("ab", other, tries=2) == web.SERVER
 
 
 def test_machines_held_ask_again_less_often_the_more_of_them_wait():
@@ -233,9 +266,9 @@ def test_machines_held_ask_again_less_often_the_more_of_them_wait():
     machines = Machines(forget_after=600, clock=clock)
     assert machines.retry_after() == web.RETRY_AFTER[0]  # nobody waits
     askers = [f"198.18.1.{n}" for n in range(1, 201)]
-    assert machines.pivotal_source("ab", askers[0], first_try=True) == web.SERVER
+    assert machines.pivotal_source("ab", askers[0], tries=1) == web.SERVER
     for asker in askers[1:]:
-        assert machines.pivotal_source("ab", asker, first_try=True) == web.WAIT
+        assert machines.pivotal_source("ab", asker, tries=1) == web.WAIT
     # 199 wait: together they ask about HELD_ASKS times a second.
     after = [machines.retry_after() for _ in range(50)]
     assert 199 / web.HELD_ASKS * 0.75 - 1 <= min(after) <= max(after) <= web.RETRY_AFTER[1]
