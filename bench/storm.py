@@ -257,7 +257,14 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
     server counts machines on their way, and download no image."""
     # The harness holds a pipe to each machine's process.
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-    with Cluster(tmp / f"storm-{count}", rate_mbit=rate, cache=pivotal_cache()) as cluster:
+    # The storm's links are far slower than a cluster's, so it lasts minutes
+    # where a real one lasts seconds, and its few real machines join the
+    # image's chain minutes apart (in a real storm every machine does, the
+    # one before always a recent one): the machines seed and serve for the
+    # storm's whole length, not seed_time_max's 300 s.
+    seed_max = {"clients": {"seed_time_max": int(STORM_MAX)}}
+    with Cluster(tmp / f"storm-{count}", rate_mbit=rate, cache=pivotal_cache(),
+                 conf=seed_max) as cluster:
         files = cluster.add_image("bench", {"kernel": size // 4, "initrd.0": size - size // 4})
         cluster.start()
         cluster.server.wait_for_seeder()
@@ -289,6 +296,7 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
                 standin_hosts.append(host)
                 standins.append(host.popen(
                     [PYTHON, "-m", "lab.standin", *expect, "--serve", str(share),
+                     "--serve-max", str(STORM_MAX),
                      "--report", f"http://{SERVER_ADDRESS}:6980/report",
                      "--infohash", infohash, BOOT], cwd=REPO, stdout=subprocess.PIPE,
                     text=True))
