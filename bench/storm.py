@@ -30,7 +30,6 @@ then, each in a lab of its own with every link at --wave-rate Mbit/s:
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import resource
@@ -55,9 +54,6 @@ from lab.server import PYTHON, REPO
 
 HERE = Path(__file__).resolve().parent
 BOOT = f"http://{SERVER_ADDRESS}:6980/boot"
-# Addresses beyond the lab's /24 (room for 245 hosts): the reporting
-# machines' and the boot storms' stand-ins' (in labs of their own).
-EXTRA_NETWORK = ipaddress.ip_network("198.18.4.0/22")
 # Per storm. Memory would hold some 200 (82 MiB each), but the 2 cores do
 # not: at 20 Mbit/s, 32 made the CPU the limit while they all ran (the image
 # left the server 3.2 times), 16 did not (1.0 times). Choose it with the
@@ -68,9 +64,11 @@ REAL_MACHINES = 16
 STORM_MAX = 900.0  # seconds
 
 
-def storm(host, count: int, urls: list[str], timeout: float) -> list[dict]:
+def storm(crowd: tuple, count: int, urls: list[str], timeout: float) -> list[dict]:
+    """crowd: Cluster.crowd's host and network, of at least count addresses."""
+    host, network = crowd
     out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--count", str(count),
-                    "--timeout", str(timeout), *urls], cwd=HERE.parent)
+                    "--from", network, "--timeout", str(timeout), *urls], cwd=HERE.parent)
     return json.loads(out.stdout)
 
 
@@ -84,9 +82,9 @@ def percentile(values: list[float], share: float) -> float:
     return values[min(int(len(values) * share), len(values) - 1)] if values else 0.0
 
 
-def burst(cluster: Cluster, host, count: int) -> dict:
+def burst(cluster: Cluster, crowd: tuple, count: int) -> dict:
     started = time.monotonic()
-    results = storm(host, count, [f"{BOOT}/boot.ipxe"], timeout=30)
+    results = storm(crowd, count, [f"{BOOT}/boot.ipxe"], timeout=30)
     times = [r["seconds"] for r in results if r["status"] == 200]
     return {"machines": count, "failed": count - len(times),
             "median_s": round(statistics.median(times), 2) if times else None,
@@ -94,12 +92,12 @@ def burst(cluster: Cluster, host, count: int) -> dict:
             "wall_s": round(time.monotonic() - started, 1)}
 
 
-def pivotal_storm(cluster: Cluster, host, count: int, pivotal: dict[str, int]) -> dict:
+def pivotal_storm(cluster: Cluster, crowd: tuple, count: int, pivotal: dict[str, int]) -> dict:
     urls = ipxe_urls("bench")  # no machine serves the pivotal here: the server does
     sent_before = cluster.wire_bytes(cluster.server_host)[0]
     with CpuMeter() as cpu:
         started = time.monotonic()
-        results = storm(host, count, urls, timeout=600)
+        results = storm(crowd, count, urls, timeout=600)
         wall = time.monotonic() - started
     sent = cluster.wire_bytes(cluster.server_host)[0] - sent_before
     expected = {f"{BOOT}/pivotal/{name}": size for name, size in pivotal.items()}
@@ -113,16 +111,11 @@ def pivotal_storm(cluster: Cluster, host, count: int, pivotal: dict[str, int]) -
             "cpu_busy": round(cpu.busy, 2)}
 
 
-def report_channel(cluster: Cluster, host, count: int, seconds: float) -> dict:
-    # The reporting machines' addresses, on the stand-ins' interface, and
-    # the server's way back to them (both namespaces are the lab's own).
-    cluster.server_host.run(["ip", "route", "add", str(EXTRA_NETWORK), "dev", "eth0"])
-    script = "".join(f"addr add {EXTRA_NETWORK[i]}/{EXTRA_NETWORK.prefixlen} dev eth0\n"
-                     for i in range(1, count + 1))
-    host.run(["ip", "-batch", "-"], input=script)
+def report_channel(cluster: Cluster, crowd: tuple, count: int, seconds: float) -> dict:
+    host, network = crowd
     seeder = cluster.server.processes["seeder"].pid
     cpu_before, started = process_cpu(seeder), time.monotonic()
-    out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--reports-from", str(EXTRA_NETWORK),
+    out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--report", "--from", network,
                     "--count", str(count), "--seconds", str(seconds),
                     f"http://{SERVER_ADDRESS}:6980/report"], cwd=HERE.parent)
     elapsed = time.monotonic() - started
@@ -277,20 +270,20 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
             os.link(pivotal_dir / name, share / "pivotal" / name)
         expect = [f"--expect={name}={sha256(pivotal_dir / name)}" for name in loaded]
         infohash = cluster.server.status()["pivotal"]["infohash"]
-        cluster.server_host.run(["ip", "route", "add", str(EXTRA_NETWORK), "dev", "eth0"])
+        extra = cluster.extra_network(count)
         real_at = {round(i * count / real) for i in range(real)} if real else set()
         clients, loaders, standins, standin_hosts = [], [], [], []
         for index in range(count):
             if index in real_at:
                 client = cluster.client(f"m{index}", "bench")
-                client.host.run(["ip", "route", "add", str(EXTRA_NETWORK), "dev", "eth0"])
+                client.host.run(["ip", "route", "add", str(extra), "dev", "eth0"])
                 clients.append(client)
                 loaders.append(client.host.popen(
                     [PYTHON, "-m", "lab.standin", *expect, BOOT], cwd=REPO,
                     stdout=subprocess.PIPE, text=True))
             else:
                 host = cluster.add_host(f"s{index}", address=None)
-                host.address = str(EXTRA_NETWORK[len(standins) + 1])
+                host.address = str(extra[len(standins) + 1])
                 # /16: the lab's /24 is on the same link.
                 host.run(["ip", "addr", "add", f"{host.address}/16", "dev", "eth0"])
                 standin_hosts.append(host)
@@ -474,17 +467,20 @@ def server_http_side(tmp: Path, args: argparse.Namespace, record) -> None:
         cluster.add_image("bench", {"kernel": MIB})
         cluster.start()
         cluster.server.wait_for_seeder()
-        host = cluster.add_host("storm")
+        counts = {kind: [int(n) for n in getattr(args, kind).split(",") if n]
+                  for kind in ("burst", "pivotal")}
+        crowd = cluster.crowd("storm", max(*counts["burst"], *counts["pivotal"],
+                                           args.reporters, 1))
         pivotal_dir = cluster.state_dir / "current" / "boot" / "pivotal"
         pivotal = {Path(p).name: (pivotal_dir / Path(p).name).stat().st_size
                    for p in (PIVOTAL_KERNEL, *PIVOTAL_INITRDS)}
-        for count in (int(n) for n in args.burst.split(",") if n):
-            record("burst", burst(cluster, host, count))
+        for count in counts["burst"]:
+            record("burst", burst(cluster, crowd, count))
         cluster.server_host.shape(args.rate)
-        for count in (int(n) for n in args.pivotal.split(",") if n):
-            record("pivotal", pivotal_storm(cluster, host, count, pivotal))
+        for count in counts["pivotal"]:
+            record("pivotal", pivotal_storm(cluster, crowd, count, pivotal))
         if args.reporters:
-            record("reports", report_channel(cluster, host, args.reporters, args.seconds))
+            record("reports", report_channel(cluster, crowd, args.reporters, args.seconds))
 
 
 def main(argv: list[str] | None = None) -> int:

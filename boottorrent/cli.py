@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from boottorrent.generate import regenerate
 from boottorrent.initramfs import kernel
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.registration import NewImage, add_image, remove_image, sync_images
-from boottorrent.registry import State
+from boottorrent.registry import State, StateError
 
 EXIT_FAILURE = 1  # the work failed (disk full, a service error)
 EXIT_BAD_INPUT = 2  # the configuration or the command line is wrong
@@ -383,8 +384,9 @@ def cmd_seeder(args: argparse.Namespace) -> int:
 
     config = load_config(args.config_dir)
     state = State(args.state_dir)
-    if not state.current.exists():
+    if not state.current.is_symlink():
         raise BadInput(f"{state.current}: nothing generated yet; run `boottorrent generate`")
+    state.registry()  # StateError if it names a snapshot that is not there
     return seeder.run(config, state)
 
 
@@ -428,11 +430,15 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, BadInput) as error:
+    except (ConfigError, BadInput, StateError) as error:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
+        # A copy that failed to write names its source first, its target
+        # second (shutil): name the file that could not be written.
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+        path = error.filename2 if full and error.filename2 else error.filename
+        where = f"{path}: " if path else ""
         print(f"{parser.prog}: {where}{error.strerror or error}; nothing was changed",
               file=sys.stderr)
         return EXIT_FAILURE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import string
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from boottorrent.configfile import SERVER_SPEC, ConfigError, check_mac, read_fil
 from boottorrent.imageconf import (HOSTNAME_PARAMETER, IMAGES_DIR, check_ipxe_text,
                                    check_machines_cmdline, image_conf_path, image_conf_paths,
                                    image_problems)
+from boottorrent.initramfs.kernel import kernel_file_problem
 from boottorrent.pivotal.wire import SwarmSettings
 
 CONFIG_FILE = "boottorrent.conf"
@@ -27,6 +29,7 @@ CONFIG_FILE = "boottorrent.conf"
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
 # One DNS label (RFC 1123): what systemd.hostname= sets as the machine's
 # static hostname.
+HOSTNAME_MAX = 63
 HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # The iPXE script adds the initrd= names, the image name and BOOTIF= to the
 # pivotal's command line; this leaves them ample room.
@@ -92,14 +95,39 @@ def machine_hostname(pattern: str, index: int, mac: str) -> str:
     its pattern with {index} (e.g. node-{index:03}) and {mac} (as
     52-54-00-12-34-56) filled in. ValueError says what is wrong."""
     try:
+        # Widths are read before they are used: {index:>300000000} would
+        # take seconds and a gigabyte to make a name of 300 MB.
+        specs = [spec for _, _, spec, _ in string.Formatter().parse(pattern) if spec]
+        if any("{" in spec or int(max(re.findall(r"\d+", spec), key=int, default="0"))
+               > HOSTNAME_MAX for spec in specs):
+            raise ValueError(f"a width of more than {HOSTNAME_MAX}, the longest hostname, "
+                             "or a format inside a format")
         hostname = pattern.format(index=index, mac=mac.replace(":", "-"))
     except (KeyError, IndexError, ValueError) as error:
         raise ValueError(f"{pattern!r} is not a pattern of {{index}} and {{mac}} "
                          f"({error})") from None
     if not HOSTNAME.fullmatch(hostname):
         raise ValueError(f"{hostname!r} (for {mac}) is not a hostname: letters, digits and "
-                         "'-' (not first or last), at most 63")
+                         f"'-' (not first or last), at most {HOSTNAME_MAX}")
     return hostname
+
+
+def server_address_problem(address: str, netmask: str) -> str | None:
+    """Why no machine could reach the server at address, or None: the
+    machines' boot files, tracker and reports all go there."""
+    ip = ipaddress.IPv4Address(address)
+    network = ipaddress.IPv4Network(f"{address}/{netmask}", strict=False)
+    for test, what in ((ip.is_unspecified, "the unspecified address"),
+                       (ip.is_loopback, "a loopback address"),
+                       (ip.is_multicast, "a multicast address"),
+                       (ip.is_reserved, "a reserved address (240.0.0.0/4)"),
+                       (network.prefixlen < 31 and ip == network.network_address,
+                        f"an address of a host: it is the network {network}'s own"),
+                       (network.prefixlen < 31 and ip == network.broadcast_address,
+                        f"an address of a host: it is the network {network}'s broadcast")):
+        if test:
+            return f"{address} is not an address machines can reach: {what}"
+    return None
 
 
 def _interface_unset(path: Path) -> ConfigError:
@@ -195,6 +223,8 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         else:
             address = address or str(found.ip)
             netmask = netmask or str(found.netmask)
+    if address and netmask and (problem := server_address_problem(address, netmask)):
+        problems.append(ConfigError(path, problem, ("server",), "address"))
 
     # Every port on the server's address belongs to one service: libtorrent
     # would silently take another port, opentracker or the HTTP side fail.
@@ -215,9 +245,8 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         problems.append(ConfigError(path, str(error), ("pivotal",), "cmdline"))
 
     kernel = Path(obj["pivotal"]["kernel"])
-    if not kernel.is_file():
-        problems.append(ConfigError(path, f"{kernel}: no such file (a vmlinuz or a "
-                                    "linux-image .deb)", ("pivotal",), "kernel"))
+    if problem := kernel_file_problem(kernel):
+        problems.append(ConfigError(path, problem, ("pivotal",), "kernel"))
 
     if dhcp["mode"] == "full":
         for key in ("range_start", "range_end"):

@@ -18,6 +18,9 @@ from boottorrent.pivotal.wire import SwarmSettings
 
 SERVER_SPEC = "boottorrent.spec"
 IMAGE_SPEC = "image.spec"
+# Far beyond any configuration file: a larger one (a sparse file of a GB
+# saved in images.d by mistake) is refused before it is read.
+FILE_MAX_BYTES = 1 << 20
 
 MAC_ADDRESS = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
@@ -99,7 +102,14 @@ def read_file(path: Path, spec: str) -> tuple[ConfigObj, list[ConfigError]]:
     """Parse and validate one file; returns the ConfigObj and every problem."""
     try:
         with open_regular(path) as file:
-            text = file.read().decode("utf-8").splitlines()
+            data = file.read(FILE_MAX_BYTES + 1)
+        if len(data) > FILE_MAX_BYTES:
+            raise ConfigError(path, f"larger than {FILE_MAX_BYTES >> 20} MiB: not a "
+                              "configuration file")
+        # utf-8-sig: a byte order mark, as Windows editors write, is no key.
+        # Lines end at a newline only: U+2028 and the like are characters of
+        # a value (which its check may refuse), not lines of their own.
+        text = [line.removesuffix("\r") for line in data.decode("utf-8-sig").split("\n")]
     except FileNotFoundError:
         raise ConfigError(path, "no such file") from None
     except UnicodeDecodeError:

@@ -22,6 +22,7 @@ from boottorrent import bzimage, rootfs
 from boottorrent.configfile import IMAGE_SPEC, ConfigError, read_file
 from boottorrent.fsutil import open_regular
 from boottorrent.initramfs import qemu
+from boottorrent.pivotal.console import CONTROLS
 from boottorrent.pivotal.run import OVMF_CODE
 
 IMAGES_DIR = "images.d"
@@ -128,9 +129,15 @@ def check_description(text: str) -> str:
 
 def check_cmdline(text: str, reserved: int = 0) -> str:
     """A kernel command line the kernel takes whole: one line, no control
-    characters, within COMMAND_LINE_SIZE (less what is appended to it)."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    characters (Unicode's line separators and C1 controls included),
+    within COMMAND_LINE_SIZE (less what is appended to it), that an
+    images.d file can hold."""
+    if CONTROLS.search(text):
         raise ValueError("the kernel command line must be one line without control characters")
+    if "'''" in text and '"""' in text:
+        # configobj quotes a value holding both kinds of quote with the
+        # other kind of triple quote, and has none left for this one.
+        raise ValueError("holds both ''' and \"\"\", which no images.d file can quote")
     limit = CMDLINE_MAX - reserved
     if len(text.encode()) > limit:
         raise ValueError(f"is {len(text.encode())} bytes; the kernel takes at most {limit} here")

@@ -50,7 +50,10 @@ def _staged_image(conf_path: Path, text: str) -> Image:
     with tempfile.TemporaryDirectory() as scratch:
         staged = Path(scratch) / conf_path.name
         staged.write_text(text)
-        image, problems = image_problems(staged)
+        try:
+            image, problems = image_problems(staged)
+        except ConfigError as error:
+            problems = [error]
     if problems:
         raise ConfigError(conf_path, problems[0].message, key=problems[0].key)
     assert image

@@ -91,6 +91,11 @@ class ImageRecord:
         return cls(files=files, **data)
 
 
+class StateError(Exception):
+    """The state folder is not as this program left it (one line naming
+    what is wrong): nothing is changed until an admin has looked."""
+
+
 class State:
     """Paths in the state directory and the snapshot commit."""
 
@@ -110,7 +115,12 @@ class State:
         return self.content_dir(infohash) / TORRENT_FILE
 
     def registry(self) -> dict[str, ImageRecord]:
-        """The committed registry (empty before the first registration)."""
+        """The committed registry (empty before the first generate);
+        StateError when `current` names a snapshot that is not there: an
+        empty registry then would unregister every image and, on the next
+        commit, delete their files."""
+        if not self.current.is_symlink() and not self.current.exists():
+            return {}
         return read_registry(self.current)
 
     @contextmanager
@@ -182,7 +192,10 @@ class State:
         kept, old = numbered[-SNAPSHOTS_KEPT:], numbered[:-SNAPSHOTS_KEPT]
         for snapshot in old:
             remove_tree(snapshot)
-        needed = {r.infohash for s in kept for r in read_registry(s).values()}
+        try:
+            needed = {r.infohash for s in kept for r in read_registry(s).values()}
+        except StateError:
+            return  # an image a snapshot kept may need cannot be told: keep them all
         if self.images.is_dir():
             for content in self.images.iterdir():
                 if content.name not in needed:
@@ -190,11 +203,22 @@ class State:
 
 
 def read_registry(snapshot: Path) -> dict[str, ImageRecord]:
+    """A snapshot's registry; StateError if it is missing or unreadable."""
     path = snapshot / REGISTRY_FILE
-    if not path.exists():
-        return {}
-    data = json.loads(path.read_text())
-    return {name: ImageRecord.from_json(record) for name, record in data["images"].items()}
+    try:
+        data = json.loads(path.read_text())
+        return {name: ImageRecord.from_json(record) for name, record in data["images"].items()}
+    except FileNotFoundError:
+        if snapshot.is_symlink():
+            raise StateError(
+                f"{snapshot}: points to {os.readlink(snapshot)}, which "
+                f"{'has no ' + REGISTRY_FILE if snapshot.exists() else 'is missing'}; "
+                "the registered images cannot be known, so nothing is changed: point it "
+                "at the newest snapshot that is there (ln -sfn snapshots/N "
+                f"{snapshot}) or restore the state folder") from None
+        raise StateError(f"{path}: missing; the snapshot is incomplete") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StateError(f"{path}: unreadable ({error})") from None
 
 
 def registry_json(records: dict[str, ImageRecord]) -> str:

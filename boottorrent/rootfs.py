@@ -32,6 +32,7 @@ from typing import TextIO
 
 from debian.debian_support import Version
 
+from boottorrent import bzimage
 from boottorrent.fsutil import remove_tree
 from boottorrent.progress import Progress
 
@@ -100,14 +101,40 @@ def tree_boot(tree: Path) -> TreeBoot:
         raise TreeError(f"{tree}: the kernel {version} has no modules (lib/modules/{version}): "
                         "install its linux-image package in the tree rather than copy "
                         "the kernel")
+    kernel = tree / "boot" / f"vmlinuz-{version}"
     initrd = tree / "boot" / f"initrd.img-{version}"
-    if not initrd.is_file():
+    if not initrd.exists() and not initrd.is_symlink():
         raise TreeError(f"{tree}: no initramfs for the kernel {version} (boot/initrd.img-"
                         f"{version}): install initramfs-tools and live-boot in the tree")
+    for path in (kernel, initrd):
+        check_own_file(tree, path)
+    try:
+        with kernel.open("rb") as file:
+            bzimage.check(file.read(bzimage.HEADER_END))
+    except ValueError as error:
+        raise TreeError(f"{kernel}: {error}") from None
     if not (tree / LIVE_BOOT_SCRIPT).is_file():
         raise TreeError(f"{tree}: no live-boot ({LIVE_BOOT_SCRIPT}), which mounts the tree "
                         "with a RAM overlay at boot: install live-boot in the tree")
-    return TreeBoot(version, tree / "boot" / f"vmlinuz-{version}", initrd)
+    return TreeBoot(version, kernel, initrd)
+
+
+def check_own_file(tree: Path, path: Path) -> None:
+    """TreeError unless path is a regular file of the tree itself. A link
+    is refused, not followed: the server would resolve it on its own
+    file system (an absolute link, or one with "..", can name any of the
+    server's files, e.g. /etc/shadow), and then serve that file to the LAN.
+    Debian's packages and update-initramfs write both as files."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise TreeError(f"{path}: a symbolic link (to {os.readlink(path)}); the tree's kernel "
+                        "and initramfs must be files of the tree, as Debian's packages "
+                        "install them")
+    if not stat.S_ISREG(info.st_mode):
+        raise TreeError(f"{path}: not a regular file")
+    if path.resolve() != tree.resolve() / path.relative_to(tree):
+        raise TreeError(f"{path}: reached through a symbolic link ({path.parent.name}/ is "
+                        f"one); the tree's boot/ must be a folder of the tree")
 
 
 def fingerprint(tree: Path) -> tuple[str, int]:
@@ -262,8 +289,8 @@ def build(tree: Path, builds: Path, label: str, stream: TextIO) -> Build:
     builds.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".new-", dir=builds))
     try:
-        shutil.copy2(boot.kernel, work / KERNEL)
-        shutil.copy2(boot.initrd, work / INITRD)
+        for source, target in ((boot.kernel, KERNEL), (boot.initrd, INITRD)):
+            shutil.copy2(source, work / target, follow_symlinks=False)
         pack(tree, work / ROOTFS, total, label, stream)
         for path in Build(work).files:
             path.chmod(0o644)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -25,7 +26,7 @@ from boottorrent import torrents
 from boottorrent.pivotal import lan
 from boottorrent.config import Config
 from boottorrent.pivotal.console import human_bytes
-from boottorrent.registry import ImageRecord, State, read_registry
+from boottorrent.registry import ImageRecord, State, StateError, read_registry
 from boottorrent.render import PIVOTAL_TORRENT
 from boottorrent.web import WebServer
 
@@ -94,9 +95,15 @@ class Seeder:
     # ------------------------------------------------------------ torrents
 
     def sync(self) -> None:
-        """Seed exactly the images of the current snapshot."""
+        """Seed exactly the images of the current snapshot (if it cannot be
+        read, go on seeding what is seeded, and say why)."""
         snapshot = self.state.current.resolve()
-        wanted = {r.infohash: r for r in read_registry(snapshot).values()}
+        try:
+            wanted = {r.infohash: r for r in read_registry(snapshot).values()}
+        except StateError as error:
+            log.error("%s (%s); still seeding the images as they were", error,
+                      self.state.current)
+            return
         for infohash in list(self.seeded):
             if infohash not in wanted:
                 seeded = self.seeded.pop(infohash)
@@ -260,6 +267,11 @@ def setup_logging() -> None:
 
 def run(config: Config, state: State) -> int:
     setup_logging()
+    # A storm holds thousands of connections at once (intake.CONNECTIONS_MAX),
+    # beside libtorrent's; systemd leaves the soft limit at 1024 for the
+    # sake of select(), which nothing here uses.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     wait_for_address(config)
     try:
         seeder = Seeder(config, state)

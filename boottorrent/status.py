@@ -10,7 +10,7 @@ import urllib.request
 
 import libtorrent as lt
 
-from boottorrent.pivotal.console import human_bytes
+from boottorrent.pivotal.console import human_bytes, shown
 from boottorrent.pivotal.wire import Report
 
 def fetch(http_url: str, timeout: float = 3.0) -> dict:
@@ -74,7 +74,8 @@ def format_status(status: dict, now: float | None = None) -> str:
                 "FROM PEERS", "SEEN")]
     reports = [(Report.from_dict(entry), entry) for entry in status.get("clients", [])]
     for report, entry in reports:
-        clients.append((report.mac or "?", report.address, report.image or "?", report.phase,
+        clients.append((shown(report.mac) or "?", shown(report.address),
+                        shown(report.image) or "?", report.phase,
                         bar(report.progress), f"{report.progress:4.0%}", str(report.peers),
                         human_bytes(report.from_server), human_bytes(report.from_peers),
                         f"{now - entry.get('received', now):.0f}s ago"))
@@ -82,7 +83,7 @@ def format_status(status: dict, now: float | None = None) -> str:
     lines += ran_here([report for report, _ in reports])
     if problems := status.get("problems"):
         lines += ["", "not served as configured (`boottorrent check`):"]
-        lines += [f"  {problem}" for problem in problems]
+        lines += [f"  {shown(problem)}" for problem in problems]
     return "\n".join(lines)
 
 
@@ -95,7 +96,8 @@ def ran_here(reports: list[Report], output_lines: int = 5) -> list[str]:
             continue
         state = ("running" if report.exit_status is None
                  else f"exited with status {report.exit_status}")
-        lines += ["", f"{report.mac or report.address}: image {report.image} {state}"]
+        lines += ["", f"{shown(report.mac or report.address)}: image {shown(report.image)} "
+                  f"{state}"]
         tail = report.output.rstrip("\n").splitlines()[-output_lines:]
-        lines += [f"  | {line}" for line in tail]
+        lines += [f"  | {shown(line)}" for line in tail]
     return lines

@@ -23,41 +23,53 @@ It lives in the seeder process rather than in a separate web server: the
 answers to reports and /status need the seeder's live state, and a Debian
 web server package would start its own site on port 80 when installed.
 
-Built for a boot storm (hundreds of machines powered on within seconds):
-the kernel holds up to LISTEN_BACKLOG connections that a fixed pool of
-WORKERS threads answers in turn (a thread per connection, the standard
-library's way, is unbounded); a connection that says nothing for
-IDLE_TIMEOUT seconds is closed, and a kept-alive one is closed after its
-answer while others wait. A bad request gets an error status and one log
+Built for a boot storm (hundreds of machines powered on within seconds)
+and for a LAN with hostile hosts: the kernel holds up to LISTEN_BACKLOG
+connections; one thread reads every connection's request within a
+deadline and caps what each source address holds (intake.py); a fixed pool
+of WORKERS threads answers whole requests only, and a kept-alive
+connection goes back to the intake after its answer (and is closed after
+it while others wait). An answer's body that the client reads slower than
+SEND_MIN_RATE is cut off. A bad request gets an error status and one log
 line. `make bench` measures it (bench/RESULTS.md, "HTTP storm").
 """
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
 import queue
 import random
 import re
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from boottorrent import chain
+from boottorrent.intake import Intake, Request
+from boottorrent.pivotal.console import shown
 from boottorrent.pivotal.wire import Report
 from boottorrent.render import PIVOTAL_QEMU, PIVOTAL_SHARED
 
 WORKERS = 64
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
-IDLE_TIMEOUT = 10  # seconds
+IDLE_TIMEOUT = 10  # seconds a client may leave an answer unread
+# A client that reads an answer's body slower than this on average (after
+# IDLE_TIMEOUT s) gives its worker back: a 256 kbit/s link, far below any
+# machine's, far above a trickle that holds a worker for hours.
+SEND_MIN_RATE = 32 * 1024  # bytes per second
+SEND_SLICE = 8 << 20  # bytes sent between two looks at the rate
 REPORT_MAX_BYTES = 4096  # a report is about 600 bytes
+DECIMAL = re.compile(r"[0-9]{1,18}")  # not str.isdigit(): that takes "²" and "٣" too
 RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
 RANGE_FORM = re.compile(r"bytes=\d*-\d*")
 # Reports the server takes per second: each machine is told to report
@@ -348,20 +360,50 @@ def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
     return start, end, True
 
 
+class SocketWriter(io.BufferedIOBase):
+    """An answer's head written to the connection whole (a raw socket file
+    may write part of it)."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+
 class Handler(BaseHTTPRequestHandler):
+    """One whole request (intake.Request: read by the intake), answered."""
+
+    request: Request
     server: "WebServer"
     protocol_version = "HTTP/1.1"
     # What an error answer to a request line that is not HTTP is sent as
     # (the standard library's HTTP/0.9 would send it with no status line).
     default_request_version = "HTTP/1.0"
-    timeout = IDLE_TIMEOUT  # also for a client that stops reading what we send
+
+    def setup(self) -> None:
+        self.connection = self.request.connection.sock
+        self.connection.settimeout(IDLE_TIMEOUT)  # a client that stops reading
+        self.rfile = io.BytesIO(self.request.data)
+        self.wfile = SocketWriter(self.connection)
+
+    def handle(self) -> None:
+        # One request: a kept-alive connection waits for its next one in the intake.
+        self.handle_one_request()
+
+    def finish(self) -> None:
+        pass  # the intake closes the connection, or keeps it for the next request
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
-        self.server.log_request_line(f"{self.client_address[0]} {format % args}")
+        self.server.log_request_line(f"{self.client_address[0]} {shown(format % args)}")
 
     def log_error(self, format: str, *args) -> None:  # noqa: A002
         # send_error's line: one per bad request, with what was asked.
-        self.server.log_bad_request(f"{self.client_address[0]} {format % args} "
+        self.server.log_bad_request(f"{self.client_address[0]} {shown(format % args)} "
                                     f"({self.requestline[:200]!r})")
 
     def end_headers(self) -> None:
@@ -389,7 +431,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.NOT_FOUND)
             return
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not DECIMAL.fullmatch(length):
             self.send_error(HTTPStatus.LENGTH_REQUIRED if not length else HTTPStatus.BAD_REQUEST,
                             "a report needs a Content-Length in decimal digits")
             return
@@ -412,7 +454,7 @@ class Handler(BaseHTTPRequestHandler):
         infohash, _, query = self.path.removeprefix("/chain/").partition("?")
         asked = parse_qs(query)
         port = asked.get("port", [""])[0]
-        if not (port.isdigit() and 0 < int(port) < 65536):
+        if not (DECIMAL.fullmatch(port) and 0 < int(port) < 65536):
             self.send_error(HTTPStatus.BAD_REQUEST, "port: a TCP port number is expected")
             return
         source = self.server.chains.source(infohash[:64], f"{self.client_address[0]}:{port}",
@@ -431,7 +473,6 @@ class Handler(BaseHTTPRequestHandler):
         if wanted is None:
             return
         start, end = wanted
-        self.wfile.flush()
         pivotal = infohash == self.server.pivotal_infohash
         if pivotal:
             self.server.machines.streaming_pivotal(started=True)
@@ -441,8 +482,7 @@ class Handler(BaseHTTPRequestHandler):
                 first, last = max(start - offset, 0), min(end - offset, size - 1)
                 if first <= last:
                     with path.open("rb") as file:
-                        sent = self.connection.sendfile(file, first, last - first + 1)
-                    self.server.count_sent(f"/stream/{infohash}", sent)
+                        self._send_range(file, first, last - first + 1, f"/stream/{infohash}")
                 offset += size
         finally:
             if pivotal:
@@ -532,14 +572,27 @@ class Handler(BaseHTTPRequestHandler):
                 return
             start, end = wanted
             if not head:
-                self.wfile.flush()
-                sent = self.connection.sendfile(file, start, end - start + 1)
-                self.server.count_sent(url_path, sent)
+                self._send_range(file, start, end - start + 1, url_path)
+
+    def _send_range(self, file, offset: int, count: int, counted_as: str) -> None:
+        """count bytes of file from offset, counted as sent under counted_as;
+        TimeoutError when the client reads them slower than SEND_MIN_RATE."""
+        started = time.monotonic()
+        sent = 0
+        try:
+            while sent < count:
+                slice_sent = self.connection.sendfile(file, offset + sent,
+                                                      min(SEND_SLICE, count - sent))
+                if not slice_sent:
+                    raise EOFError(f"{file.name} ends before its byte {offset + count}")
+                sent += slice_sent
+                if time.monotonic() - started > IDLE_TIMEOUT + sent / SEND_MIN_RATE:
+                    raise TimeoutError(f"read slower than {SEND_MIN_RATE} bytes/s")
+        finally:
+            self.server.count_sent(counted_as, sent)
 
 
-class WebServer(HTTPServer):
-    request_queue_size = LISTEN_BACKLOG
-
+class WebServer:
     def __init__(self, address: tuple[str, int], state_root: Path,
                  status: Callable[[], dict], log_request_line: Callable[[str], None],
                  log_bad_request: Callable[[str], None], forget_after: float):
@@ -554,32 +607,31 @@ class WebServer(HTTPServer):
         self.pivotal_infohash = ""  # of the pivotal files the seeder seeds (seeder.py)
         self.sent_by_path: dict[str, int] = {}
         self._sent_lock = threading.Lock()
-        # Accepted connections waiting for a worker; when it is full, the
-        # kernel's listen queue holds the next ones.
-        self._waiting: queue.Queue = queue.Queue(maxsize=WORKERS)
-        super().__init__(address, Handler)
-
-    def process_request(self, request, client_address) -> None:
-        self._waiting.put((request, client_address))
+        self.socket = socket.create_server(address, backlog=LISTEN_BACKLOG)
+        self.server_port = self.socket.getsockname()[1]
+        # Whole requests waiting for a worker (the intake caps them).
+        self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.intake = Intake(self.socket, self._requests.put, REPORT_MAX_BYTES, log_bad_request)
 
     def busy(self) -> bool:
-        return not self._waiting.empty()
+        return not self._requests.empty()
 
     def _work(self) -> None:
         while True:
-            request, client_address = self._waiting.get()
+            request = self._requests.get()
+            keep = False
             try:
-                self.finish_request(request, client_address)
+                keep = not Handler(request, (request.connection.address,), self).close_connection
             except Exception:
-                self.handle_error(request, client_address)
+                self.handle_error(request.connection.address)
             finally:
-                self.shutdown_request(request)
+                self.intake.done(request, keep)
 
-    def handle_error(self, request, client_address) -> None:
-        """One line, not the standard library's traceback on stderr: a
-        client that went away or stalled is no fault of ours."""
+    def handle_error(self, address: str) -> None:
+        """One line, not a traceback: a client that went away or stalled
+        is no fault of ours."""
         kind, error, _ = sys.exc_info()
-        self.log_request_line(f"{client_address[0]} connection ended: "
+        self.log_request_line(f"{address} connection ended: "
                               f"{kind.__name__ if kind else '?'}: {error}")
 
     def resolve(self, url_path: str) -> Path | None:
@@ -621,4 +673,7 @@ class WebServer(HTTPServer):
     def start(self) -> None:
         for number in range(WORKERS):
             threading.Thread(target=self._work, name=f"http-{number}", daemon=True).start()
-        threading.Thread(target=self.serve_forever, name="http", daemon=True).start()
+        threading.Thread(target=self.intake.run, name="http-intake", daemon=True).start()
+
+    def server_close(self) -> None:
+        self.socket.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -39,6 +40,9 @@ from lab.netns import SERVER_ADDRESS, Host, Lab
 from lab.server import PYTHON, REPO, Server, environment, lab_config
 
 MIB = 1 << 20
+# Addresses beyond the lab's /24, for hosts that play many machines (the
+# server caps the connections of each address): Cluster.extra_network.
+EXTRA_NETWORK = ipaddress.ip_network("198.18.16.0/20")
 
 # The pivotal's kernel and base parts, built once for the tests, the demo and
 # the benchmark.
@@ -246,6 +250,7 @@ class Cluster:
                              self.tmp / "logs")
         self.clients: dict[str, Client] = {}
         self._pivotal_json: Path | None = None
+        self._extra_taken = 0  # addresses of EXTRA_NETWORK given out
 
     def __enter__(self) -> "Cluster":
         return self
@@ -380,6 +385,27 @@ class Cluster:
         if self.rate_mbit:
             host.shape(self.rate_mbit)
         return host
+
+    def extra_network(self, count: int) -> ipaddress.IPv4Network:
+        """A network of EXTRA_NETWORK with room for count hosts, not given
+        out before, that the server reaches on its link."""
+        if not self._extra_taken:
+            self.server_host.run(["ip", "route", "add", str(EXTRA_NETWORK), "dev", "eth0"])
+        prefix = 32 - max(count + 1, 3).bit_length()
+        size = 1 << (32 - prefix)
+        start = -(-self._extra_taken // size) * size  # aligned to its size
+        self._extra_taken = start + size
+        return ipaddress.ip_network(f"{EXTRA_NETWORK[start]}/{prefix}")
+
+    def crowd(self, name: str, count: int) -> tuple[Host, str]:
+        """A host that holds every address of a network of at least count
+        (lab.storm --from), as that many machines would; the network."""
+        host = self.add_host(name)
+        network = self.extra_network(count)
+        script = "".join(f"addr add {address}/{EXTRA_NETWORK.prefixlen} dev eth0\n"
+                         for address in network.hosts())
+        host.run(["ip", "-batch", "-"], input=script)
+        return host, str(network)
 
     def client(self, name: str, image: str, host: Host | None = None,
                config: Path | None = None) -> Client:

@@ -1,21 +1,22 @@
 """A boot storm's HTTP side, from one process in one network namespace.
 
-    python3 -m lab.storm --count 1000 URL [URL ...] > results.json
+    python3 -m lab.storm --count 1000 [--from NETWORK] URL [URL ...] > results.json
 
 N machines fetching the same URLs at the same moment, as N iPXEs do: each
 of COUNT fetchers opens its own connection for each URL in turn (all
-fetchers start together), sends a plain HTTP/1.1 GET as iPXE does, follows
+fetchers start together; with --from, each from its own address of
+NETWORK, which must be on this namespace's interface: the server caps the
+connections of each address), sends a plain HTTP/1.1 GET as iPXE does, follows
 redirects, asks again after a 503 with Retry-After as iPXE does (after
 that many seconds, with no limit), and reads the whole
 answer. The result, as JSON: one entry per fetcher and URL with the status,
 the bytes and the SHA-256 of the body, the redirects, how often it was told
 to ask again, the seconds taken, and the error if there was one.
 
-    python3 -m lab.storm --reports-from 198.18.4.0/22 --count 1000 --seconds 60 URL
+    python3 -m lab.storm --report --from 198.18.4.0/22 --count 1000 --seconds 60 URL
 
 COUNT machines reporting to URL (the seeder's /report) for SECONDS, each
-from its own address of the network (which must be on this namespace's
-interface), at the interval the server's answers say, as the pivotal's
+from its own address of NETWORK, at the interval the server's answers say, as the pivotal's
 Reporter does (boottorrent/pivotal/report.py). The result: reports sent,
 answered, failed, and the answers' latencies.
 
@@ -46,16 +47,17 @@ MAX_REDIRECTS = 5
 CONNECT_TIMEOUT = 16
 
 
-async def fetch(url: str, timeout: float) -> dict:
+async def fetch(url: str, timeout: float, source: str | None = None) -> dict:
     """timeout: for each request and its answer; the waits a 503 asks for
-    are not counted (iPXE waits as long as it is told, as often as it is)."""
+    are not counted (iPXE waits as long as it is told, as often as it is).
+    source: the address to connect from."""
     started = time.monotonic()
     result: dict = {"url": url, "status": None, "bytes": 0, "sha256": None, "error": None,
                     "redirects": [], "retried": 0}
     try:
         while True:
             async with asyncio.timeout(timeout):
-                status, headers, size, digest = await get(url)
+                status, headers, size, digest = await get(url, source)
             if status in (301, 302, 303, 307, 308) and "location" in headers \
                     and len(result["redirects"]) < MAX_REDIRECTS:
                 url = urljoin(url, headers["location"])
@@ -72,12 +74,13 @@ async def fetch(url: str, timeout: float) -> dict:
     return result
 
 
-async def get(url: str) -> tuple[int, dict[str, str], int, str]:
+async def get(url: str, source: str | None = None) -> tuple[int, dict[str, str], int, str]:
     """The status, the headers, and the body's size and SHA-256, read as it
     comes (a storm's machines do not hold their pivotals in memory)."""
     parts = urlsplit(url)
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(parts.hostname, parts.port or 80), CONNECT_TIMEOUT)
+        asyncio.open_connection(parts.hostname, parts.port or 80,
+                                local_addr=(source, 0) if source else None), CONNECT_TIMEOUT)
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         writer.write(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
@@ -106,11 +109,20 @@ async def get(url: str) -> tuple[int, dict[str, str], int, str]:
         writer.close()
 
 
-async def storm(urls: list[str], count: int, timeout: float) -> list[dict]:
-    async def machine() -> list[dict]:
-        return [await fetch(url, timeout) for url in urls]
+def sources(network: str | None, count: int) -> list[str | None]:
+    """The address each of count machines talks from: its own of network
+    (taken in turn when there are fewer), or the namespace's one."""
+    if network is None:
+        return [None] * count
+    hosts = [str(a) for a in itertools.islice(ipaddress.ip_network(network).hosts(), count)]
+    return [hosts[i % len(hosts)] for i in range(count)]
 
-    return [r for results in await asyncio.gather(*(machine() for _ in range(count)))
+
+async def storm(urls: list[str], machines: list[str | None], timeout: float) -> list[dict]:
+    async def machine(source: str | None) -> list[dict]:
+        return [await fetch(url, timeout, source) for url in urls]
+
+    return [r for results in await asyncio.gather(*(machine(s) for s in machines))
             for r in results]
 
 
@@ -148,12 +160,11 @@ async def report_loop(url: str, source: str, until: float, stats: dict) -> None:
             stats["errors"][type(error).__name__] = stats["errors"].get(type(error).__name__, 0) + 1
 
 
-async def reports(url: str, network: str, count: int, seconds: float) -> dict:
-    sources = [str(a) for a in itertools.islice(ipaddress.ip_network(network).hosts(), count)]
+async def reports(url: str, machines: list[str], seconds: float) -> dict:
     stats = {"sent": 0, "answered": 0, "failed": 0, "latencies": [], "errors": {},
-             "interval": None, "machines": len(sources)}
+             "interval": None, "machines": len(machines)}
     until = time.monotonic() + seconds
-    await asyncio.gather(*(report_loop(url, source, until, stats) for source in sources))
+    await asyncio.gather(*(report_loop(url, source, until, stats) for source in machines))
     latencies = sorted(stats.pop("latencies")) or [0.0]
     stats["latency_median_s"] = round(latencies[len(latencies) // 2], 4)
     stats["latency_p99_s"] = round(latencies[int(len(latencies) * 0.99)], 4)
@@ -168,18 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds one request and its answer may take, the waits a 503 "
                         "asks for not included (default: %(default)s)")
-    parser.add_argument("--reports-from", metavar="NETWORK",
-                        help="send reports to the one URL from COUNT addresses of NETWORK")
+    parser.add_argument("--from", dest="network", metavar="NETWORK",
+                        help="each machine from its own address of NETWORK")
+    parser.add_argument("--report", action="store_true",
+                        help="send reports to the one URL (with --from) instead of fetching")
     parser.add_argument("--seconds", type=float, default=60.0,
                         help="how long to report (default: %(default)s)")
     args = parser.parse_args(argv)
     # Each fetcher holds one socket.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.reports_from:
-        result = asyncio.run(reports(args.urls[0], args.reports_from, args.count, args.seconds))
+    machines = sources(args.network, args.count)
+    if args.report:
+        if args.network is None:
+            parser.error("--report needs --from")
+        result = asyncio.run(reports(args.urls[0], machines, args.seconds))
     else:
-        result = asyncio.run(storm(args.urls, args.count, args.timeout))
+        result = asyncio.run(storm(args.urls, machines, args.timeout))
     json.dump(result, sys.stdout)
     return 0
 

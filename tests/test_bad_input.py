@@ -370,3 +370,138 @@ def test_parse_error_names_the_line_not_its_content(config_dir, state_dir, tmp_p
         result = cli(*command, config_dir=config_dir, state_dir=state_dir)
         assert_bad_input(result, str(link), "line 1: not valid configobj syntax")
         assert "SECRETHASH" not in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- 3. the state folder
+
+def test_current_naming_a_missing_snapshot_changes_nothing(image_files, config_dir, state_dir):
+    """`current` pointing at a snapshot that is gone: every command says so
+    and stops, rather than take the registry for empty, unregister every
+    image and delete its files on the next run."""
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    (state_dir / "current").unlink()
+    (state_dir / "current").symlink_to("snapshots/000099")
+    before = tree(config_dir), tree(state_dir)
+    commands = [["generate"], ["generate"], ["list"], ["check"], ["sync-images"], ["seeder"],
+                ["add-image", "compute"], ["remove-image", "compute"]]
+    for command in commands:
+        result = cli(*command, config_dir=config_dir, state_dir=state_dir, timeout=60)
+        assert_bad_input(result, str(state_dir / "current"),
+                         "points to snapshots/000099, which is missing")
+        assert (tree(config_dir), tree(state_dir)) == before, command
+
+
+# ---------------------------------------------------------------- 4. careless admins, third round
+
+@pytest.mark.parametrize("cmdline, expected", [
+    ("a=''' b=\"\"\"", "cmdline: holds both ''' and \"\"\""),
+    ("a\u2028b", "cmdline: the kernel command line must be one line without control"),
+    ("a\u0085b", "cmdline: the kernel command line must be one line without control"),
+])
+def test_cmdline_an_images_d_file_cannot_hold(cmdline, expected, image_files, config_dir,
+                                              state_dir):
+    before = tree(config_dir), tree(state_dir)
+    result = cli("add-image", "odd", "--kernel", image_files["vmlinuz"], "--cmdline", cmdline,
+                 config_dir=config_dir, state_dir=state_dir)
+    refused(result, config_dir / "images.d" / "odd.conf", expected, before, config_dir,
+            state_dir)
+
+
+def test_line_separators_in_a_file_are_no_line_ends(image_files, config_dir, state_dir):
+    """A U+2028 in a value is a character of the value (refused where it
+    may not be), not a line break that makes a phantom line."""
+    image_conf_refused("odd", "cmdline = quiet\u2028cmdline = evil",
+                       "cmdline: the kernel command line must be one line without control",
+                       image_files, config_dir, state_dir)
+
+
+def test_a_huge_sparse_file_in_images_d_is_refused_at_once(image_files, config_dir,
+                                                           state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    huge = config_dir / "images.d" / "huge.conf"
+    with huge.open("wb") as file:
+        file.truncate(1 << 30)
+    before = tree(config_dir), tree(state_dir)
+    result = cli("check", config_dir=config_dir, state_dir=state_dir, timeout=20)
+    refused(result, huge, "larger than", before, config_dir, state_dir)
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(image_files, config_dir, state_dir):
+    """Windows editors save UTF-8 with a BOM: the same file, the same answer."""
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    plain = cli("check", config_dir=config_dir, state_dir=state_dir)
+    assert plain.returncode == 0, plain.stderr
+    for path in (config_dir / "boottorrent.conf", config_dir / "images.d" / "compute.conf"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with_bom = cli("check", config_dir=config_dir, state_dir=state_dir)
+    assert (with_bom.returncode, with_bom.stdout, with_bom.stderr) == (0, plain.stdout, "")
+
+
+def server_conf_refused(config_dir: Path, state_dir: Path, text: str, expected: str) -> None:
+    """boottorrent.conf with text added: check and generate both refuse it
+    at once, in one line naming expected, and change nothing."""
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text() + text)
+    before = tree(config_dir), tree(state_dir)
+    for command in ("check", "generate"):
+        result = cli(command, config_dir=config_dir, state_dir=state_dir, timeout=20)
+        refused(result, conf, expected, before, config_dir, state_dir)
+        assert len(result.stderr) < 400, len(result.stderr)
+
+
+def test_a_hostname_pattern_that_asks_for_a_huge_width(image_files, config_dir, state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    server_conf_refused(config_dir, state_dir,
+                        "[machines]\n[[rack]]\nimage = compute\nmacs = 52:54:00:00:00:01\n"
+                        "hostname = {index:>300000000}\n",
+                        "[machines][rack] hostname: '{index:>300000000}' is not a pattern of "
+                        "{index} and {mac} (a width of more than 63")
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("kernel", "/etc/passwd", "[pivotal] kernel: /etc/passwd: neither a kernel (vmlinuz) nor a "
+                              "linux-image .deb"),
+])
+def test_a_pivotal_kernel_that_is_no_kernel(key, value, expected, config_dir, state_dir):
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("[pivotal]\n", f"[pivotal]\n{key} = {value}\n# "))
+    before = tree(config_dir), tree(state_dir)
+    for command in ("check", "generate"):
+        result = cli(command, config_dir=config_dir, state_dir=state_dir, timeout=60)
+        refused(result, conf, expected, before, config_dir, state_dir)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "255.255.255.255", "127.0.0.1", "224.0.0.1",
+                                     "198.18.0.0", "198.18.0.255"])
+def test_a_server_address_no_machine_can_reach(address, config_dir, state_dir):
+    conf = config_dir / "boottorrent.conf"
+    text = conf.read_text().replace("address = 198.18.0.1", f"address = {address}")
+    conf.write_text(text.replace("mode = full", "mode = proxy").replace("range_", "# range_"))
+    before = tree(config_dir), tree(state_dir)
+    for command in ("check", "generate"):
+        result = cli(command, config_dir=config_dir, state_dir=state_dir, timeout=60)
+        refused(result, conf, f"[server] address: {address} is not", before, config_dir,
+                state_dir)
+
+
+def test_a_full_state_folder_names_the_file_being_written(image_files, config_dir, state_dir):
+    """snapshots/ on a tmpfs with 2 MiB free (a mount namespace of the
+    command's own): the pivotal's parts cannot be copied there from the
+    cache; the error names the file being written, not the cache's, and
+    nothing changes."""
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    before = tree(config_dir), tree(state_dir)
+    script = ('d=$(mktemp -d) && cp -a "$1/snapshots/." "$d" && '
+              'mount -t tmpfs -o size=$(( $(du -sm "$d" | cut -f1) + 2 ))m tmpfs "$1/snapshots" '
+              '&& cp -a "$d/." "$1/snapshots" && rm -rf "$d" && shift && exec "$@"')
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+         str(state_dir), PYTHON, "-m", "boottorrent", "generate", "--config-dir",
+         str(config_dir), "--state-dir", str(state_dir)],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"boottorrent: {state_dir}/snapshots/.new-") and \
+        "No space left on device; nothing was changed" in last, result.stderr
+    assert "/cache/" not in last, last
+    assert (tree(config_dir), tree(state_dir)) == before

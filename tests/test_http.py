@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 
 from conftest import CLIENTS, MIB, PYTHON, REPO, wait_for
 
@@ -13,8 +14,10 @@ REPORT = {"mac": "52:54:00:12:34:56", "image": "compute", "phase": "downloading"
           "progress": 0.5, "size": MIB, "peers": 1}
 
 
-def storm(host, count: int, *urls: str) -> list[dict]:
-    out = host.run([PYTHON, "-m", "lab.storm", "--count", str(count), *urls], cwd=REPO)
+def storm(host, count: int, *urls: str, network: str | None = None) -> list[dict]:
+    """count machines fetching urls (from network's addresses: Cluster.crowd)."""
+    out = host.run([PYTHON, "-m", "lab.storm", "--count", str(count),
+                    *(["--from", network] if network else []), *urls], cwd=REPO)
     return json.loads(out.stdout)
 
 
@@ -48,7 +51,8 @@ def test_a_burst_of_1000_connections_is_answered(cluster):
     cluster.server.wait_for_seeder()
     script = (cluster.state_dir / "current" / "boot" / "boot.ipxe").read_bytes()
 
-    results = storm(cluster.add_host("storm"), 1000, f"{BOOT_URL}/boot.ipxe")
+    host, network = cluster.crowd("storm", 1000)
+    results = storm(host, 1000, f"{BOOT_URL}/boot.ipxe", network=network)
 
     assert len(results) == 1000
     failed = [r for r in results if r["status"] != 200 or r["error"]]
@@ -57,6 +61,51 @@ def test_a_burst_of_1000_connections_is_answered(cluster):
     # The listen queue that held them (ss shows the backlog in Send-Q).
     listening = cluster.server_host.run(["ss", "-ltnH", "sport = :6980"]).stdout.split()
     assert int(listening[2]) >= 1000, listening
+
+
+def connections_held(server_host) -> int:
+    """The seeder's established HTTP connections."""
+    lines = server_host.run(["ss", "-tnH", "state", "established", "( sport = :6980 )"]).stdout
+    return len(lines.splitlines())
+
+
+def test_slow_and_idle_connections_never_delay_a_request(cluster):
+    """1000 connections held from 100 addresses, half idle and half sending
+    their request a byte every 4 s (slowloris), and one address opening
+    300: a real request is answered within 2 s all along, each silent or
+    slow connection is closed at its request's deadline, and one address
+    holds no more than its share."""
+    cluster.add_image("compute", {"kernel": MIB})
+    cluster.start(("seeder",))
+    cluster.server.wait_for_seeder()
+    attacker, network = cluster.crowd("hostile", 100)
+    flooder, honest = cluster.add_host("flood"), cluster.add_host("honest")
+    attacks = [host.popen([PYTHON, "-m", "lab.hostile", "--count", str(count), "--seconds", "25",
+                           *extra, "198.18.0.1:6980"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+               for host, count, extra in ((attacker, 1000, ["--from", network]),
+                                          (flooder, 300, []))]
+    wait_for(lambda: connections_held(cluster.server_host) >= 1000, 30,
+             "the attackers to hold 1000 connections")
+
+    answers = []
+    while attacks[0].poll() is None:
+        out = honest.run(["curl", "-s", "-o", "/dev/null", "-m", "10", "-w",
+                          "%{http_code} %{time_total}", f"{BOOT_URL}/boot.ipxe"], check=False)
+        answers.append(out.stdout)
+    held = [json.loads(attack.communicate()[0]) for attack in attacks]
+
+    assert len(answers) >= 10, answers
+    slow = [a for a in answers if not a.startswith("200 ") or float(a.split()[1]) > 2.0]
+    assert not slow, f"{len(slow)} of {len(answers)} requests slow or failed: {slow[:5]}"
+    # Every connection the server closed, it closed at the request's
+    # deadline (10 s) at the latest, idle or trickling, so none held a worker.
+    assert held[0]["opened"] >= 1000 and len(held[0]["closed_after"]) >= 500, held[0]
+    assert held[0]["closed_after"][0] < 13, held[0]["closed_after"][:10]
+    # One address: its cap of connections (16) held at once, each until its
+    # deadline, the rest closed as they came: over 25 s, at most 16 x 3
+    # lived a second or more (without the cap, 300 x 2.5).
+    lived = [seconds for seconds in held[1]["closed_after"] if seconds >= 1]
+    assert len(lived) <= 16 * 3 and held[1]["opened"] > 1000, (len(lived), held[1]["opened"])
 
 
 def test_bad_requests_get_an_error_and_one_log_line(cluster):
@@ -196,3 +245,40 @@ def test_later_machines_load_the_pivotal_from_one_that_runs_it(cluster):
     # Once the late machine reports from its pivotal, nobody is on the way: the first leaves.
     cluster.send_report(late, **REPORT)
     assert first.wait(60) == 0, first.log()
+
+
+def test_numbers_out_of_range_and_terminal_controls_never_reach_the_admin(cluster):
+    """Reports whose numbers no machine sends are refused (400); strings
+    with ESC sequences and newlines, from a report or a boot script's
+    query, reach `boottorrent status` escaped, each machine on one line;
+    numbers in other scripts' digits get a 400, not a dropped connection."""
+    cluster.add_image("compute", {"kernel": MIB})
+    cluster.start(("seeder",))
+    cluster.server.wait_for_seeder()
+    forger, query = cluster.add_host("forger"), cluster.add_host("query")
+
+    for field, value in (("from_server", "9" * 400), ("from_server", "-5"),
+                         ("progress", "-3"), ("progress", "1e308"), ("progress", "NaN"),
+                         ("size", "Infinity"), ("uploaded", "-Infinity")):
+        body = json.dumps(REPORT)[:-1].encode() + f', "{field}": {value}}}'.encode()
+        assert post(forger, body).startswith("HTTP/1.1 400"), (field, value)
+    assert post(forger, b"{}", "Content-Length: \u00b2\r\n".encode()).startswith("HTTP/1.1 400")
+    assert raw_request(forger, "GET /chain/x?port=\u00b2 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                       ).startswith("HTTP/1.1 400")
+    evil = "\x1b[2J\x1b]0;owned\x07\nfake line\r\u2028"
+    assert post(forger, json.dumps({**REPORT, "mac": evil, "image": evil, "phase": "exited",
+                                    "exit_status": 0, "output": f"ok\n{evil}"}).encode()
+                ).startswith("HTTP/1.1 200")
+    query.run(["curl", "-sf", "-o", "/dev/null", "-G", f"{BOOT_URL}/boot.ipxe",
+               "--data-urlencode", f"image={evil}"])
+
+    status = cluster.server.status()
+    assert {c["address"] for c in status["clients"]} == {forger.address, query.address}
+    shown = cluster.server.boottorrent("status").stdout
+    assert not [c for c in shown if ord(c) < 32 and c != "\n" or 0x7f <= ord(c) < 0xa0
+                or c in "\u2028\u2029"], repr(shown)
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\x0afake line\\x0d\\u2028" in shown, shown
+    # Each machine on a line of its own in the table, nothing more.
+    rows = shown[shown.index("\nMAC"):].split("\n\n")[0].splitlines()[2:]
+    assert len(rows) == 2 and all(sum(a in row for row in rows) == 1
+                                  for a in (forger.address, query.address)), rows

@@ -133,6 +133,54 @@ def test_a_tree_that_cannot_boot_is_refused(tree_args, expected, config_dir, sta
     assert expected in result.stderr, result.stderr
 
 
+def kernel_links_to_shadow(root: Path) -> None:
+    (root / f"boot/vmlinuz-{VERSION}").unlink()
+    (root / f"boot/vmlinuz-{VERSION}").symlink_to("/etc/shadow")
+
+
+def kernel_links_up_and_out(root: Path) -> None:
+    (root / f"boot/vmlinuz-{VERSION}").unlink()
+    (root / f"boot/vmlinuz-{VERSION}").symlink_to("../" * 12 + "etc/shadow")
+
+
+def initrd_links_to_shadow(root: Path) -> None:
+    (root / f"boot/initrd.img-{VERSION}").unlink()
+    (root / f"boot/initrd.img-{VERSION}").symlink_to("/etc/shadow")
+
+
+def boot_is_a_link_out(root: Path) -> None:
+    """boot/ a link to a folder outside the tree that holds a kernel-named
+    copy of a secret, stamped as a kernel."""
+    outside = root.parent / "outside"
+    (root / "boot").rename(outside)
+    (root / "boot").symlink_to(outside)
+
+
+def kernel_is_no_kernel(root: Path) -> None:
+    (root / f"boot/vmlinuz-{VERSION}").write_bytes(b"root:$y$secret:19000:0:99999:7:::\n" * 100)
+
+
+@pytest.mark.parametrize("tamper, expected", [
+    (kernel_links_to_shadow, f"boot/vmlinuz-{VERSION}: a symbolic link (to /etc/shadow)"),
+    (kernel_links_up_and_out, f"boot/vmlinuz-{VERSION}: a symbolic link (to ../../"),
+    (initrd_links_to_shadow, f"boot/initrd.img-{VERSION}: a symbolic link (to /etc/shadow)"),
+    (boot_is_a_link_out, f"boot/vmlinuz-{VERSION}: reached through a symbolic link"),
+    (kernel_is_no_kernel, f"boot/vmlinuz-{VERSION}: not an x86 Linux kernel (bzImage)"),
+])
+def test_a_tree_cannot_make_the_server_serve_its_own_files(tamper, expected, config_dir,
+                                                           state_dir, tmp_path):
+    """A tree's kernel or initramfs that is a link (absolute, or up and out
+    with ..) or sits behind one is refused, never followed to the server's
+    own files and served to the LAN; a kernel must be a kernel."""
+    root = make_tree(tmp_path / "tree")
+    tamper(root)
+    before = tree(config_dir), tree(state_dir)
+    result = add_rootfs(root, config_dir, state_dir)
+    refused(result, config_dir / "images.d/node.conf", f"rootfs: {root}", before,
+            config_dir, state_dir)
+    assert expected in result.stderr, result.stderr
+
+
 def test_rootfs_goes_without_kernel_and_initrd(config_dir, state_dir, tmp_path):
     root = make_tree(tmp_path / "tree")
     conf = config_dir / "images.d/node.conf"

@@ -151,7 +151,8 @@ class Report:
     @classmethod
     def from_dict(cls, data: dict) -> Report:
         """A report from its JSON object; unknown keys are ignored, a missing
-        key takes its default, a value of the wrong type is a ValueError."""
+        key takes its default, a value of the wrong type or out of its
+        range (_RANGES) is a ValueError."""
         if data.get("version", VERSION) != VERSION:
             raise ValueError(f"report of version {data.get('version')}; this server reads "
                              f"version {VERSION}")
@@ -162,12 +163,25 @@ class Report:
             value = data[f.name]
             if not isinstance(value, _TYPES[f.type]) or isinstance(value, bool):
                 raise ValueError(f"report field {f.name!r} must be {f.type}")
+            if isinstance(value, (int, float)):
+                low, high = _RANGES.get(f.name, (0, COUNT_MAX))
+                if not low <= value <= high:  # also False for NaN
+                    raise ValueError(f"report field {f.name!r} must be from {low} to {high}")
             values[f.name] = value
         if values.get("phase", "pivotal") not in PHASES:
             raise ValueError(f"report phase {values['phase']!r} is none of {', '.join(PHASES)}")
         return cls(**values)
 
 
+# The numbers a report may carry: byte counts, rates and peers from 0 to
+# what a 64-bit counter holds (a 400-digit integer broke `boottorrent
+# status`, a negative one showed as -931322.6 GiB, and NaN or Infinity made
+# /status JSON that strict parsers refuse); the others here.
+COUNT_MAX = (1 << 63) - 1
+TIME_MAX = 1e11  # seconds since 1970, for the times a pivotal's clock gives
+_RANGES = {"progress": (0.0, 1.0), "exit_status": (-255, 255), "version": (VERSION, VERSION),
+           "started": (0.0, TIME_MAX), "downloaded_at": (0.0, TIME_MAX),
+           "verified_at": (0.0, TIME_MAX)}
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float),
           "float | None": (int, float, type(None)), "int | None": (int, type(None))}
 assert all(f.type in _TYPES for f in fields(Report))

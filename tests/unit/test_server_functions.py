@@ -13,6 +13,7 @@ from boottorrent.status import format_status
 from boottorrent.torrents import PIECES_MAX, piece_size_for
 from boottorrent import chain, web
 from boottorrent.pivotal.wire import Report
+from boottorrent.intake import split_request
 from boottorrent.web import Machines, byte_range
 
 MIB = 1 << 20
@@ -300,3 +301,21 @@ def test_machines_form_a_chain_in_the_order_they_ask():
     assert chains.members("ab") == ["198.18.1.9:7000"]
     chains.withdraw("ab")
     assert chains.source("ab", m1) is None
+
+
+@pytest.mark.parametrize("buffer, expected", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", None),  # the head is not over yet
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2", (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True)),
+    (b"POST /report HTTP/1.1\r\ncontent-length: 4\r\n\r\n{}", None),  # its body is not
+    (b"POST /report HTTP/1.1\r\nContent-Length:4\r\n\r\n{ }\nGET",
+     (b"POST /report HTTP/1.1\r\nContent-Length:4\r\n\r\n{ }\n", True)),
+    # A body beyond what is read goes to the handler without it (413), and
+    # the connection is closed after the answer.
+    (b"POST /report HTTP/1.1\r\nContent-Length: 99999\r\n\r\nxx",
+     (b"POST /report HTTP/1.1\r\nContent-Length: 99999\r\n\r\n", False)),
+    # Other scripts' digits are no length (the handler answers 400).
+    ("POST /report HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode(),
+     ("POST /report HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode(), True)),
+])
+def test_a_request_is_whole_once_its_head_and_small_body_are_in(buffer, expected):
+    assert split_request(bytearray(buffer), 4096) == expected

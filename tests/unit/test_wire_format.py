@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from boottorrent.configfile import SERVER_SPEC, configspec
+from boottorrent.pivotal.console import shown
 from boottorrent.pivotal.wire import (VERSION, ImageSpec, PivotalConfig, Report,
                                       SwarmSettings)
 
@@ -80,3 +81,18 @@ def test_each_swarm_setting_is_in_the_configspec_and_documented():
         assert shown and re.search(rf"^#?\s*{setting.name} = {setting.default}$",
                                    shown[1], re.M), (section, setting.name)
     assert asdict(SwarmSettings()) == {f.name: f.default for f in fields(SwarmSettings)}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("from_server", 10 ** 400), ("from_server", -1), ("progress", -3.0), ("progress", 1e308),
+    ("progress", float("nan")), ("size", float("inf")), ("uploaded", float("-inf")),
+    ("exit_status", 1 << 40), ("started", -1.0)])
+def test_a_report_with_a_number_no_machine_sends_is_refused(field, value):
+    with pytest.raises(ValueError, match=f"report field '{field}' must be "):
+        Report.from_dict({field: value})
+
+
+def test_text_from_a_machine_is_shown_with_its_controls_escaped():
+    assert shown("node\x1b[2J\x1b]0;t\x07\nx\r\x85\u2028\u202e.") == \
+        "node\\x1b[2J\\x1b]0;t\\x07\\x0ax\\x0d\\x85\\u2028\\u202e."
+    assert shown("plain text, café") == "plain text, café"
