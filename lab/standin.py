@@ -49,9 +49,12 @@ IDLE = 5.0  # seconds without machines on their way before it stops (seed_idle_t
 
 
 def script_urls(boot_url: str, image: str, tries: str) -> list[str]:
+    """What the boot script loads on its try tries ("x", "xx", ...; "":
+    without the try= that puts the server's storm rules in charge)."""
+    tried = f"try={tries}" if tries else ""
     return [f"{boot_url}/boot.ipxe",
-            f"{boot_url}/{PIVOTAL_KERNEL}?image={image}&try={tries}"] + [
-        f"{boot_url}/{path}?try={tries}" for path in PIVOTAL_INITRDS]
+            f"{boot_url}/{PIVOTAL_KERNEL}?image={image}" + (f"&{tried}" if tried else "")] + [
+        f"{boot_url}/{path}" + (f"?{tried}" if tried else "") for path in PIVOTAL_INITRDS]
 
 
 def file_name(result: dict) -> str:
