@@ -36,6 +36,8 @@ test-qemu: deps
 
 bench: deps
 	$(PYTHON) -m bench
+	$(PYTHON) -m bench --clients 1,2,4 --rate 10000 --size-mib 1024 --methods boottorrent,http --out bench/line10g
+	$(PYTHON) -m bench --clients 1,4 --rate 1000 --size-mib 256 --methods boottorrent,http --out bench/line1g
 	$(PYTHON) -m bench --clients 64,128 --rate 2 --methods boottorrent --out bench/scale
 	$(PYTHON) -m bench --clients 16 --size-mib 256 --methods boottorrent,multicast --out bench/big
 	$(PYTHON) -m bench.storm

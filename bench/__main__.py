@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python3 -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    report.write_csv(args.out / "results.csv", results)
+    report.write_csv(args.out / "results.csv", results, context["machine"]["cpu"])
     report.write_markdown(args.out / "RESULTS.md", results, context)
     report.plot(args.out / "scaling.png", results, context)
     print(f"bench: done in {elapsed:.0f} s; wrote {args.out}/results.csv, RESULTS.md, "

@@ -21,6 +21,7 @@ MULTICAST_RATE_SHARE = 0.9  # udp-sender's --max-bitrate, as a share of the link
 # told otherwise; the lab's static addresses have none (ip addr add without
 # brd), so the rendezvous goes to the all-hosts group, as the sender's does.
 RENDEZVOUS = "224.0.0.1"
+GIB = 1 << 30
 
 
 @dataclass
@@ -40,10 +41,20 @@ class Result:
     note: str = ""
     times: list[float] = field(default_factory=list)
     cpu_seconds: float = 0.0  # CPU time of the method's own processes (see CpuMeter)
+    # Each client's CPU seconds (user + system of its processes: the
+    # pivotal's program once begun, curl, udp-receiver), which received F.
+    client_cpu: list[float] = field(default_factory=list)
 
     @property
     def server_wire_f(self) -> float:
         return self.server_wire / self.size
+
+    def client_cpu_per_gib(self) -> tuple[float, float] | None:
+        """The clients' CPU seconds per GiB received: median and most."""
+        if not self.client_cpu:
+            return None
+        per_gib = [seconds / (self.size / GIB) for seconds in self.client_cpu]
+        return statistics.median(per_gib), max(per_gib)
 
 
 def kumar_ross(size: int, clients: int, rate_mbit: float) -> float:
@@ -102,10 +113,17 @@ def server_cpu(cluster: Cluster) -> float:
     return sum(process_cpu(p.pid) for p in cluster.server.processes.values())
 
 
-def _waiter(process: subprocess.Popen, ends: dict, key: object) -> threading.Thread:
+def _waiter(process: subprocess.Popen, ends: dict, key: object,
+            cpu: dict | None = None) -> threading.Thread:
+    """A thread that reaps process (started with `ip netns exec`, which
+    execs it) and notes when it ended in ends[key], and its CPU seconds in
+    cpu[key]."""
     def wait() -> None:
-        process.wait()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
         ends[key] = time.time()
+        if cpu is not None:
+            cpu[key] = usage.ru_utime + usage.ru_stime
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
     return thread
@@ -161,7 +179,7 @@ def run_boottorrent(cluster: Cluster, hosts: list[Host], image: str,
         note += f"; {hashfails} hash failures"
     return Result("BootTorrent", len(hosts), size, cluster.rate_mbit, cluster.piece_size(image),
                   max(times), statistics.median(times), wire, payload, cpu.busy, ok, wall,
-                  note, times, cpu.seconds)
+                  note, times, cpu.seconds, [client.cpu_seconds() for client in clients])
 
 
 def run_http(cluster: Cluster, hosts: list[Host], image: str, files: dict[str, Path],
@@ -171,6 +189,7 @@ def run_http(cluster: Cluster, hosts: list[Host], image: str, files: dict[str, P
     size = sum(p.stat().st_size for p in files.values())
     folders = [cluster.tmp / "http" / f"{run}-{i}" for i in range(len(hosts))]
     ends: dict[int, float] = {}
+    client_cpu: dict[int, float] = {}
     threads = []
     wire_before = cluster.wire_bytes(cluster.server_host)[0]
     payload_before = image_payload_sent(cluster, image)
@@ -182,7 +201,8 @@ def run_http(cluster: Cluster, hosts: list[Host], image: str, files: dict[str, P
             argv = ["curl", "--silent", "--show-error", "--fail"]
             for name in files:
                 argv += ["-o", str(folder / name), cluster.url(image, name)]
-            threads.append(_waiter(host.popen(argv, stdout=subprocess.DEVNULL), ends, i))
+            threads.append(_waiter(host.popen(argv, stdout=subprocess.DEVNULL), ends, i,
+                                   client_cpu))
         _wait_threads(threads, timeout, "HTTP downloads")
         wall = time.time() - start
     cpu.seconds += server_cpu(cluster) - server_cpu_before  # the seeder serves HTTP
@@ -197,7 +217,8 @@ def run_http(cluster: Cluster, hosts: list[Host], image: str, files: dict[str, P
     times = [ends[i] - start for i in range(len(hosts))]
     return Result("HTTP", len(hosts), size, cluster.rate_mbit, cluster.piece_size(image),
                   max(times), statistics.median(times), wire, payload, cpu.busy, ok, wall,
-                  "curl, one connection per client", times, cpu.seconds)
+                  "curl, one connection per client", times, cpu.seconds,
+                  [client_cpu[i] for i in range(len(hosts))])
 
 
 def run_multicast(cluster: Cluster, hosts: list[Host], image: str, files: dict[str, Path],
@@ -215,6 +236,7 @@ def run_multicast(cluster: Cluster, hosts: list[Host], image: str, files: dict[s
     outputs = [cluster.tmp / "multicast" / f"{run}-{i}" for i in range(len(hosts))]
     log_dir = cluster.tmp / "logs"
     ends: dict[int, float] = {}
+    client_cpu: dict[int, float] = {}
     threads = []
     bitrate = cluster.rate_mbit * MULTICAST_RATE_SHARE
     wire_before = cluster.wire_bytes(cluster.server_host)[0]
@@ -226,7 +248,7 @@ def run_multicast(cluster: Cluster, hosts: list[Host], image: str, files: dict[s
                                   "--mcast-rdv-address", RENDEZVOUS, "--file", str(output)],
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             log.close()
-            threads.append(_waiter(process, ends, i))
+            threads.append(_waiter(process, ends, i, client_cpu))
         log = open(log_dir / f"{run}.udp-sender.log", "wb")
         sender = cluster.server_host.popen(
             ["udp-sender", "--nokbd", "--interface", "eth0", "--file", str(stream),
@@ -247,4 +269,5 @@ def run_multicast(cluster: Cluster, hosts: list[Host], image: str, files: dict[s
     times = [ends[i] - start for i in range(len(hosts))]
     return Result("multicast", len(hosts), size, cluster.rate_mbit, cluster.piece_size(image),
                   max(times), statistics.median(times), wire, -1, cpu.busy, ok, wall,
-                  f"udpcast, --max-bitrate {bitrate:g}m --full-duplex", times, cpu.seconds)
+                  f"udpcast, --max-bitrate {bitrate:g}m --full-duplex", times, cpu.seconds,
+                  [client_cpu[i] for i in range(len(hosts))])

@@ -14,11 +14,13 @@ KEEP_MARKER = "<!-- Everything below is kept when `make bench` rewrites this fil
 
 COLUMNS = ["method", "clients", "size_bytes", "rate_mbit", "piece_size", "last_s", "median_s",
            "limit_s", "last_over_limit", "server_wire_bytes", "server_wire_over_f",
-           "server_payload_bytes", "cpu_busy", "cpu_seconds", "ok", "wall_s", "note", "client_times_s"]
+           "server_payload_bytes", "cpu_busy", "cpu_seconds", "client_cpu_s_per_gib",
+           "client_cpu_s_per_gib_max", "cpu_model", "ok", "wall_s", "note", "client_times_s"]
 
 
-def _row(result: Result) -> dict:
+def _row(result: Result, cpu_model: str) -> dict:
     limit = kumar_ross(result.size, result.clients, result.rate_mbit)
+    per_gib = result.client_cpu_per_gib()
     return {
         "method": result.method, "clients": result.clients, "size_bytes": result.size,
         "rate_mbit": result.rate_mbit, "piece_size": result.piece_size,
@@ -28,18 +30,21 @@ def _row(result: Result) -> dict:
         "server_wire_over_f": f"{result.server_wire_f:.2f}",
         "server_payload_bytes": result.server_payload if result.server_payload >= 0 else "",
         "cpu_busy": f"{result.cpu_busy:.2f}", "cpu_seconds": f"{result.cpu_seconds:.1f}",
+        "client_cpu_s_per_gib": f"{per_gib[0]:.2f}" if per_gib else "",
+        "client_cpu_s_per_gib_max": f"{per_gib[1]:.2f}" if per_gib else "",
+        "cpu_model": cpu_model,
         "ok": int(result.ok),
         "wall_s": f"{result.wall:.1f}", "note": result.note,
         "client_times_s": " ".join(f"{t:.2f}" for t in sorted(result.times)),
     }
 
 
-def write_csv(path: Path, results: list[Result]) -> None:
+def write_csv(path: Path, results: list[Result], cpu_model: str) -> None:
     with path.open("w", newline="") as out:
         writer = csv.DictWriter(out, COLUMNS)
         writer.writeheader()
         for result in results:
-            writer.writerow(_row(result))
+            writer.writerow(_row(result, cpu_model))
 
 
 def _kept(path: Path) -> str:
@@ -105,21 +110,28 @@ def write_markdown(path: Path, results: list[Result], context: dict) -> None:
         "(whole machine, including other users' work and the kernel's packet forwarding); "
         "well below 100 % means the links, not the CPU, set the pace. \"CPU s\" is the CPU "
         "time of the method's own processes (clients, curl or udpcast, plus the seeder and "
-        "tracker for BootTorrent and HTTP), from rusage and /proc/PID/stat.",
+        "tracker for BootTorrent and HTTP), from rusage and /proc/PID/stat. \"Client "
+        "CPU s/GiB\": each client's CPU seconds (user + system of its own processes: the "
+        "pivotal's program once begun, curl, udp-receiver) over the GiB it received, the "
+        "median and the most of the N clients; the kernel's work for their sockets, done on "
+        "their behalf, is in it, the packet forwarding between the namespaces is not.",
         "",
         "| N | method | last client (s) | median (s) | limit (s) | last / limit | "
-        "server sent, wire (×F) | server payload (×F) | CPU busy | CPU s | bytes OK |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "server sent, wire (×F) | server payload (×F) | CPU busy | CPU s | "
+        "client CPU s/GiB | bytes OK |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for result in sorted(results, key=lambda r: (r.clients, not r.method.startswith("Boot"),
                                                  r.method)):
         limit = kumar_ross(result.size, result.clients, result.rate_mbit)
         payload = (f"{result.server_payload / result.size:.2f}"
                    if result.server_payload >= 0 else "n/a")
+        per_gib = result.client_cpu_per_gib()
+        client_cpu = f"{per_gib[0]:.2f} / {per_gib[1]:.2f}" if per_gib else "n/a"
         lines.append(
-            f"| {result.clients} | {result.method} | {result.last:.1f} | {result.median:.1f} | "
-            f"{limit:.1f} | {result.last / limit:.2f} | {result.server_wire_f:.2f} | "
-            f"{payload} | {result.cpu_busy:.0%} | {result.cpu_seconds:.0f} | "
+            f"| {result.clients} | {result.method} | {result.last:.2f} | {result.median:.2f} | "
+            f"{limit:.2f} | {result.last / limit:.2f} | {result.server_wire_f:.2f} | "
+            f"{payload} | {result.cpu_busy:.0%} | {result.cpu_seconds:.0f} | {client_cpu} | "
             f"{'yes' if result.ok else '**no**'} |")
     lines += ["", "![time to boot N machines](scaling.png)", "", KEEP_MARKER, ""]
     path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))

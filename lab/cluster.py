@@ -153,7 +153,8 @@ class Client:
         """Start the pivotal's program's process, its imports done, to
         begin at start() (lab/ready.py): as a computer of its own would,
         not after the lab's other clients' start-up on its two cores."""
-        self._launch(["-m", "lab.ready", "boottorrent.pivotal"])
+        self._launch(["-m", "lab.ready", "--rusage", str(self.work / "rusage.json"),
+                      "boottorrent.pivotal"])
         wait_for(lambda: self.log().startswith("ready\n") or self.process.poll() is not None,
                  60, f"{self.name} to be ready", interval=0.05)
         if self.process.poll() is not None:
@@ -200,6 +201,11 @@ class Client:
 
     def summary(self) -> dict:
         return json.loads((self.work / "summary.json").read_text())
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU seconds of a prepared client's run (lab.ready)."""
+        used = json.loads((self.work / "rusage.json").read_text())
+        return used["user"] + used["system"]
 
     def folder(self) -> Path:
         return self.work / "images" / self.image
