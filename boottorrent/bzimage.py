@@ -4,11 +4,15 @@ enough of it to tell a kernel from any other file, and to read its release."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+
+from boottorrent.fsutil import open_regular
 
 HEADER_END = 0x210  # the fields read here all lie before this offset
 BOOT_FLAG = (0x1FE, b"\x55\xaa")
 MAGIC = (0x202, b"HdrS")
 VERSION_POINTER = 0x20E
+DEB_MAGIC = b"!<arch>\n"  # ar(5), which a .deb is: a kernel package, for the pivotal
 
 
 def check(data: bytes) -> None:
@@ -29,3 +33,22 @@ def version(data: bytes) -> str:
     if not text:
         raise ValueError("bzImage has no kernel version string")
     return text.split()[0]
+
+
+def kernel_or_package_problem(path: Path) -> str | None:
+    """Why path is neither a vmlinuz nor a .deb, from its first bytes, or
+    None (`check` says it at once; the pivotal's build looks closer)."""
+    try:
+        with open_regular(path) as file:
+            head = file.read(HEADER_END)
+    except FileNotFoundError:
+        return f"{path}: no such file (a vmlinuz or a linux-image .deb)"
+    except OSError as error:
+        return f"{path}: cannot read: {error.strerror or error}"
+    if head.startswith(DEB_MAGIC):
+        return None
+    try:
+        check(head)
+    except ValueError:
+        return f"{path}: neither a kernel (vmlinuz) nor a linux-image .deb"
+    return None

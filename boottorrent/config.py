@@ -16,11 +16,11 @@ from pathlib import Path
 
 from validate import ValidateError
 
+from boottorrent import bzimage
 from boottorrent.configfile import SERVER_SPEC, ConfigError, check_mac, read_file
 from boottorrent.imageconf import (HOSTNAME_PARAMETER, IMAGES_DIR, check_ipxe_text,
                                    check_machines_cmdline, image_conf_path, image_conf_paths,
                                    image_problems)
-from boottorrent.initramfs.kernel import kernel_file_problem
 from boottorrent.pivotal.wire import SwarmSettings
 
 CONFIG_FILE = "boottorrent.conf"
@@ -245,7 +245,7 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         problems.append(ConfigError(path, str(error), ("pivotal",), "cmdline"))
 
     kernel = Path(obj["pivotal"]["kernel"])
-    if problem := kernel_file_problem(kernel):
+    if problem := bzimage.kernel_or_package_problem(kernel):
         problems.append(ConfigError(path, problem, ("pivotal",), "kernel"))
 
     if dhcp["mode"] == "full":

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boottorrent import bzimage
-from boottorrent.fsutil import open_regular
 from boottorrent.initramfs import PivotalError, Progress, archive, say
 from boottorrent.initramfs.base import BUSYBOX
 from boottorrent.initramfs.staging import which
@@ -93,34 +92,13 @@ def net_driver_names(moddir: Path) -> list[str]:
 
 # -- reading a kernel --------------------------------------------------------
 
-DEB_MAGIC = b"!<arch>\n"  # ar(5), which a .deb is
-
-
-def kernel_file_problem(kernel: Path) -> str | None:
-    """Why kernel is neither a vmlinuz nor a .deb, from its first bytes
-    (`check` says it at once; the build looks closer), or None."""
-    try:
-        with open_regular(kernel) as file:
-            head = file.read(bzimage.HEADER_END)
-    except FileNotFoundError:
-        return f"{kernel}: no such file (a vmlinuz or a linux-image .deb)"
-    except OSError as error:
-        return f"{kernel}: cannot read: {error.strerror or error}"
-    if head.startswith(DEB_MAGIC):
-        return None
-    try:
-        bzimage.check(head)
-    except ValueError:
-        return f"{kernel}: neither a kernel (vmlinuz) nor a linux-image .deb"
-    return None
-
 @contextmanager
 def _unpacked(kernel: Path) -> Iterator[tuple[Path, Path]]:
     """(vmlinuz, module directory) of a linux-image-*.deb unpacked by
     dpkg-deb, or of a bare vmlinuz whose modules are on disk: beside it
     (<root>/boot/vmlinuz-* with <root>/lib/modules/<version>) or installed."""
     with open(kernel, "rb") as f:
-        is_deb = f.read(len(DEB_MAGIC)) == DEB_MAGIC
+        is_deb = f.read(len(bzimage.DEB_MAGIC)) == bzimage.DEB_MAGIC
     if not is_deb:
         yield kernel, _installed_modules(kernel)
         return
