@@ -98,8 +98,8 @@ def machine_hostname(pattern: str, index: int, mac: str) -> str:
         # Widths are read before they are used: {index:>300000000} would
         # take seconds and a gigabyte to make a name of 300 MB.
         specs = [spec for _, _, spec, _ in string.Formatter().parse(pattern) if spec]
-        if any("{" in spec or int(max(re.findall(r"\d+", spec), key=int, default="0"))
-               > HOSTNAME_MAX for spec in specs):
+        if any("{" in spec or any(int(n) > HOSTNAME_MAX for n in re.findall(r"\d+", spec))
+               for spec in specs):
             raise ValueError(f"a width of more than {HOSTNAME_MAX}, the longest hostname, "
                              "or a format inside a format")
         hostname = pattern.format(index=index, mac=mac.replace(":", "-"))
@@ -122,9 +122,9 @@ def server_address_problem(address: str, netmask: str) -> str | None:
                        (ip.is_multicast, "a multicast address"),
                        (ip.is_reserved, "a reserved address (240.0.0.0/4)"),
                        (network.prefixlen < 31 and ip == network.network_address,
-                        f"an address of a host: it is the network {network}'s own"),
+                        f"the network {network}'s own address"),
                        (network.prefixlen < 31 and ip == network.broadcast_address,
-                        f"an address of a host: it is the network {network}'s broadcast")):
+                        f"the network {network}'s broadcast address")):
         if test:
             return f"{address} is not an address machines can reach: {what}"
     return None
