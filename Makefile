@@ -35,9 +35,9 @@ test-qemu: deps
 	$(PYTHON) -m pytest tests -m qemu
 
 bench: deps
-	$(PYTHON) -m bench
-	$(PYTHON) -m bench --clients 1,2,4 --rate 10000 --size-mib 1024 --methods boottorrent,http --out bench/line10g
-	$(PYTHON) -m bench --clients 1,4 --rate 1000 --size-mib 256 --methods boottorrent,http --out bench/line1g
+	$(PYTHON) -m bench --repeat 3
+	$(PYTHON) -m bench --clients 1,2,4 --rate 10000 --size-mib 1024 --methods boottorrent,http --repeat 3 --out bench/line10g
+	$(PYTHON) -m bench --clients 1,4 --rate 1000 --size-mib 256 --methods boottorrent,http --repeat 3 --out bench/line1g
 	$(PYTHON) -m bench --clients 64,128 --rate 2 --methods boottorrent --out bench/scale
 	$(PYTHON) -m bench --clients 16 --size-mib 256 --methods boottorrent,multicast --out bench/big
 	$(PYTHON) -m bench.storm

@@ -11,7 +11,9 @@ classic pipeline, close to the physical limit on a switched LAN
 (bench/RESULTS.md). BitTorrent fills what a broken chain leaves out.
 
 A machine whose source failed asks again naming it: the failed machine
-leaves the chain and the asker streams from the one before. Machines that
+leaves the chain and the asker streams from the one before. A machine
+that asks from the address of a member under another port (it started
+its pivotal again) replaces that member. Machines that
 left the swarm (the server has no recent report from them) are passed
 over, so the first machine of the next boot wave streams from the server.
 """
@@ -60,8 +62,13 @@ class Chains:
             if chain is None:
                 return None
             now = self.clock()
+            address = member.rpartition(":")[0]
+            # A machine asking anew from the same address (its pivotal's next
+            # attempt, or its next boot) is no longer its former self, whose
+            # relay is gone: nobody streams from that.
             chain[:] = [link for link in chain if link.member != failed
-                        and (link.member == member or self._alive(link, now))]
+                        and (link.member == member or (self._alive(link, now) and
+                                                       link.member.rpartition(":")[0] != address))]
             position = next((i for i, link in enumerate(chain) if link.member == member), None)
             if position is None:
                 chain.append(Link(member, now))

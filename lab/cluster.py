@@ -43,6 +43,11 @@ MIB = 1 << 20
 # Addresses beyond the lab's /24, for hosts that play many machines (the
 # server caps the connections of each address): Cluster.extra_network.
 EXTRA_NETWORK = ipaddress.ip_network("198.18.16.0/20")
+# The pivotal has no CA bundle (its rootfs has no ca-certificates); on the
+# lab's host, libtorrent's session would read the host's, 50 ms of CPU per
+# client (OpenSSL reads SSL_CERT_FILE instead, here a file that is not there).
+PIVOTAL_ENVIRONMENT = {"SSL_CERT_FILE": "/nonexistent/ca-certificates.crt",
+                       "SSL_CERT_DIR": "/nonexistent"}
 
 # The pivotal's kernel and base parts, built once for the tests, the demo and
 # the benchmark.
@@ -174,7 +179,8 @@ class Client:
              "--config", str(self.config or self.cluster.pivotal_json()),
              "--work-dir", str(self.work)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=environment(self.cluster.config_dir, self.cluster.state_dir))
+            env=environment(self.cluster.config_dir,
+                            self.cluster.state_dir) | PIVOTAL_ENVIRONMENT)
         log.close()
 
     def running(self) -> bool:
@@ -246,6 +252,9 @@ class Cluster:
         # World-readable, as /var/lib/boottorrent: dnsmasq drops privileges.
         self.state_dir = Path(tempfile.mkdtemp(prefix="boottorrent-state-"))
         self.state_dir.chmod(0o755)
+        # What the machines download goes to RAM, as the pivotal's does
+        # (/run): the lab's disk would charge them its filesystem's work.
+        self.ram = Path(tempfile.mkdtemp(prefix="boottorrent-lab-", dir="/dev/shm"))
         subprocess.run(["cp", "-al", str(self.cache or pivotal_cache()),
                         str(self.state_dir / "cache")], check=True)
         self.lab = Lab()
@@ -267,6 +276,7 @@ class Cluster:
     def close(self) -> None:
         self.lab.close()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        shutil.rmtree(self.ram, ignore_errors=True)
 
     # ------------------------------------------------------------ server side
 
@@ -417,7 +427,7 @@ class Cluster:
                config: Path | None = None) -> Client:
         """A client (not started yet) on host, or on a new shaped host."""
         client = Client(self, name, host or self.add_host(name), image,
-                        self.tmp / "clients" / name, self.tmp / "logs" / f"{name}.log", config)
+                        self.ram / "clients" / name, self.tmp / "logs" / f"{name}.log", config)
         self.clients[name] = client
         return client
 

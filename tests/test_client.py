@@ -64,6 +64,20 @@ def test_falls_back_to_http_when_the_swarm_stalls(make_cluster, tmp_path):
     assert web_seed["http_sent"] >= 3 * MIB and web_seed["uploaded"] == 0, web_seed
 
 
+def test_a_chain_slower_than_fallback_after_is_progress(make_cluster):
+    """The chain's bytes, which libtorrent does not count, are progress: a
+    client whose stream takes longer than twice fallback_after neither
+    falls back to HTTP nor gives up."""
+    cluster = make_cluster(rate_mbit=4, conf={"clients": {**CLIENTS, "fallback_after": 5}})
+    files = cluster.add_image("compute", {"kernel": 2 * MIB, "initrd.0": 4 * MIB})  # 12 s
+    cluster.start()
+    client = cluster.start_client("c1", "compute")
+    assert client.wait(120) == 0, client.log()
+    assert "falling back" not in client.log() and "no progress" not in client.log()
+    assert client.has_image(files)
+    assert client.summary()["from_server"] == 6 * MIB
+
+
 def test_seeds_while_the_server_counts_machines_on_their_way(cluster):
     """A machine that fetched the boot files holds the swarm: the first
     client keeps seeding past its seed_idle_time until that machine's own

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import PYTHON, REPO
 from lab.cluster import MIB, Cluster, Client, corrupt_copy, wait_for
+from lab.netns import SERVER_ADDRESS
 from lab.server import environment
 
 IMAGE = "compute"
@@ -246,3 +247,25 @@ def test_seeder_restarted_mid_download(make_cluster):
     if missing:  # pieces no client had at the restart came from the new seeder
         image = cluster.server.status()["images"][0]
         assert image["uploaded"] + image["http_sent"] > 0, image
+
+
+def test_chain_source_sending_wrong_bytes_is_survived(make_cluster, tmp_path):
+    """A host takes a place in the image's chain, as a pivotal does, and
+    streams wrong bytes to the machine after it. The machine's check of
+    the files against the registry's SHA-256 catches them; libtorrent
+    checks every piece, fetches the wrong ones, and the machine ends with
+    the right bytes."""
+    cluster = make_cluster(rate_mbit=8)
+    files = cluster.add_image(IMAGE, SIZES)
+    cluster.start()
+    liar = cluster.lab.add_host("liar")  # unshaped: its lies arrive fast
+    log = tmp_path / "liar.json"
+    process = liar.popen([PYTHON, "-m", "lab.liar", "--server", f"http://{SERVER_ADDRESS}:6980",
+                          "--infohash", cluster.infohash(IMAGE), "--size",
+                          str(sum(SIZES.values())), "--listen", liar.address, "--log", str(log)],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout.readline().strip().isdigit(), "the liar got no place in the chain"
+    client = cluster.start_client("c0", IMAGE)
+    assert_complete([client], files)
+    assert json.loads(log.read_text())["sent"] > 0  # the lies were sent
+    assert "do not match their SHA-256: checking every piece" in client.log()

@@ -62,7 +62,7 @@ def boot(args: argparse.Namespace, config: PivotalConfig,
                       reporter, args.work_dir / "share")
         swarm.download()
         folder = save_path / image.name
-        verify(image, folder)
+        verify(image, folder, swarm.digests)
         report.verified_at = time.time()
         if image.spec.method != "kexec":
             run_here(args, config, image, folder, swarm, report)

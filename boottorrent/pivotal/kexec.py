@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 from pathlib import Path
 
 from boottorrent.pivotal import ClientError
 from boottorrent.pivotal.console import say
+from boottorrent.pivotal.digest import file_sha256
 from boottorrent.pivotal.run import meminfo_mib
 from boottorrent.pivotal.swarm import Image
 
 
-def verify(image: Image, folder: Path) -> None:
+def verify(image: Image, folder: Path, known: dict[Path, str]) -> None:
+    """Check the files against the registry's SHA-256; known: digests of
+    files already computed from the bytes written (Swarm.digests)."""
     for name, expected in image.spec.sha256.items():
-        digest = hashlib.sha256()
-        with (folder / name).open("rb") as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
+        if (known.get(folder / name) or file_sha256(folder / name)) != expected:
             raise ClientError(f"{name}: SHA-256 does not match the registry")
 
 

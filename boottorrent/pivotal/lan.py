@@ -18,6 +18,7 @@ this module has what is used instead:
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from pathlib import Path
 
@@ -111,10 +112,14 @@ def session(listen: str, upload_slots: int, *, seed: bool) -> lt.session:
     return created
 
 
-def alerts_after(session: lt.session, seconds: float) -> list[lt.alert]:
-    """The alerts posted until seconds from now; they stay valid until the
-    next call."""
-    time.sleep(seconds)
+def alerts_after(session: lt.session, seconds: float,
+                 wake: threading.Event | None = None) -> list[lt.alert]:
+    """The alerts posted until seconds from now, or until wake is set;
+    they stay valid until the next call."""
+    if wake:
+        wake.wait(seconds)
+    else:
+        time.sleep(seconds)
     return session.pop_alerts()
 
 

@@ -1,16 +1,30 @@
 """The chain: this machine streams a torrent's bytes from the machine that
 asked the server before it (or from the server, when it is the first),
-hands each piece to libtorrent as it completes, and passes the bytes on to
-the machine after it as they arrive (chain.py on the server says who is
-before whom). Every piece leaves the server once and every machine's link
-carries the image once each way, as in a pipeline; BitTorrent takes what
-the chain does not bring: pieces before the stream's start, pieces that
-fail their hash, the rest once the chain breaks for good."""
+writes them to the torrent's files, and passes them on to the machine
+after it as they arrive (chain.py on the server says who is before whom).
+Every piece leaves the server once and every machine's link carries the
+image once each way, as in a pipeline; BitTorrent takes what the chain
+does not bring: pieces before the stream's start, the rest once the chain
+breaks for good.
+
+The bytes stay out of Python's hands as far as it can manage: the kernel
+receives them into a buffer that stays in the CPU's cache, from which
+they are written to the files (spans.py), a second thread hashes them
+there (without the GIL), and the machine after this
+one gets them from the files with sendfile. libtorrent is not told of the
+chain's pieces while they arrive: its Python binding copies a piece byte by
+byte (add_piece) and would hash it once more. The files' SHA-256, computed
+on the way (digest.py), vouches for them instead, against the digests the
+server gave; once they match, libtorrent takes the files over as they
+are (Swarm._hand_over), so that BitTorrent serves them. If
+they do not match (a source sent wrong bytes), libtorrent checks every
+piece and fetches the wrong ones (Relay.settle)."""
 
 from __future__ import annotations
 
-import http.client
 import json
+import os
+import queue
 import re
 import socket
 import sys
@@ -25,8 +39,10 @@ from pathlib import Path
 import libtorrent as lt
 
 from boottorrent.pivotal.console import say
+from boottorrent.pivotal.digest import StreamDigest
+from boottorrent.pivotal.source import READ_TIMEOUT, Source
+from boottorrent.pivotal.spans import FileSpan
 
-CHUNK = 64 * 1024
 # Tries of one source before it is reported to the server, which names
 # another: a machine's link drops a few packets while dozens of machines
 # start at once (seen in the lab: SYNs unanswered for 2-3 s), and a source
@@ -34,31 +50,12 @@ CHUNK = 64 * 1024
 TRIES = 3
 # Failures in a row after which BitTorrent takes the rest.
 FAILURES_MAX = 3 * TRIES
-CONNECT_TIMEOUT = 1.0  # seconds
-# A source that sends nothing for this long is gone (a machine that
-# crashed sends no FIN). A source that waits for its own source keeps the
-# connection open and silent meanwhile, shorter than a chain repairs itself.
-READ_TIMEOUT = 30.0
-# Bytes kept in memory after their pieces completed (at least two pieces):
-# the next machine may still be reading them, and libtorrent may not have
-# written them yet.
-KEPT_BYTES = 4 * 1024 * 1024
-# What TCP may keep in flight towards this machine. With the default
-# windows, every link of the chain fills its switch port's queue and each
-# machine passes the bytes on that much later: 32 machines at 20 Mbit/s
-# took 2-3 s longer (bench/RESULTS.md, "The chain").
-RCVBUF = 16 * 1024
-CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/\d+")
+# Pieces the chain still brings once BitTorrent takes the end of the image
+# from a seed (Relay.use_seeds).
+LEAD_PIECES = 16
+SEND_MAX = 1 << 20  # bytes handed to the kernel at a time
+CHUNK = 256 * 1024  # bytes received (or hashed) at a time
 DEFAULT_PRIORITY = 4
-
-
-class SmallWindowConnection(http.client.HTTPConnection):
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        self.sock.settimeout(CONNECT_TIMEOUT)
-        self.sock.connect((self.host, self.port))
-        self.sock.settimeout(READ_TIMEOUT)
 
 
 class RelayServer(ThreadingHTTPServer):
@@ -110,10 +107,11 @@ class StreamHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Range", f"bytes {start}-{relay.total - 1}/{relay.total}")
         self.send_header("Content-Length", str(relay.total - start))
         self.end_headers()
+        self.wfile.flush()
         with self.server.lock:
             self.server.streaming += 1
         try:
-            relay.serve(self.wfile, start)
+            relay.serve(self.connection, start)
         finally:
             with self.server.lock:
                 self.server.streaming -= 1
@@ -129,27 +127,50 @@ class Relay:
         self.torrent = torrent
         self.infohash = str(torrent.info_hashes().v1)
         self.server_url = server_url
-        self.save_path = save_path
         self.server = server
         self.piece_length = torrent.piece_length()
+        self.pieces = torrent.num_pieces()
         self.total = torrent.total_size()
+        files = torrent.files()
+        self.layout = [(save_path / files.file_path(i), files.file_size(i))
+                       for i in range(files.num_files())]
+        self.files = FileSpan(self.layout)
+        self.digest = StreamDigest(self.layout)
         self.from_server = 0  # bytes received from the server, and from the machine before
         self.from_peers = 0
         self.sent = 0  # bytes passed on
         self.done = False  # the chain brings nothing more
-        self.stopped = threading.Event()
+        self.settled = False  # settle() was called
+        self.verified = False  # the files match the server's digests (settle)
+        self.source: Source | None = None  # the stream in progress
+        self.stopped = threading.Event()  # the stream from the source
+        self.closed = threading.Event()  # this machine's relay of the torrent
+        self.arrived = threading.Event()  # the chain brought and hashed all it will
         self.changed = threading.Condition()
-        # The bytes from covered_from on arrive through the chain (position:
-        # the next one); those before come from BitTorrent.
+        # The chain brings the bytes from covered_from to end (position: the
+        # next one); BitTorrent the pieces before and after.
         self.covered_from = self.position = 0
-        self.memory: dict[int, bytearray] = {}  # piece -> its bytes so far
-        self.kept = max(2, KEPT_BYTES // self.piece_length)
+        self.end = self.total
+        self.written: set[int] = set()  # whole pieces in the files, from the chain
+        # Pieces left to BitTorrent: the chain never writes them, so that
+        # libtorrent's writes and the chain's never meet in one piece.
+        self.bittorrent: set[int] = set()
+        self.to_hash: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self.seeds_used = False
-        # The chain brings the pieces: BitTorrent only what it cannot.
-        handle.prioritize_pieces([0] * torrent.num_pieces())
         server.relays[self.infohash] = self
+        self.hasher = threading.Thread(target=self._hash_loop, name="chain-hasher", daemon=True)
+        self.hasher.start()
         self.thread = threading.Thread(target=self._loop, name="chain", daemon=True)
         self.thread.start()
+
+    @staticmethod
+    def hold_back(params: lt.add_torrent_params) -> None:
+        """A torrent the chain brings, to be added: BitTorrent fetches none
+        of its pieces until the relay hands it some. From the moment it is
+        added, or its first requests would land in the pieces the chain
+        writes and hashes (a peer's wrong bytes in a piece the files'
+        digest vouches for)."""
+        params.piece_priorities = [0] * params.ti.num_pieces()
 
     # ------------------------------------------------------------ upstream
 
@@ -158,8 +179,6 @@ class Relay:
         failed, tries, failures = "", 0, 0
         try:
             while not self.stopped.is_set() and failures < FAILURES_MAX:
-                if self.handle.status().is_seeding:
-                    break
                 if source is None:
                     source = self._ask(failed)
                     if source is None:
@@ -179,10 +198,13 @@ class Relay:
                     failed, source, tries = source, None, 0
                 self.stopped.wait(0.5)
         finally:
+            self.to_hash.put(None)
+            self.hasher.join()
             with self.changed:
                 self.done = True
                 self.changed.notify_all()
-            self._to_bittorrent(range(self.torrent.num_pieces()))
+            self._to_bittorrent(range(self.pieces))
+            self.arrived.set()
 
     def _ask(self, failed: str) -> str | None:
         query = urllib.parse.urlencode({"port": self.server.port, "failed": failed})
@@ -195,69 +217,53 @@ class Relay:
         source = answer.get("source") if isinstance(answer, dict) else None
         return source if isinstance(source, str) else None
 
-    def _resume_at(self) -> int:
-        """Where the next stream starts: the next byte, or the first piece
-        still missing after it."""
-        piece = self.position // self.piece_length
-        while piece < self.torrent.num_pieces() and self.handle.have_piece(piece) \
-                and piece not in self.memory:
-            piece += 1
-        return max(self.position, piece * self.piece_length)
-
     def _stream(self, source: str) -> None:
-        host, port = (source.rsplit(":", 1) if source
-                      else urllib.parse.urlsplit(self.server_url).netloc.rsplit(":", 1))
-        connection = SmallWindowConnection(host, int(port))
-        offset = self._resume_at()
+        stream = Source(source or urllib.parse.urlsplit(self.server_url).netloc,
+                        self.infohash, self.position, self.piece_length)
+        self.source = stream
+        buffer = memoryview(bytearray(CHUNK))  # reused, so that it stays in the cache
         try:
-            connection.request("GET", f"/stream/{self.infohash}",
-                               headers={"Range": f"bytes={offset}-"})
-            response = connection.getresponse()
-            if response.status != HTTPStatus.PARTIAL_CONTENT:
-                raise OSError(f"HTTP {response.status} {response.reason}")
-            ranged = CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            start = int(ranged[1]) if ranged else -1
-            if start < offset or (start > offset and start % self.piece_length):
-                raise ValueError(f"a stream from byte {start}, asked from {offset}")
-            self._skip_to(start)
-            piece = start // self.piece_length
-            while self.position < self.total and not self.stopped.is_set():
-                chunk = response.read1(CHUNK)
-                if not chunk:
+            self._skip_to(stream.start)
+            while self.position < self.end and not self.stopped.is_set():
+                piece, within = divmod(self.position, self.piece_length)
+                piece_end = min(self.end, piece * self.piece_length
+                                + self.torrent.piece_size(piece))
+                count = stream.recv_into(buffer[:piece_end - self.position])
+                if not count:
                     raise OSError(f"the stream ended at byte {self.position}")
+                self.files.write(self.position, buffer[:count])
                 if source:
-                    self.from_peers += len(chunk)
+                    self.from_peers += count
                 else:
-                    self.from_server += len(chunk)
-                while chunk:
-                    size = self.torrent.piece_size(piece)
-                    with self.changed:
-                        data = self.memory.setdefault(piece, bytearray())
-                        taken = chunk[:size - len(data)]
-                        data += taken
-                        self.position += len(taken)
-                        self.changed.notify_all()
-                    chunk = chunk[len(taken):]
-                    if len(data) == size:
-                        if not self.handle.have_piece(piece):
-                            self.handle.add_piece(piece, bytes(data), 0)
-                        self._forget(piece - self.kept)
-                        piece += 1
-                        if self.seeds_used and self.handle.status().is_seeding:
-                            return  # the rest came from BitTorrent
+                    self.from_server += count
+                with self.changed:
+                    self.position += count
+                    if self.position == piece_end and piece_end - piece * self.piece_length \
+                            == self.torrent.piece_size(piece):
+                        self.written.add(piece)
+                        self.to_hash.put(piece)
+                    self.changed.notify_all()
         finally:
-            connection.close()
+            stream.close()
+
+    def _hash_loop(self) -> None:
+        """Hash each piece the chain wrote, beside the stream."""
+        buffer = memoryview(bytearray(CHUNK))
+        while (piece := self.to_hash.get()) is not None:
+            offset = piece * self.piece_length
+            end = offset + self.torrent.piece_size(piece)
+            while offset < end:
+                count = self.files.read_into(offset, buffer[:end - offset])
+                self.digest.feed(offset, buffer[:count])
+                offset += count
 
     def _skip_to(self, start: int) -> None:
         """The source streams from start (a piece's first byte, past what
         was asked): what lies before comes from BitTorrent."""
         if start == self.position and start >= self.covered_from:
             return
-        first = self.position // self.piece_length
-        skipped = range(first, start // self.piece_length)
+        skipped = range(self.position // self.piece_length, start // self.piece_length)
         with self.changed:
-            for piece in skipped:
-                self.memory.pop(piece, None)
             if start > self.position:
                 self.covered_from = start
             self.position = start
@@ -267,74 +273,139 @@ class Relay:
     def use_seeds(self, peers: list[lt.peer_info], server: str) -> None:
         """Once a peer other than the server holds the whole image (a
         machine of an earlier boot wave, still seeding), BitTorrent fetches
-        from the end of the image while the chain brings its start: the
-        seed's link is otherwise idle."""
+        the end of the image while the chain brings its start: the seed's
+        link is otherwise idle."""
         if self.seeds_used or self.done:
             return
         if not any(p.flags & lt.peer_info.seed and p.ip[0] != server for p in peers):
             return
         self.seeds_used = True
-        lead = self.kept + (self.position // self.piece_length)
-        for piece in range(min(lead, self.torrent.num_pieces()), self.torrent.num_pieces()):
-            if not self.handle.have_piece(piece):
-                self.handle.piece_priority(piece, 1)
-
-    def _forget(self, piece: int) -> None:
-        """Drop a piece from memory; should libtorrent not have it (its
-        hash failed), BitTorrent fetches it."""
         with self.changed:
-            if self.memory.pop(piece, None) is None:
-                return
-        self._to_bittorrent([piece])
+            lead = self.position // self.piece_length + LEAD_PIECES
+            if lead < self.pieces:
+                self.end = lead * self.piece_length
+        self._to_bittorrent(range(min(lead, self.pieces), self.pieces), priority=1)
 
-    def _to_bittorrent(self, pieces: Iterable[int]) -> None:
-        for piece in pieces:
-            if not self.handle.have_piece(piece):
-                self.handle.piece_priority(piece, DEFAULT_PRIORITY)
+    def _to_bittorrent(self, pieces: Iterable[int], priority: int = DEFAULT_PRIORITY) -> None:
+        with self.changed:
+            handed = [p for p in pieces if p not in self.written and p not in self.bittorrent]
+            self.bittorrent.update(handed)
+        if handed:
+            self.handle.prioritize_pieces([(p, priority) for p in handed])
+
+    # ------------------------------------------------------------ the end
+
+    def covers(self, have: list[bool]) -> bool:
+        """Every piece is in the files: the chain's, and BitTorrent's
+        (have: libtorrent's pieces, torrent_status.pieces)."""
+        if len(have) < self.pieces:  # a torrent being checked lists none
+            return False
+        with self.changed:
+            return all(have[p] or p in self.written for p in range(self.pieces))
+
+    def done_bytes(self) -> int:
+        """Bytes of the chain's pieces in the files."""
+        with self.changed:
+            return sum(self.torrent.piece_size(p) for p in self.written)
+
+    def settle(self, expected: dict[Path, str]) -> dict[Path, str]:
+        """Once every piece is in the files (covers): stop the stream, and
+        check the files against the SHA-256 the server gave (expected;
+        every file of the torrent). Returns the files' digests when they
+        match, and libtorrent then is to seed them (Swarm._hand_over). Else
+        (wrong bytes came, or nothing vouches for them) libtorrent is set
+        to check every piece and fetch what is wrong, and {} is returned."""
+        self.settled = True
+        self._stop_stream()
+        self.thread.join()
+        self.files.close()
+        digests = self.digest.finish()
+        if expected and all(expected.get(path) == digest for path, digest in digests.items()):
+            self.verified = True
+            return digests
+        if expected:
+            say(f"chain: the files of {self.infohash[:8]} do not match their SHA-256: "
+                "checking every piece")
+        self.handle.prioritize_pieces([DEFAULT_PRIORITY] * self.pieces)
+        self.handle.force_recheck()
+        with self.changed:
+            self.written.clear()
+        return {}
+
+    def read_piece(self, piece: int) -> bytes:
+        """A piece's bytes, from the files."""
+        offset = piece * self.piece_length
+        data = memoryview(bytearray(self.torrent.piece_size(piece)))
+        done = 0
+        while done < len(data):
+            done += self.files.read_into(offset + done, data[done:])
+        self.files.close()
+        return data.tobytes()
 
     # ------------------------------------------------------------ downstream
+
+    def holds(self, piece: int) -> bool:
+        """The whole piece is in the files."""
+        if self.verified or piece in self.written:
+            return True
+        return piece in self.bittorrent and self.handle.have_piece(piece)
 
     def first_servable(self, offset: int) -> int:
         """Where a stream asked from offset starts: offset itself, or,
         when this machine lacks pieces before the bytes its own stream
         brings, the first of those."""
-        with self.changed:
-            covered = self.covered_from
-            if offset >= covered or all(self.handle.have_piece(p) for p in range(
-                    offset // self.piece_length, covered // self.piece_length)):
-                return offset
-            return covered
+        covered = self.covered_from
+        if offset >= covered or all(self.holds(p) for p in range(
+                offset // self.piece_length, covered // self.piece_length)):
+            return offset
+        return covered
 
-    def serve(self, out, offset: int) -> None:
-        """Write the stream from offset to out, as the bytes arrive: through
-        the chain, or, for pieces it does not bring, from BitTorrent. It
-        waits for as long as this machine is in the swarm: the machine
-        after it then waits too, rather than leave the chain while this
-        one repairs its own link."""
-        while offset < self.total and not self.stopped.is_set():
-            piece, within = divmod(offset, self.piece_length)
-            with self.changed:
-                data = self.memory.get(piece)
-                chunk = bytes(data[within:within + CHUNK]) if data is not None else b""
-                if not chunk and not (data is None and self.handle.have_piece(piece)):
-                    self.changed.wait(0.5)
-                    continue
-            if not chunk:
-                chunk = self._read(piece, within, CHUNK)
-            out.write(chunk)
-            self.sent += len(chunk)
-            offset += len(chunk)
+    def _ready(self, offset: int) -> int:
+        """How many bytes from offset on are in the files, to be sent."""
+        piece, within = divmod(offset, self.piece_length)
+        if self.covered_from <= offset < self.position and (self.verified or not self.settled):
+            return self.position - offset
+        if self.holds(piece):
+            return self.torrent.piece_size(piece) - within
+        return 0
 
-    def _read(self, piece: int, within: int, count: int) -> bytes:
-        files = self.torrent.files()
-        count = min(count, self.torrent.piece_size(piece) - within)
-        parts = []
-        for part in self.torrent.map_block(piece, within, count):
-            with (self.save_path / files.file_path(part.file_index)).open("rb") as file:
-                file.seek(part.offset)
-                parts.append(file.read(part.size))
-        return b"".join(parts)
+    def serve(self, sock: socket.socket, offset: int) -> None:
+        """Send the stream from offset to sock, as the bytes arrive: the
+        chain's, or BitTorrent's pieces, from the files. It waits for as
+        long as this machine is in the swarm: the machine after it then
+        waits too, rather than leave the chain while this one repairs its
+        own link."""
+        # Blocking sends, given up on by the kernel when the machine after
+        # this one acknowledges nothing for READ_TIMEOUT (it crashed).
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(READ_TIMEOUT * 1000))
+        opened: dict[int, int] = {}
+        try:
+            while offset < self.total and not self.closed.is_set():
+                with self.changed:
+                    ready = self._ready(offset)
+                    if not ready:
+                        self.changed.wait(0.5)
+                        continue
+                index, within, left = self.files.locate(offset)
+                if index not in opened:
+                    opened[index] = os.open(self.layout[index][0], os.O_RDONLY | os.O_CLOEXEC)
+                count = os.sendfile(sock.fileno(), opened[index], within,
+                                    min(ready, left, SEND_MAX))
+                if not count:
+                    raise OSError(f"{self.layout[index][0]}: shorter than the torrent says")
+                self.sent += count
+                offset += count
+        finally:
+            for descriptor in opened.values():
+                os.close(descriptor)
+
+    def _stop_stream(self) -> None:
+        self.stopped.set()
+        if self.source:  # a source that waits for its own: no wait here
+            self.source.shutdown()
 
     def stop(self) -> None:
-        self.stopped.set()
+        self._stop_stream()
+        self.closed.set()
         self.server.relays.pop(self.infohash, None)

@@ -25,6 +25,8 @@ class PivotalShare:
         # server's web seed as such: the server's HTTP side is what this spares.
         params, web_seeds = lan.join_params(config.pivotal_torrent, folder,
                                             (config.server, config.seeder_port))
+        if web_seeds:
+            Relay.hold_back(params)
         self.handle = session.add_torrent(params)
         self.infohash = str(params.ti.info_hashes().v1)
         self.relay = Relay(self.handle, params.ti, config.http_url, folder,
@@ -40,7 +42,10 @@ class PivotalShare:
         if self.failed:
             return
         if self.httpd is None:
-            if self.handle.status().is_seeding:
+            status = self.handle.status(lt.status_flags_t.query_pieces)
+            if self.relay and not self.relay.settled and self.relay.covers(status.pieces):
+                self.relay.settle({})  # no digests of its own: libtorrent checks the pieces
+            elif status.is_seeding:
                 self.httpd = subprocess.Popen(
                     ["busybox", "httpd", "-f", "-p", str(self.port), "-h", str(self.folder)],
                     stdin=subprocess.DEVNULL)

@@ -107,10 +107,12 @@ class ServerGate:
         if self.shut:
             self._shut(False, [])
 
-    def update(self, handles: list[lt.torrent_handle], server_gives: bool) -> None:
+    def update(self, handles: list[lt.torrent_handle], server_gives: bool,
+               arrived: int) -> None:
         """server_gives: the chain still brings this machine the image
-        (relay.py); what the peers lack meanwhile comes that way."""
-        downloading, lacking, done = False, False, 0
+        (relay.py); what the peers lack meanwhile comes that way. arrived:
+        the bytes the chain brought so far, which libtorrent does not count."""
+        downloading, lacking, done = False, False, arrived
         for handle in handles:
             status = handle.status(lt.status_flags_t.query_pieces)
             done += status.total_done
@@ -151,6 +153,11 @@ class ServerGate:
                 handle.connect_peer(self.server)
 
 
+# Seconds libtorrent may take to seed the files handed over (Swarm._hand_over)
+# before the client's loop, every half second, checks again.
+HAND_OVER_MAX = 2.0
+
+
 class Swarm:
     """One torrent download, then seeding, with accounting of who sent what."""
 
@@ -174,7 +181,15 @@ class Swarm:
         params, self.web_seeds = lan.join_params(image.spec.torrent, save_path,
                                                  (config.server, config.seeder_port))
         self.gate = ServerGate(self.session, (config.server, config.seeder_port))
+        if self.web_seeds:  # the server offers the chain (relay.py)
+            Relay.hold_back(params)
         self.handle = self.session.add_torrent(params)
+        self.save_path = save_path
+        # What the files must be before they are seeded and booted.
+        self.expected = {save_path / image.name / name: digest
+                         for name, digest in image.spec.sha256.items()}
+        self.digests: dict[Path, str] = {}  # the files' SHA-256, once the chain settled
+        self.uploaded_before = 0  # by the torrent before it was added again as a seed
         self.last_announce = time.monotonic()
         report.size = params.ti.total_size()
         # The chain (relay.py), where the server offers it (it has web seeds).
@@ -210,9 +225,9 @@ class Swarm:
         from_server, from_peers = self.sources.update(received, peers)
         self.report.from_server = from_server + (self.relay.from_server if self.relay else 0)
         self.report.from_peers = from_peers + (self.relay.from_peers if self.relay else 0)
-        giving = [r for r in (self.relay, self.share and self.share.relay) if r and not r.done]
+        relays = [r for r in (self.relay, self.share and self.share.relay) if r]
         self.gate.update([self.handle] + ([self.share.handle] if self.share else []),
-                         bool(giving))
+                         any(not r.done for r in relays), sum(r.position for r in relays))
         for alert in alerts:
             if isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
                                   lt.url_seed_alert)):
@@ -229,29 +244,72 @@ class Swarm:
             self.last_announce = time.monotonic()
 
     def _update_report(self) -> lt.torrent_status:
-        status = self.handle.status()
-        # Of the whole image: progress is of the pieces BitTorrent is to
-        # fetch, none while the chain brings them (relay.py).
-        self.report.progress = status.total_done / max(self.report.size, 1)
+        status = self.handle.status(lt.status_flags_t.query_pieces)
+        # Of the whole image: libtorrent counts only BitTorrent's pieces
+        # until the chain settled (relay.py).
+        chain = self.relay.done_bytes() if self.relay and not self.relay.verified else 0
+        self.report.progress = (status.total_done + chain) / max(self.report.size, 1)
         self.report.peers = status.num_peers
         self.report.download_rate = status.download_payload_rate
         self.report.upload_rate = status.upload_payload_rate
-        self.report.uploaded = status.all_time_upload + (self.relay.sent if self.relay else 0)
+        self.report.uploaded = (self.uploaded_before + status.all_time_upload
+                                + (self.relay.sent if self.relay else 0))
         return status
+
+    def _whole(self, status: lt.torrent_status) -> bool:
+        """The image is in the files, and checked: by libtorrent, piece by
+        piece, or, for what the chain brought, against the SHA-256 the
+        server gave, after which libtorrent takes the files over."""
+        if self.relay and not self.relay.settled and self.relay.covers(status.pieces):
+            self.digests = self.relay.settle(self.expected)
+            if self.digests:
+                return self._hand_over()
+        return status.is_seeding
+
+    def _hand_over(self) -> bool:
+        """Give libtorrent the checked files: the torrent added again with
+        every piece held but the last, which it then gets as a download of
+        its own (add_piece: it hashes and writes that one). So the torrent
+        completes as a download does, and the tracker hears "completed" and
+        counts the machine (libtorrent never says so of a torrent added in
+        seed mode). Whether it seeds now."""
+        params, _ = lan.join_params(self.image.spec.torrent, self.save_path,
+                                    (self.config.server, self.config.seeder_port))
+        last = params.ti.num_pieces() - 1
+        params.have_pieces = [True] * last + [False]
+        self.uploaded_before += self.handle.status().all_time_upload
+        self._close_written_files()
+        self.session.remove_torrent(self.handle)
+        self.handle = self.session.add_torrent(params)
+        self.relay.handle = self.handle
+        data = self.relay.read_piece(last)
+        deadline = time.monotonic() + HAND_OVER_MAX
+        # libtorrent drops a piece added before it has read the torrent's
+        # state: add it again until it is held (its hash and write take
+        # milliseconds).
+        while time.monotonic() < deadline and not self.handle.status().is_seeding:
+            if not self.handle.have_piece(last):
+                self.handle.add_piece(last, data, 0)
+            time.sleep(0.01)
+        return self.handle.status().is_seeding
 
     def download(self) -> None:
         self.report.phase = "downloading"
         last_progress, stalled_since = -1, time.monotonic()
         last_said = 0.0
         while True:
-            self._count_sources(lan.alerts_after(self.session, 0.5))
+            # The chain's end is a moment to check at once (Relay.arrived).
+            wake = self.relay.arrived if self.relay and not self.relay.arrived.is_set() else None
+            self._count_sources(lan.alerts_after(self.session, 0.5, wake))
             status = self._update_report()
-            if status.is_seeding:
+            if self._whole(status):
                 break
             if status.state == lt.torrent_status.downloading and status.errc.value():
                 raise ClientError(f"download failed: {status.errc.message()}")
-            if status.total_done != last_progress:
-                last_progress, stalled_since = status.total_done, time.monotonic()
+            # The chain's bytes count as progress too, which libtorrent does not see.
+            progress = status.total_done + (self.relay.position if self.relay else 0)
+            if progress != last_progress:
+                last_progress, stalled_since = progress, time.monotonic()
             elif (self.web_seeds and time.monotonic() - stalled_since
                   > self.settings.fallback_after):
                 say(f"no progress for {self.settings.fallback_after} s: "

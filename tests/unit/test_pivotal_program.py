@@ -1,16 +1,21 @@
 """Unit tests of the pivotal program's pure parts: kernel parameters, image
-choice, the image's command line and the account of who sent what."""
+choice, the image's command line, the account of who sent what, and the
+chain's files and digests."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import re
 
 import pytest
 
 from boottorrent.pivotal import ClientError, run
+from boottorrent.pivotal.digest import StreamDigest
 from boottorrent.pivotal.kexec import image_cmdline, one_initrd
 from boottorrent.pivotal.run import CannotRun, check_room
+from boottorrent.pivotal.spans import FileSpan
 from boottorrent.pivotal.network import bootif_mac, kernel_parameters
 from boottorrent.pivotal.swarm import Image, SourceCounter, choose_image
 from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, SwarmSettings
@@ -194,3 +199,29 @@ def test_a_qemu_image_needs_room_for_its_disk_and_its_vm(monkeypatch, tmp_path):
     bigger = Image("vm", dataclasses.replace(image.spec, size=1000 * MIB))
     with pytest.raises(CannotRun, match="the VM needs 2048 MiB of RAM"):
         check_room(bigger, tmp_path)
+
+
+def test_the_files_written_as_one_span_and_hashed_on_the_way(tmp_path):
+    """The chain writes a torrent's bytes at offsets of its files one after
+    the other (an empty file among them) and hashes them as they come: the
+    digests are the files' SHA-256, whether the bytes were fed in order,
+    with a gap (the rest read from the files) or not at all."""
+    sizes = {"a": 5000, "empty": 0, "b": 70000, "c": 3}
+    layout = [(tmp_path / "img" / name, size) for name, size in sizes.items()]
+    data = os.urandom(sum(sizes.values()))
+    span = FileSpan(layout)
+    for offset in range(0, len(data), 4096):  # blocks across the files' ends
+        span.write(offset, memoryview(data)[offset:offset + 4096])
+    buffer = memoryview(bytearray(8192))
+    assert span.read_into(4096, buffer) == 5000 - 4096  # up to the end of "a"
+    assert bytes(buffer[:904]) == data[4096:5000]
+    span.close()
+    expected = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in layout}
+    assert b"".join(path.read_bytes() for path, _ in layout) == data
+
+    for fed in (len(data), 30000, 0):
+        digest = StreamDigest(layout)
+        digest.feed(0, memoryview(data)[:fed // 2])
+        digest.feed(fed // 2 + 1, memoryview(data)[fed // 2 + 1:fed])  # not next: ignored
+        digest.feed(fed // 2, memoryview(data)[fed // 2:fed])
+        assert digest.finish() == expected

@@ -293,6 +293,10 @@ def test_machines_form_a_chain_in_the_order_they_ask():
     assert chains.members("ab") == [m1, m3]
     # The server is never left out.
     assert chains.source("ab", m1, failed=chain.SERVER) == chain.SERVER
+    # m3 starts its pivotal again (its relay on another port): it replaces
+    # its former self rather than stream from it.
+    assert chains.source("ab", "198.18.1.3:7001") == m1
+    assert chains.members("ab") == [m1, "198.18.1.3:7001"]
     # Machines that left the swarm are passed over once they are no longer
     # new: the next boot wave starts from the server.
     now[0] += chain.NEW_FOR
