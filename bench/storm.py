@@ -46,7 +46,7 @@ from pathlib import Path
 
 from bench.__main__ import machine
 from bench.methods import CpuMeter, process_cpu
-from boottorrent.render import PIVOTAL_INITRDS, PIVOTAL_KERNEL, PIVOTAL_SHARED
+from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_KERNEL
 from lab.cluster import MIB, Cluster, pivotal_cache, sha256
 from lab.standin import script_urls
 from lab.netns import SERVER_ADDRESS
@@ -64,18 +64,30 @@ REAL_MACHINES = 16
 STORM_MAX = 900.0  # seconds
 
 
-def storm(crowd: tuple, count: int, urls: list[str], timeout: float) -> list[dict]:
-    """crowd: Cluster.crowd's host and network, of at least count addresses."""
+def storm(crowd: tuple, count: int, urls: list[str], timeout: float,
+          token: bool = False) -> list[dict]:
+    """crowd: Cluster.crowd's host and network, of at least count addresses
+    (None: the host's one address). token: each machine fetches its token
+    first and sends it, as a machine the server boots does."""
     host, network = crowd
-    out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--count", str(count),
-                    "--from", network, "--timeout", str(timeout), *urls], cwd=HERE.parent)
+    argv = ["/usr/bin/python3", "-m", "lab.storm", "--count", str(count),
+            "--timeout", str(timeout)]
+    argv += ["--from", network] if network else []
+    argv += ["--token", BOOT] if token else []
+    out = host.run([*argv, *urls], cwd=HERE.parent)
     return json.loads(out.stdout)
 
 
+# What a machine loads of the pivotal: iPXE's loads, then its /stage's base.
+PIVOTAL_PATHS = (PIVOTAL_KERNEL, *PIVOTAL_INITRDS, PIVOTAL_BASE)
+
+
 def ipxe_urls(image: str, tries: str = "x") -> list[str]:
-    """What iPXE fetches on the boot script's first try (tries: as
-    lab.standin.script_urls)."""
-    return script_urls(BOOT, image, tries)
+    """What a machine fetches: iPXE's loads from the server, then its
+    /stage's first try of the base (tries: "" for none, which leaves the
+    storm rules out: the server serves it)."""
+    return script_urls(BOOT, image) + [
+        f"{BOOT}/{PIVOTAL_BASE}" + (f"?try={tries}" if tries else "")]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -156,7 +168,7 @@ def boot_wave(tmp: Path, count: int, spread: float, rate: int, size: int) -> dic
 
         def power_on(index: int, client) -> None:
             time.sleep(max(0.0, started + spread * index / max(count - 1, 1) - time.time()))
-            fetched[client.name] = storm(client.host, 1, urls, timeout=600)
+            fetched[client.name] = storm((client.host, None), 1, urls, timeout=600, token=True)
             client.start()
 
         with CpuMeter() as cpu:
@@ -186,7 +198,7 @@ def boot_wave(tmp: Path, count: int, spread: float, rate: int, size: int) -> dic
                 "image_from_server_over_f": round(sum(
                     i["uploaded"] + i["http_sent"] for i in status["images"]) / size, 2),
                 "pivotal_torrent_from_server": status.get("pivotal", {}).get("uploaded", 0),
-                "pivotal_fetches": count * 3,
+                "pivotal_fetches": count,  # the base, by each machine's /stage
                 "image_from_peers_share": round(sum(s["from_peers"] for s in summaries)
                                                 / image_bytes, 2),
                 "cpu_busy": round(cpu.busy, 2)}
@@ -268,7 +280,7 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
         cluster.server.wait_for_seeder()
         pivotal_dir = cluster.state_dir / "current" / "boot" / "pivotal"
         pivotal_size = sum(p.stat().st_size for p in pivotal_dir.iterdir())
-        loaded = [Path(p).name for p in (PIVOTAL_KERNEL, *PIVOTAL_INITRDS)]
+        loaded = [Path(p).name for p in PIVOTAL_PATHS]
         share = tmp / f"storm-{count}" / "share"
         (share / "pivotal").mkdir(parents=True)
         for name in loaded:  # one copy on disk for all stand-ins: they showed they hold it
@@ -358,7 +370,7 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
             "server_over_f_plus_pivotal": round(sent / (size + pivotal_size), 2),
             "redirects": status["pivotal"]["redirects"],
             "held": sum(f.get("retried", 0) for f in fetches),
-            "pivotal_fetches": len(loads) * len(PIVOTAL_SHARED),
+            "pivotal_fetches": len(loads),  # the base, by each machine's /stage
             "pivotal_from_server_http": status["pivotal"]["http_sent"],
             "pivotal_torrent_from_server": status["pivotal"]["uploaded"],
             "image_from_server_over_f": round(sum(
@@ -483,7 +495,7 @@ def server_http_side(tmp: Path, args: argparse.Namespace, record) -> None:
                                            args.reporters, 1))
         pivotal_dir = cluster.state_dir / "current" / "boot" / "pivotal"
         pivotal = {Path(p).name: (pivotal_dir / Path(p).name).stat().st_size
-                   for p in (PIVOTAL_KERNEL, *PIVOTAL_INITRDS)}
+                   for p in PIVOTAL_PATHS}
         for count in counts["burst"]:
             record("burst", burst(cluster, crowd, count))
         cluster.server_host.shape(args.rate)

@@ -56,12 +56,17 @@ class Chains:
     def source(self, infohash: str, member: str, failed: str = "") -> str | None:
         """The relay ("ADDRESS:PORT") member streams infohash from, SERVER,
         or None for a torrent the server does not offer. failed: the
-        source that failed member, which leaves the chain."""
+        source that failed member, which leaves the chain; a member names
+        its own source only (any other is not its to judge)."""
         with self._lock:
             chain = self._chains.get(infohash)
             if chain is None:
                 return None
             now = self.clock()
+            members = [link.member for link in chain]
+            if member not in members or members.index(member) == 0 \
+                    or members[members.index(member) - 1] != failed:
+                failed = ""
             address = member.rpartition(":")[0]
             # A machine asking anew from the same address (its pivotal's next
             # attempt, or its next boot) is no longer its former self, whose

@@ -8,11 +8,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from boottorrent import render
-from boottorrent.initramfs import PivotalError, archive, base, kernel, qemu
+from boottorrent import render, trust
+from boottorrent.initramfs import PivotalError, archive, base, kernel, qemu, stage
 from boottorrent.config import Config
 from boottorrent.configfile import ConfigError
 from boottorrent.fsutil import remove_tree
+from boottorrent.pivotal.digest import file_sha256
 from boottorrent.pivotal.wire import PivotalConfig
 from boottorrent.registry import REGISTRY_FILE, ImageRecord, State, registry_json
 
@@ -28,9 +29,10 @@ def _place(source: Path, target: Path) -> None:
 
 def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot: Path,
                   records: dict[str, ImageRecord]) -> None:
-    """The pivotal's kernel and its initramfs parts (three, and QEMU's
-    while an image's method is qemu), into snapshot/boot/pivotal/, and the
-    torrent of the parts it shares."""
+    """The pivotal's kernel and its parts into snapshot/boot/pivotal/: what
+    iPXE loads (config, modules, stage), what the stage fetches (the base,
+    and QEMU's part while an image's method is qemu), and the torrent of
+    the latter, which the machines share."""
     target = snapshot / "boot" / "pivotal"
     def progress(line: str) -> None:
         print(f"pivotal: {line}", file=sys.stderr, flush=True)
@@ -40,6 +42,7 @@ def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot
         kernel_part = kernel.build_kernel_part(config.pivotal_kernel, state.cache, progress,
                                                kvm=with_qemu)
         base_part = base.cached_base(state.cache, progress)
+        stage_part = stage.cached_stage(state.cache, progress)
     except PivotalError as error:
         raise ConfigError(config.path, str(error), ("pivotal",), "kernel") from None
     try:
@@ -52,15 +55,20 @@ def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot
                  "network drivers may ask for firmware this server lacks "
                  "(`boottorrent build-pivotal` names them)")
     target.mkdir(mode=0o755)
-    _place(kernel_part.vmlinuz, target / Path(render.PIVOTAL_KERNEL).name)
-    config_name, base_name, modules_name = (Path(p).name for p in render.PIVOTAL_INITRDS)
-    _place(base_part, target / base_name)
-    _place(kernel_part.modules, target / modules_name)
+    config_name, modules_name, stage_name = (Path(p).name for p in render.PIVOTAL_INITRDS)
+    placed = {render.PIVOTAL_KERNEL: kernel_part.vmlinuz, render.PIVOTAL_BASE: base_part,
+              f"pivotal/{modules_name}": kernel_part.modules, f"pivotal/{stage_name}": stage_part}
     if qemu_part:
-        _place(qemu_part, target / Path(render.PIVOTAL_QEMU).name)
-    pivotal = render.write_pivotal_torrent(config, snapshot, pivotal,
-                                           render.pivotal_shared(records))
-    archive.build_config_part({render.PIVOTAL_CONFIG: pivotal.to_json()}, target / config_name)
+        placed[render.PIVOTAL_QEMU] = qemu_part
+    for path, source in placed.items():
+        _place(source, target / Path(path).name)
+    shared = render.pivotal_shared(records)
+    pivotal = render.write_pivotal_torrent(config, snapshot, pivotal, shared)
+    archive.build_config_part({
+        render.PIVOTAL_CONFIG: pivotal.to_json(),
+        render.PIVOTAL_STAGE_CONFIG: render.stage_config(
+            config, {path: file_sha256(placed[path]) for path in shared}).encode(),
+    }, target / config_name)
 
 
 def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) -> Path:
@@ -69,6 +77,7 @@ def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) ->
     On any failure (bad configuration, full disk, Ctrl-C) the new snapshot is
     removed and the current one stays exactly as it was.
     """
+    trust.make_key(state.root)
     snapshot = state.new_snapshot()
     try:
         (snapshot / REGISTRY_FILE).write_text(registry_json(records))

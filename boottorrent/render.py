@@ -16,22 +16,26 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from boottorrent import torrents
 from boottorrent.config import Config, default_image, registry_problems
 from boottorrent.configfile import ConfigError
-from boottorrent.pivotal.wire import ImageSpec, PivotalConfig
+from boottorrent.pivotal.wire import TOKEN_FILE, TOKEN_HEADER, ImageSpec, PivotalConfig
 from boottorrent.registry import ImageRecord, State
 
 IPXE_DIR = Path("/usr/lib/ipxe")
 IPXE_BINARIES = ("undionly.kpxe", "snponly.efi", "ipxe.efi")
 PIVOTAL_KERNEL = "pivotal/vmlinuz"
-# The uncompressed config part comes first: a UEFI kernel's EFI stub loads
-# the initrd= files back to back with no padding, and the kernel finds an
-# uncompressed cpio only on a 4-byte boundary; compressed ones anywhere.
-PIVOTAL_INITRDS = ("pivotal/config.cpio", "pivotal/base.cpio.zst", "pivotal/modules.cpio.zst")
-# QEMU and its firmware, a fourth part only while some image's method is qemu.
+# What iPXE loads, all from the server itself: iPXE cannot check what it
+# loads. The uncompressed config part comes first: a UEFI kernel's EFI stub
+# loads the initrd= files back to back with no padding, and the kernel finds
+# an uncompressed cpio only on a 4-byte boundary; compressed ones anywhere.
+PIVOTAL_INITRDS = ("pivotal/config.cpio", "pivotal/modules.cpio.zst", "pivotal/stage.cpio.zst")
+# The first program the kernel runs: it fetches the base (and QEMU's part)
+# from the machines or the server, checks each, unpacks it and runs /init.
+PIVOTAL_STAGE = "/stage"
+PIVOTAL_BASE = "pivotal/base.cpio.zst"
+# QEMU and its firmware, a part only while some image's method is qemu.
 PIVOTAL_QEMU = "pivotal/qemu.cpio.zst"
 PIVOTAL_CONFIG = "etc/boottorrent/pivotal.json"
-# What every pivotal fetches from the swarm and serves to later machines:
-# all but the config part, which names them.
-PIVOTAL_SHARED = (PIVOTAL_KERNEL, "pivotal/base.cpio.zst", "pivotal/modules.cpio.zst")
+# What /stage fetches, shell variables (pivotal/stage).
+PIVOTAL_STAGE_CONFIG = "etc/boottorrent/stage"
 PIVOTAL_TORRENT = "pivotal.torrent"
 
 environment = Environment(loader=PackageLoader("boottorrent"), undefined=StrictUndefined,
@@ -46,16 +50,11 @@ def uses_qemu(records: dict[str, ImageRecord]) -> bool:
     return any(r.method == "qemu" for r in records.values())
 
 
-def _qemu_part(records: dict[str, ImageRecord]) -> list[str]:
-    return [PIVOTAL_QEMU] if uses_qemu(records) else []
-
-
-def pivotal_initrds(records: dict[str, ImageRecord]) -> list[str]:
-    return list(PIVOTAL_INITRDS) + _qemu_part(records)
-
-
 def pivotal_shared(records: dict[str, ImageRecord]) -> list[str]:
-    return list(PIVOTAL_SHARED) + _qemu_part(records)
+    """The parts /stage fetches, checked, and every pivotal serves to the
+    machines that boot after it: the base, and QEMU's part while an image's
+    method is qemu."""
+    return [PIVOTAL_BASE] + ([PIVOTAL_QEMU] if uses_qemu(records) else [])
 
 
 def check_registry(config: Config, records: dict[str, ImageRecord]) -> None:
@@ -82,8 +81,8 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
         "lease_file": str(state.root / "dnsmasq" / "leases"),
         "http_url": config.http_url,
         "ipxe_script": "boot.ipxe",
-        "pivotal": {"kernel": PIVOTAL_KERNEL, "initrds": pivotal_initrds(records),
-                    "cmdline": config.pivotal_cmdline},
+        "pivotal": {"kernel": PIVOTAL_KERNEL, "initrds": list(PIVOTAL_INITRDS),
+                    "stage": PIVOTAL_STAGE, "cmdline": config.pivotal_cmdline},
         "images": [{"name": r.name, "description": r.description or r.name}
                    for r in sorted(records.values(), key=lambda r: r.name)],
         "default_image": default or "",
@@ -162,6 +161,16 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
     for name, torrent in torrents_by_name.items():
         (torrent_dir / f"{name}.torrent").write_bytes(torrent)
     return pivotal_config(config, records, default, torrents_by_name)
+
+
+def stage_config(config: Config, sha256: dict[str, str]) -> str:
+    """What /stage fetches (pivotal/stage sources it): the server's boot
+    URL, each shared part's path and SHA-256, and where its token is and
+    how it goes to the server."""
+    parts = " ".join(f"{path}={digest}" for path, digest in sha256.items())
+    return ("# Written by BootTorrent: what the pivotal's /stage fetches and checks.\n"
+            f"BOOT_URL={config.http_url}/boot\nPARTS=\"{parts}\"\n"
+            f"TOKEN_FILE={TOKEN_FILE}\nTOKEN_HEADER={TOKEN_HEADER}\n")
 
 
 def write_pivotal_torrent(config: Config, snapshot: Path, pivotal: PivotalConfig,

@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import resource
+import secrets
 import signal
 import socket
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import libtorrent as lt
 from systemd import daemon, journal
 
-from boottorrent import torrents
+from boottorrent import torrents, trust
 from boottorrent.pivotal import lan
 from boottorrent.config import Config
 from boottorrent.pivotal.console import human_bytes
@@ -81,10 +82,17 @@ class Seeder:
         self.seeded: dict[str, Seeded] = {}  # by infohash
         self.pivotal: tuple[str, lt.torrent_handle] | None = None  # its infohash, its torrent
         try:
+            key = trust.load_key(state.root)
+        except (OSError, ValueError) as error:
+            # `boottorrent generate` makes it; until it did, a key of this
+            # run's own (the tokens it hands out end with it).
+            log.warning("no token key (%s): `boottorrent generate` makes one", error)
+            key = secrets.token_bytes(trust.KEY_BYTES)
+        try:
             self.web = WebServer((config.address, config.http_port), state.root,
                                  self.status, lambda line: log.debug("http: %s", line),
                                  lambda line: log.warning("http: %s", line),
-                                 config.forget_machines_after)
+                                 config.forget_machines_after, trust.Trust(key))
         except OSError as error:
             raise ListenError(f"cannot listen on {config.address}:{config.http_port} "
                               f"({config.path}: [seeder] http_port): {error.strerror}") from None

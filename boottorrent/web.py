@@ -2,9 +2,9 @@
 and the status endpoint that pivotals report to.
 
     GET  /boot/PATH                    STATE/current/boot/PATH (iPXE script, pivotal);
-                                       ?try=x (the boot script's first try) for one
-                                       of SHARED_FILES: a redirect to a machine
-                                       that serves it, or 503 and Retry-After
+                                       ?try=x (the pivotal's /stage, its first try)
+                                       for one of SHARED_FILES: a redirect to a
+                                       machine that serves it, or 503 and Retry-After
                                        while one is about to (Machines.pivotal_source)
     GET  /images/INFOHASH/NAME/FILE    a registered file (BEP 19 web seed; Range)
     GET  /chain/INFOHASH?port=P[&failed=ADDRESS:PORT]
@@ -57,8 +57,9 @@ from urllib.parse import parse_qs
 from boottorrent import chain
 from boottorrent.intake import Intake, Request
 from boottorrent.pivotal.console import shown
-from boottorrent.pivotal.wire import Report
-from boottorrent.render import PIVOTAL_QEMU, PIVOTAL_SHARED
+from boottorrent.pivotal.wire import TOKEN_HEADER, Report
+from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_QEMU
+from boottorrent.trust import Trust, token_part
 
 WORKERS = 64
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
@@ -85,8 +86,10 @@ REPORT_RATE = 50
 COMING_FOR = 180  # seconds
 MACHINES_MAX = 10000  # entries kept; the oldest go first
 COMING_PHASES = ("pxe", "pivotal", "dhcp")
-# The pivotal's files that machines serve each other (Machines.pivotal_source).
-SHARED_FILES = tuple(f"/boot/{path}" for path in (*PIVOTAL_SHARED, PIVOTAL_QEMU))
+# The pivotal's parts that machines serve each other (Machines.pivotal_source):
+# the ones its /stage fetches and checks before they run (render.pivotal_shared).
+SHARED_FILES = tuple(f"/boot/{path}" for path in (PIVOTAL_BASE, PIVOTAL_QEMU))
+CONFIG_PART = f"/boot/{PIVOTAL_INITRDS[0]}"  # with each machine's token (trust.py)
 SERVING_PHASES = ("downloading", "seeding", "running", "exited")
 PEER_ALIVE = 10.0  # seconds, or three report intervals when they are longer
 LOAD_WINDOW = 60.0
@@ -95,19 +98,18 @@ SERVER_SENDS_OVERDUE = 4  # ... when they waited HOLD_MAX s or a peer failed the
 # ... and each machine that serves them: one after the other, each at its
 # link's full rate, so that the machines serving double every transfer's time.
 PEER_SENDS = 1
-# Peers that may fail a machine (its boot script tries again each time)
+# Peers that may fail a machine (its /stage tries again each time)
 # before the server sends it the files itself: the peer that failed it may
 # be gone or overloaded, and another one saves the server's link a copy.
 PEER_TRIES = 2
 SERVER = "server"
 WAIT = "wait"
-# iPXE asks again after a 503 with Retry-After by itself, within the same
-# command and with no limit (httpcore.c, HTTP_RESPONSE_RETRY): its script's
-# own retries are not used up. The machines held ask HELD_ASKS times a
-# second in all (each asks costs the server's link about 500 bytes): a
-# peer that becomes free is asked for within a fraction of a second, and a
-# storm's hundreds of held machines do not flood the link. Varied so that
-# they do not ask at the same moment.
+# The pivotal's /stage asks again after a 503 with Retry-After, with no
+# limit: its tries are not used up (pivotal/stage). The machines held ask
+# HELD_ASKS times a second in all (each asks costs the server's link about
+# 500 bytes): a peer that becomes free is asked for within a fraction of a
+# second, and a storm's hundreds of held machines do not flood the link.
+# Varied so that they do not ask at the same moment.
 HELD_ASKS = 10  # per second
 RETRY_AFTER = (2, 30)  # seconds, at least and at most
 # Seconds a machine is held for a peer at most while the swarm makes no
@@ -129,7 +131,7 @@ class PivotalFetch:
     source: str = ""  # SERVER, WAIT, a peer's address, or "" (no transfer)
     since: float = 0.0  # when source was given (SERVER: its last transfer's end)
     sending: bool = False  # a transfer from the server in flight
-    tries: int = 1  # the boot script's try it asked in last
+    tries: int = 1  # the /stage's try it asked in last
     peer: str = ""  # the peer it was sent to for its last file, if it was
     failed_peers: set[str] = field(default_factory=set)  # the last peers of its failed tries
 
@@ -137,9 +139,12 @@ class PivotalFetch:
 class Machines:
     """What the server knows of every machine, by the address it talks
     from: the last report of its pivotal, or, before that, that it fetched
-    the boot files (phase "pxe"). A report's body does not choose whose
-    entry it replaces. Entries expire forget_after seconds after their last
-    report, and there are at most MACHINES_MAX."""
+    the config part of its boot (phase "pxe"). Only machines the server
+    booted are here (trust.py): a report's body does not choose whose entry
+    it replaces. Entries expire forget_after seconds after their last
+    report, and there are at most MACHINES_MAX reporting and MACHINES_MAX
+    on their way (in tables of their own: machines that only fetch config
+    parts never push out those that report)."""
 
     def __init__(self, forget_after: float, clock: Callable[[], float] = time.time):
         self.forget_after = forget_after
@@ -147,6 +152,7 @@ class Machines:
         self._lock = threading.Lock()
         # In the order they were last heard from: the oldest first.
         self._by_address: dict[str, dict] = {}
+        self._on_their_way: dict[str, dict] = {}  # phase "pxe"
         self._redirects: dict[str, list[float]] = {}  # when each was sent a machine
         self._redirects_given = 0
         self._fetches: dict[str, PivotalFetch] = {}  # by the fetching machine's address
@@ -155,27 +161,30 @@ class Machines:
         self._last_progress = 0.0
         self._pivotal_streams = 0
 
-    def _put(self, address: str, entry: dict) -> None:
+    def _put(self, table: dict[str, dict], address: str, entry: dict) -> None:
+        """entry into table (the other table forgets address)."""
         self._by_address.pop(address, None)
-        self._by_address[address] = entry
+        self._on_their_way.pop(address, None)
+        table[address] = entry
         self._expire()
-        while len(self._by_address) > MACHINES_MAX:
-            del self._by_address[next(iter(self._by_address))]
+        while len(table) > MACHINES_MAX:
+            del table[next(iter(table))]
 
     def _expire(self) -> None:
         oldest = self.clock() - self.forget_after
-        while self._by_address:
-            address, entry = next(iter(self._by_address.items()))
-            if entry["received"] >= oldest:
-                break
-            del self._by_address[address]
+        for table in (self._by_address, self._on_their_way):
+            while table:
+                address, entry = next(iter(table.items()))
+                if entry["received"] >= oldest:
+                    break
+                del table[address]
 
     def add(self, report: Report, address: str) -> dict:
         """File a report; the answer for the machine that sent it."""
         entry = {**asdict(report), "address": address, "received": self.clock()}
         with self._lock:
             previous = self._by_address.get(address)
-            self._put(address, entry)
+            self._put(self._by_address, address, entry)
             if self._fetches.pop(address, None):  # it runs its pivotal: it has the files
                 self._last_progress = entry["received"]
             if report.serving and (previous is None or previous["serving"] != report.serving):
@@ -185,23 +194,25 @@ class Machines:
             waiting = self._waiting()
         return {"interval": round(interval, 2), "coming": coming, "waiting": waiting}
 
-    def fetched_boot_files(self, address: str, image: str) -> None:
-        """address fetched the iPXE script or the pivotal (image: the one it
-        chose, "" when not known yet): it is coming."""
+    def on_its_way(self, address: str, mac: str, image: str) -> None:
+        """The machine at address, of this MAC, fetched the config part of
+        its boot (image: the one it chose, "" when not known): it is coming,
+        for COMING_FOR s from the first such fetch since it last reported
+        (fetching it again and again keeps nobody seeding)."""
         with self._lock:
-            entry = self._by_address.get(address)
-            if entry and entry["phase"] == "pxe":
-                image = image or entry["image"]
-            self._put(address, {**asdict(Report(phase="pxe", image=image)),
-                                "address": address, "received": self.clock()})
-            fetch = self._fetches.get(address)
-            if fetch and fetch.source not in (SERVER, WAIT):
-                fetch.source = ""  # it asks again: its transfer from a peer ended
+            now = self.clock()
+            previous = self._on_their_way.get(address)
+            self._put(self._on_their_way, address,
+                      {**asdict(Report(phase="pxe", image=image, mac=mac)),
+                       "address": address, "received": now,
+                       "coming_since": previous["coming_since"] if previous else now})
 
     def _coming(self, image: str, besides: str) -> int:
         since = self.clock() - COMING_FOR
-        return sum(1 for address, entry in self._by_address.items()
-                   if entry["phase"] in COMING_PHASES and entry["received"] >= since
+        return sum(1 for table in (self._by_address, self._on_their_way)
+                   for address, entry in table.items()
+                   if entry["phase"] in COMING_PHASES
+                   and entry.get("coming_since", entry["received"]) >= since
                    and entry["image"] in ("", image) and address != besides)
 
     def _waiting(self) -> int:
@@ -251,7 +262,7 @@ class Machines:
         for HOLD_MAX s in which the swarm did not move (no machine got its
         files, began to serve them or was sent to a peer, and the server
         streamed none of them to the swarm) is overdue: the server sends to
-        it rather than wait for the swarm. tries: the boot script's try; a
+        it rather than wait for the swarm. tries: the /stage's try; a
         machine that asks on a later try than before, whose last file came
         from a peer (that peer failed it), goes to another free peer while
         fewer than PEER_TRIES peers failed it, and is otherwise overdue. The server
@@ -337,7 +348,7 @@ class Machines:
     def all(self) -> list[dict]:
         with self._lock:
             self._expire()
-            return sorted(self._by_address.values(),
+            return sorted([*self._by_address.values(), *self._on_their_way.values()],
                           key=lambda r: ipaddress.ip_address(r["address"]))
 
 
@@ -448,9 +459,17 @@ class Handler(BaseHTTPRequestHandler):
             reason = "JSON nested too deeply" if isinstance(error, RecursionError) else error
             self.send_error(HTTPStatus.BAD_REQUEST, str(reason)[:200])
             return
+        mac = self._machine()
+        if mac is None or report.mac not in ("", mac):
+            self._refuse()
+            return
+        report.mac = mac
         self._send_json(self.server.machines.add(report, self.client_address[0]))
 
     def _chain_source(self) -> None:
+        if not self._machine():
+            self._refuse()
+            return
         infohash, _, query = self.path.removeprefix("/chain/").partition("?")
         asked = parse_qs(query)
         port = asked.get("port", [""])[0]
@@ -465,6 +484,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json({"source": source})
 
     def _send_stream(self, infohash: str) -> None:
+        if not self._machine():
+            self._refuse()
+            return
         files = self.server.streams.get(infohash)
         if files is None:
             self.send_error(HTTPStatus.NOT_FOUND)
@@ -539,14 +561,16 @@ class Handler(BaseHTTPRequestHandler):
         if path is None:
             self.send_error(HTTPStatus.NOT_FOUND)
             return
-        # iPXE asks for whole files; a Range is libtorrent's web seed.
+        # iPXE and the stage ask for whole files; a Range is libtorrent's web seed.
         if url_path.startswith("/boot/") and not head and "Range" not in self.headers:
             asked = parse_qs(query)
-            self.server.machines.fetched_boot_files(self.client_address[0],
-                                                    asked.get("image", [""])[0][:64])
-            # "try=x": the boot script's first try, "try=xx" its second
-            # (boot.ipxe.j2); without it, not the boot script: served here.
-            if url_path in SHARED_FILES and "try" in asked:
+            if url_path == CONFIG_PART:
+                self._send_config_part(path, asked)
+                return
+            # "try=x": the pivotal /stage's first try, "try=xx" its second
+            # (pivotal/stage); without it, or from a machine the server did
+            # not boot, the storm's rules are not asked: served here.
+            if url_path in SHARED_FILES and "try" in asked and self._machine():
                 source = self.server.machines.pivotal_source(
                     self.server.pivotal_infohash, self.client_address[0],
                     tries=min(len(asked["try"][0]), 99))
@@ -564,6 +588,44 @@ class Handler(BaseHTTPRequestHandler):
                     self.server.machines.sending(self.client_address[0], started=False)
                 return
         self._send_file(path, url_path, head)
+
+    def _send_config_part(self, path: Path, asked: dict[str, list[str]]) -> None:
+        """The config part, and before it, for a machine that names its MAC
+        (iPXE's ${netX/mac}), a part with its token (trust.py): it is then
+        on its way to the swarm."""
+        address = self.client_address[0]
+        mac = asked.get("mac", [""])[0][:17].lower()
+        token = self.server.trust.token(address, mac)
+        own = token_part(token) if token else b""
+        if token:
+            self.server.machines.on_its_way(address, mac, asked.get("image", [""])[0][:64])
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(own) + size))
+            self.end_headers()
+            self.wfile.write(own)
+            self._send_range(file, 0, size, CONFIG_PART)
+
+    def _machine(self) -> str | None:
+        """The MAC of the machine the server booted that sent this request
+        (its token, trust.py), or None."""
+        return self.server.trust.machine(self.client_address[0],
+                                         self.headers.get(TOKEN_HEADER, "")[:64])
+
+    def _refuse(self) -> None:
+        """403 for a request that only a machine this server booted may make."""
+        address = self.client_address[0]
+        if self.server.trust.first_refusal(address):
+            self.server.log_bad_request(f"{address} {self.command} {self.path[:100]!r}: no "
+                                        "token of a boot this server served to this address "
+                                        "(further ones from it are not logged)")
+        body = b"only a machine this server booted may ask this (its token)\n"
+        self.send_response(HTTPStatus.FORBIDDEN)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _send_file(self, path: Path, url_path: str, head: bool) -> None:
         with path.open("rb") as file:
@@ -595,8 +657,9 @@ class Handler(BaseHTTPRequestHandler):
 class WebServer:
     def __init__(self, address: tuple[str, int], state_root: Path,
                  status: Callable[[], dict], log_request_line: Callable[[str], None],
-                 log_bad_request: Callable[[str], None], forget_after: float):
+                 log_bad_request: Callable[[str], None], forget_after: float, trust: Trust):
         self.state_root = state_root
+        self.trust = trust
         self.status = status
         self.log_request_line = log_request_line
         self.log_bad_request = log_bad_request

@@ -36,13 +36,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from boottorrent.pivotal.wire import TOKEN_FILE, TOKEN_HEADER
+from boottorrent.render import PIVOTAL_BASE
 from lab.netns import SERVER_ADDRESS, Host, Lab
+from lab.token import config_url, token_in
 from lab.server import PYTHON, REPO, Server, environment, lab_config
 
 MIB = 1 << 20
 # Addresses beyond the lab's /24, for hosts that play many machines (the
 # server caps the connections of each address): Cluster.extra_network.
-EXTRA_NETWORK = ipaddress.ip_network("198.18.16.0/20")
+EXTRA_NETWORK = ipaddress.ip_network("198.18.64.0/18")  # 16382: a flood of 10 000
+BOOT_URL = f"http://{SERVER_ADDRESS}:6980/boot"
 # The pivotal has no CA bundle (its rootfs has no ca-certificates); on the
 # lab's host, libtorrent's session would read the host's, 50 ms of CPU per
 # client (OpenSSL reads SSL_CERT_FILE instead, here a file that is not there).
@@ -55,14 +59,15 @@ PIVOTAL_CACHE = REPO / ".cache" / "state-cache"
 
 
 def pivotal_cache(cache: Path = PIVOTAL_CACHE) -> Path:
-    """The pivotal's kernel and base parts, built once for the tests, the
-    demo and the benchmark: `boottorrent generate` puts them into every
+    """The pivotal's kernel, base and stage parts, built once for the tests,
+    the demo and the benchmark: `boottorrent generate` puts them into every
     snapshot."""
-    from boottorrent.initramfs import base, kernel, qemu
+    from boottorrent.initramfs import base, kernel, qemu, stage
     from lab.kernel import kernel_deb
     cache.mkdir(parents=True, exist_ok=True)
     kernel.build_kernel_part(kernel_deb(), cache)
     base.cached_base(cache)
+    stage.cached_stage(cache)
     # For images of method qemu: the modules part with KVM, and QEMU's part.
     kernel.build_kernel_part(kernel_deb(), cache, kvm=True)
     qemu.cached_qemu_part(cache)
@@ -173,11 +178,16 @@ class Client:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.launched = time.time()
+        # Its configuration as its config part gives it: pivotal.json and,
+        # beside it, the token the server hands this machine.
+        etc = self.work / "etc"
+        etc.mkdir(exist_ok=True)
+        (etc / "pivotal.json").write_bytes((self.config or self.cluster.pivotal_json()).read_bytes())
+        (etc / Path(TOKEN_FILE).name).write_text(self.cluster.token(self.host, self.image) + "\n")
         self.process = self.host.popen(
             # KVM on the lab's host is no machine's own (and may hang): TCG.
             [PYTHON, *module, "--dry-run", "--no-kvm", "--image", self.image,
-             "--config", str(self.config or self.cluster.pivotal_json()),
-             "--work-dir", str(self.work)],
+             "--config", str(etc / "pivotal.json"), "--work-dir", str(self.work)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=environment(self.cluster.config_dir,
                             self.cluster.state_dir) | PIVOTAL_ENVIRONMENT)
@@ -265,6 +275,7 @@ class Cluster:
                              self.tmp / "logs")
         self.clients: dict[str, Client] = {}
         self._pivotal_json: Path | None = None
+        self._tokens: dict[str, str] = {}  # by host name (Cluster.token)
         self._extra_taken = 0  # addresses of EXTRA_NETWORK given out
 
     def __enter__(self) -> "Cluster":
@@ -361,26 +372,58 @@ class Cluster:
             self._pivotal_json = path
         return self._pivotal_json
 
-    def fetch_boot_script(self, host: Host) -> None:
-        """What a machine's firmware does first: fetch boot.ipxe (the server
-        then counts the machine on its way to the swarm)."""
-        host.run(["curl", "-sf", "-o", "/dev/null", f"http://{SERVER_ADDRESS}:6980/boot/boot.ipxe"])
+    def fetch_boot_script(self, host: Host, image: str = "") -> None:
+        """What a machine's iPXE does first: fetch boot.ipxe, then the config
+        part with its MAC (the server then counts the machine on its way to
+        the swarm, coming for image, or for any when "")."""
+        host.run(["curl", "-sf", "-o", "/dev/null", f"{BOOT_URL}/boot.ipxe"])
+        self.token(host, image, again=True)
 
-    def ask_for_pivotal_kernel(self, host: Host, image: str) -> int:
-        """What the boot script asks first for the pivotal, once, as iPXE
-        does on its first try (without asking again after a 503): the
-        HTTP status of the answer."""
+    def token(self, host: Host, image: str = "", again: bool = False) -> str:
+        """The token the server handed host (its config part, as iPXE asks
+        for it), fetched the first time (or again); "" when the server does
+        not answer. A host with no address first gets one by DHCP, as iPXE
+        does (the pivotal asks again: the same lease)."""
+        if again or host.name not in self._tokens:
+            if host.address is None:
+                script = self.tmp / "udhcpc-bound"
+                script.write_text('#!/bin/sh\n[ "$1" = bound ] && '
+                                  'ip addr add "$ip/${mask:-24}" dev "$interface"\nexit 0\n')
+                script.chmod(0o755)
+                host.run(["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5",
+                          "-s", str(script)], check=False)
+            try:
+                answer = host.run(["curl", "-sf", "--max-time", "30",
+                                   config_url(BOOT_URL, host.mac, image)], text=False, check=False)
+            finally:
+                if host.address is None:
+                    host.run(["ip", "addr", "flush", "dev", "eth0"])
+            if answer.returncode:
+                return ""
+            self._tokens[host.name] = token_in(answer.stdout)
+        return self._tokens[host.name]
+
+    def ask_for_pivotal_base(self, host: Host, image: str) -> int:
+        """A machine of image boots: iPXE loads the pivotal's kernel, and its
+        /stage asks for the base, once, on its first try (without asking
+        again after a 503): the HTTP status of that answer."""
+        self.fetch_boot_script(host, image)
         out = host.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                        f"http://{SERVER_ADDRESS}:6980/boot/pivotal/vmlinuz?image={image}&try=x"])
+                        "-H", f"{TOKEN_HEADER}: {self.token(host)}",
+                        f"{BOOT_URL}/{PIVOTAL_BASE}?try=x"])
         return int(out.stdout)
 
-    def send_report(self, host: Host, **fields: object) -> dict:
-        """A report from host, as its pivotal sends it; the server's answer."""
+    def send_report(self, host: Host, forged: bool = False, **fields: object) -> dict | None:
+        """A report from host, as its pivotal sends it, with the token the
+        server handed it (forged: with none); the server's answer (None:
+        refused)."""
         code = ("import json, sys; from boottorrent.pivotal.report import send_report; "
                 "from boottorrent.pivotal.wire import Report; "
                 f"print(json.dumps(send_report('http://{SERVER_ADDRESS}:6980/report', "
-                "Report.from_dict(json.loads(sys.argv[1])))))")
-        return json.loads(host.run([PYTHON, "-c", code, json.dumps(fields)], cwd=REPO).stdout)
+                "Report.from_dict(json.loads(sys.argv[1])), sys.argv[2])))")
+        token = "" if forged else self.token(host, str(fields.get("image", "")))
+        return json.loads(host.run([PYTHON, "-c", code, json.dumps(fields), token],
+                                   cwd=REPO).stdout)
 
     def reports(self) -> dict[str, dict]:
         """The clients' last reports to the seeder, by address."""
@@ -421,6 +464,11 @@ class Cluster:
         script = "".join(f"addr add {address}/{EXTRA_NETWORK.prefixlen} dev eth0\n"
                          for address in network.hosts())
         host.run(["ip", "-batch", "-"], input=script)
+        # The server's neighbours, as the lab's own hosts are (netns.py:
+        # past 1024 the kernel's ARP table overflows).
+        script = "".join(f"neigh replace {address} lladdr {host.mac} dev eth0 nud permanent\n"
+                         for address in network.hosts())
+        self.server_host.run(["ip", "-batch", "-"], input=script)
         return host, str(network)
 
     def client(self, name: str, image: str, host: Host | None = None,

@@ -21,6 +21,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from boottorrent.pivotal.report import send_report
+from boottorrent.pivotal.wire import TOKEN_HEADER, Report
+from lab.storm import mac_of
+from lab.token import fetch_token
+
 LIE = b"\xa5" * 65536
 
 
@@ -65,9 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     liar = Liar((args.listen, 0), Handler)
     liar.size, liar.log = args.size, args.log
     port = liar.server_address[1]
-    with urllib.request.urlopen(f"{args.server}/chain/{args.infohash}?port={port}",
-                                timeout=10) as answer:
+    # A machine the server booted: its token, as its iPXE got it.
+    token = fetch_token(f"{args.server}/boot", mac_of(None))
+    asked = urllib.request.Request(f"{args.server}/chain/{args.infohash}?port={port}",
+                                   headers={TOKEN_HEADER: token})
+    with urllib.request.urlopen(asked, timeout=10) as answer:
         json.loads(answer.read())
+    # Its first report, as a pivotal's: it is no longer on its way.
+    send_report(f"{args.server}/report", Report(phase="downloading", mac=mac_of(None)), token)
     print(port, flush=True)
     liar.serve_forever()
     return 0

@@ -8,12 +8,17 @@ with --serve, what its pivotal does for the machines that boot after it.
 It starts when it receives SIGUSR1 (after printing "ready"), so that a
 storm's machines can be started within milliseconds of each other. Then:
 
-1. the boot script's loads, as iPXE runs them (boot.ipxe.j2): boot.ipxe,
-   the pivotal's kernel and initrds with "try=x", following redirects and
-   asking again after a 503 with Retry-After (lab.storm.fetch); when one
-   fails (a peer that stopped serving), it waits 2, 4, 8, 16 s and loads
-   them all again with one more "x", at most 5 times, as the script does;
-2. each file's SHA-256 is compared with --expect;
+1. the boot script's loads from the server, as iPXE runs them
+   (boot.ipxe.j2): boot.ipxe, the pivotal's kernel and initrds, the config
+   part with its MAC, which gives it its token (trust.py); when one
+   fails, it waits 2, 4, 8, 16 s and loads them all again, at most 5 times,
+   as the script does;
+   then the loads of the pivotal's /stage (pivotal/stage): each shared part
+   with "try=x", following redirects and asking again after a 503 with
+   Retry-After (lab.storm.fetch); a try that fails or whose bytes do not
+   match --expect is followed by one with one more "x", at most 8;
+2. each file's SHA-256 is compared with --expect (every file the stand-in
+   was given a SHA-256 for);
 3. with --serve: FOLDER (the same files, which this machine has just shown
    it holds) is served with busybox httpd on port 6980, as a pivotal that
    shares them does (boottorrent/pivotal/share.py), and it reports to the
@@ -40,54 +45,77 @@ import time
 
 from boottorrent.pivotal.report import Reporter
 from boottorrent.pivotal.wire import Report
-from boottorrent.render import PIVOTAL_INITRDS, PIVOTAL_KERNEL
-from lab.storm import fetch
+from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_KERNEL, PIVOTAL_QEMU
+from lab.storm import fetch, fetch_token, mac_of
+from lab.token import config_url
 
 TRIES = 5  # the boot script's attempts before it reboots
+STAGE_TRIES = 8  # the /stage's tries of a part before it gives up (TRIES_MAX)
 PORT = 6980  # the seeder's HTTP port, where the server redirects machines to
 IDLE = 5.0  # seconds without machines on their way before it stops (seed_idle_time)
 
 
-def script_urls(boot_url: str, image: str, tries: str) -> list[str]:
-    """What the boot script loads on its try tries ("x", "xx", ...; "":
-    without the try= that puts the server's storm rules in charge)."""
-    tried = f"try={tries}" if tries else ""
-    return [f"{boot_url}/boot.ipxe",
-            f"{boot_url}/{PIVOTAL_KERNEL}?image={image}" + (f"&{tried}" if tried else "")] + [
-        f"{boot_url}/{path}" + (f"?{tried}" if tried else "") for path in PIVOTAL_INITRDS]
+def script_urls(boot_url: str, image: str, mac: str = "") -> list[str]:
+    """What the boot script loads from the server (with mac, the config
+    part that holds the machine's token)."""
+    config = config_url(boot_url, mac, image) if mac else f"{boot_url}/{PIVOTAL_INITRDS[0]}"
+    return [f"{boot_url}/boot.ipxe", f"{boot_url}/{PIVOTAL_KERNEL}", config] + [
+        f"{boot_url}/{path}" for path in PIVOTAL_INITRDS[1:]]
 
 
 def file_name(result: dict) -> str:
     return result["url"].split("?")[0].rsplit("/", 1)[-1]
 
 
+def matches(result: dict, expect: dict[str, str]) -> bool:
+    return result["status"] == 200 and not result["error"] and (
+        file_name(result) not in expect or result["sha256"] == expect[file_name(result)])
+
+
 def load_pivotal(boot_url: str, image: str, expect: dict[str, str]) -> dict:
-    """The boot script's loads, retried as it retries them."""
+    """The boot script's loads and then the /stage's, retried as they retry."""
     fetches: list[dict] = []
+    mac = mac_of(None)
     for attempt in range(1, TRIES + 1):
-        urls = script_urls(boot_url, image, "x" * attempt)
+        urls = script_urls(boot_url, image, mac)
         for url in urls:
             result = asyncio.run(fetch(url, timeout=300))
             fetches.append(result)
-            if result["status"] != 200 or result["error"]:
+            if not matches(result, expect):
                 break
         else:
-            loaded = fetches[-len(urls):]  # this attempt's, every one answered
-            matched = all(r["sha256"] == expect[file_name(r)] for r in loaded
-                          if file_name(r) in expect)
-            return {"fetches": fetches, "tries": attempt, "matched": matched,
-                    "held_at": time.time()}
-        if attempt < TRIES:
-            time.sleep(2 ** attempt)
-    return {"fetches": fetches, "tries": TRIES, "matched": False, "held_at": None}
+            break
+        if attempt == TRIES:
+            return {"fetches": fetches, "tries": TRIES, "matched": False, "held_at": None,
+                    "token": ""}
+        time.sleep(2 ** attempt)
+    stage_tries = 0
+    token = asyncio.run(fetch_token(boot_url, None))  # in the config part it holds
+    for path in (PIVOTAL_BASE, PIVOTAL_QEMU):
+        if path.rsplit("/", 1)[-1] not in expect:
+            continue  # no QEMU part: no image's method is qemu
+        for tries in range(1, STAGE_TRIES + 1):
+            result = asyncio.run(fetch(f"{boot_url}/{path}?try={'x' * tries}", timeout=300,
+                                       token=token))
+            fetches.append(result)
+            if matches(result, expect):
+                break
+            if tries == STAGE_TRIES:
+                return {"fetches": fetches, "tries": attempt, "stage_tries": stage_tries,
+                        "matched": False, "held_at": None, "token": token}
+            stage_tries += 1
+            time.sleep(tries)
+    return {"fetches": fetches, "tries": attempt, "stage_tries": stage_tries,
+            "matched": True, "held_at": time.time(), "token": token}
 
 
-def serve(folder: str, report_url: str, image: str, infohash: str, longest: float) -> dict:
+def serve(folder: str, report_url: str, image: str, infohash: str, longest: float,
+          token: str) -> dict:
     httpd = subprocess.Popen(["busybox", "httpd", "-f", "-p", str(PORT), "-h", folder],
                              stdin=subprocess.DEVNULL)
-    report = Report(image=image, phase="seeding", progress=1.0, serving=infohash,
-                    started=time.time())
-    reporter = Reporter(report_url, report)
+    report = Report(mac=mac_of(None), image=image, phase="seeding", progress=1.0,
+                    serving=infohash, started=time.time())
+    reporter = Reporter(report_url, report, token)
     reporter.send()  # at once: the server redirects only to machines it heard from
     started = time.monotonic()
     idle_since: float | None = None
@@ -128,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     print("ready", flush=True)
     signal.sigwait({signal.SIGUSR1})
     result = {"started_at": time.time(), **load_pivotal(args.boot_url, args.image, expect)}
+    token = result.pop("token")
     if args.serve and result["matched"]:
-        result.update(serve(args.serve, args.report, args.image, args.infohash, args.serve_max))
+        result.update(serve(args.serve, args.report, args.image, args.infohash, args.serve_max,
+                            token))
     json.dump(result, sys.stdout)
     return 0 if result["matched"] else 1
 

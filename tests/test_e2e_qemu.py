@@ -5,8 +5,12 @@ and from each other, and kexec into it. Run alone with `make test-qemu`
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+import shutil
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -89,9 +93,9 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
 
 @pytest.mark.qemu
 def test_machine_whose_pivotal_peer_dies_mid_transfer_still_boots(make_cluster, tmp_path):
-    """The server sends the machine's iPXE to a machine that serves the
-    pivotal's files; that machine is pulled from the plug while it sends the
-    pivotal's kernel: the boot script's retry gets it from the server."""
+    """The server sends the machine's /stage to a machine that serves the
+    pivotal's base; that machine is pulled from the plug while it sends it:
+    the stage's next try gets it from the server."""
     image = build_test_image(REPO / ".cache" / "testimage", MARKER)
     cluster = make_cluster(conf={"clients": {"seed_idle_time": 2}})
     cluster.server.boottorrent("add-image", "e2e", "--kernel", str(image["kernel"]),
@@ -100,8 +104,8 @@ def test_machine_whose_pivotal_peer_dies_mid_transfer_still_boots(make_cluster, 
     cluster.start(("dnsmasq", "tracker", "seeder"))
     # The peer is a pivotal in a namespace (the real program, --dry-run)
     # that stays in the swarm until it is killed. It shares the pivotal's
-    # files once a machine waits for them: one whose firmware asks for the
-    # pivotal's kernel while the peer runs (the server holds it: 503), and
+    # files once a machine waits for them: one whose /stage asks for the
+    # pivotal's base while the peer runs (the server holds it: 503), and
     # which then reports from its pivotal (so that it is not on its way
     # any more when the VM's pivotal asks).
     pivotal = json.loads(cluster.pivotal_json().read_text())
@@ -112,10 +116,10 @@ def test_machine_whose_pivotal_peer_dies_mid_transfer_still_boots(make_cluster, 
     peer = cluster.start_client("peer", "e2e", config=tmp_path / "peer.json")
     wait_for(lambda: cluster.reports().get(peer.host.address, {}).get("phase")
              in ("downloading", "seeding"), 120, "the peer to report from its pivotal")
-    assert cluster.ask_for_pivotal_kernel(other, "e2e") == 503
+    assert cluster.ask_for_pivotal_base(other, "e2e") == 503
     wait_for(lambda: peer.report().get("serving"), 120, "the peer to serve the pivotal's files")
     cluster.send_report(other, image="e2e", phase="downloading")
-    # Slow enough that the kernel (8 MiB) takes seconds to go.
+    # Slow enough that the base (10 MiB) takes seconds to go.
     peer.host.shape(8)
     sent_before = cluster.wire_bytes(peer.host)[0]
 
@@ -123,18 +127,83 @@ def test_machine_whose_pivotal_peer_dies_mid_transfer_still_boots(make_cluster, 
     vm = VM(cluster.lab, "vm", tmp_path, mac="52:54:00:e2:e0:03", memory_mib=1024,
             firmware="uefi", romfile="").start()
     wait_for(lambda: cluster.server.status()["pivotal"]["redirects"] >= 1, 600,
-             "the server to send the machine's iPXE to the peer")
+             "the server to send the machine's /stage to the peer")
     wait_for(lambda: cluster.wire_bytes(peer.host)[0] - sent_before > 2 * 1024 * 1024, 120,
-             "the peer to have sent 2 MiB of the pivotal's kernel")
+             "the peer to have sent 2 MiB of the pivotal's base")
     peer.kill()
 
     vm.wait_for(MARKER_PREFIX + MARKER, timeout=600)
     console = vm.console()
-    assert "BootTorrent: could not load the pivotal system" in console
-    assert console.index("retrying in 2 seconds") < console.index(MARKER_PREFIX + MARKER)
+    failed = f"base.cpio.zst from {peer.host.address} failed"
+    assert failed in console
+    assert console.index(failed) < console.index("base.cpio.zst: from the server, SHA-256 checked")
     assert "boottorrent.test=e2e" in console
     report = next(r for r in cluster.server.status()["clients"] if r["mac"] == vm.mac)
     assert report["phase"] == "kexec", report
+
+
+def evil_pivotal(folder: Path, marker: str) -> Path:
+    """An attacker's pivotal: a kernel, and initrds in every pivotal part's
+    name whose /init prints marker. Returns the folder to serve."""
+    evil = build_test_image(REPO / ".cache" / "testimage", marker)
+    pivotal = folder / "pivotal"
+    pivotal.mkdir(parents=True)
+    shutil.copyfile(evil["kernel"], pivotal / "vmlinuz")
+    archive = gzip.decompress(evil["initrd"].read_bytes())
+    packed = subprocess.run(["zstd", "-q", "-c"], input=archive, capture_output=True,
+                            check=True).stdout
+    for name in ("base.cpio.zst", "modules.cpio.zst", "stage.cpio.zst"):
+        (pivotal / name).write_bytes(packed)
+    (pivotal / "config.cpio").write_bytes(archive)
+    return folder
+
+
+@pytest.mark.qemu
+def test_a_forger_serving_an_evil_pivotal_never_runs_on_a_machine(make_cluster, tmp_path):
+    """A host on the LAN tells the server it serves the pivotal's files (a
+    forged report, again and again) and serves its own at the port the
+    server sends machines to: a kernel and initrds whose /init prints a
+    marker. A BIOS machine boots: what iPXE loads comes from the server,
+    its /stage is sent to the forger for the base, finds that the bytes do
+    not match the server's SHA-256, gets the base from the server, and boots
+    the genuine image. The forger's marker never appears."""
+    image = build_test_image(REPO / ".cache" / "testimage", MARKER)
+    cluster = make_cluster()
+    cluster.server.boottorrent("add-image", "e2e", "--kernel", str(image["kernel"]),
+                               "--initrd", str(image["initrd"]),
+                               "--cmdline", "console=ttyS0 panic=-1")
+    cluster.start(("dnsmasq", "tracker", "seeder"))
+    forger = cluster.add_host("forger")
+    evil_marker = "EVIL-PIVOTAL-RAN"
+    httpd = forger.popen(["busybox", "httpd", "-f", "-vv", "-p", "6980",
+                          "-h", str(evil_pivotal(tmp_path / "evil", evil_marker))],
+                         stderr=subprocess.PIPE, text=True)
+    infohash = cluster.server.status()["pivotal"]["infohash"]
+    stop = threading.Event()
+
+    def forge() -> None:
+        while not stop.is_set():
+            cluster.send_report(forger, image="e2e", phase="seeding", progress=1.0,
+                                serving=infohash)
+            stop.wait(2)
+
+    forging = threading.Thread(target=forge, daemon=True)
+    forging.start()
+    try:
+        vm = VM(cluster.lab, "vm", tmp_path, mac="52:54:00:e2:e0:05", memory_mib=1024).start()
+        vm.wait_for(MARKER_PREFIX + MARKER, timeout=600)
+    finally:
+        stop.set()
+        forging.join()
+        httpd.terminate()
+    console = vm.console()
+    refused = f"base.cpio.zst from {forger.address} does not match the server's SHA-256"
+    assert refused in console
+    assert console.index(refused) < console.index("base.cpio.zst: from the server, SHA-256 checked")
+    assert evil_marker not in console
+    # The forger was asked for the base only: nothing iPXE loads comes from it.
+    asked = re.findall(r"url:(\S+)", httpd.communicate()[1])
+    assert asked and all(path.startswith("/pivotal/base.cpio.zst") for path in asked), asked
 
 
 @pytest.mark.qemu

@@ -7,17 +7,21 @@ import hashlib
 import json
 import subprocess
 
+from boottorrent.pivotal.wire import TOKEN_HEADER
 from conftest import CLIENTS, MIB, PYTHON, REPO, wait_for
 
 BOOT_URL = "http://198.18.0.1:6980/boot"
-REPORT = {"mac": "52:54:00:12:34:56", "image": "compute", "phase": "downloading",
-          "progress": 0.5, "size": MIB, "peers": 1}
+# No MAC: the server takes the one of the machine's token (trust.py).
+REPORT = {"image": "compute", "phase": "downloading", "progress": 0.5, "size": MIB, "peers": 1}
 
 
-def storm(host, count: int, *urls: str, network: str | None = None) -> list[dict]:
-    """count machines fetching urls (from network's addresses: Cluster.crowd)."""
+def storm(host, count: int, *urls: str, network: str | None = None,
+          token: bool = False) -> list[dict]:
+    """count machines fetching urls (from network's addresses: Cluster.crowd),
+    with token: each with the token the server handed it (lab.storm --token)."""
     out = host.run([PYTHON, "-m", "lab.storm", "--count", str(count),
-                    *(["--from", network] if network else []), *urls], cwd=REPO)
+                    *(["--from", network] if network else []),
+                    *(["--token", BOOT_URL] if token else []), *urls], cwd=REPO)
     return json.loads(out.stdout)
 
 
@@ -38,10 +42,13 @@ print(answer.split(b"\\r\\n")[0].decode("latin-1") or "closed")
     return host.run([PYTHON, "-c", code], input=request, text=False).stdout.decode("latin-1").strip()
 
 
-def post(host, body: bytes, headers: bytes | None = None) -> str:
-    """POST body to /report (headers: instead of its Content-Length)."""
+def post(host, body: bytes, headers: bytes | None = None, token: str = "") -> str:
+    """POST body to /report (headers: instead of its Content-Length), with
+    the token of the machine's boot if given."""
     if headers is None:
         headers = b"Content-Length: %d\r\n" % len(body)
+    if token:
+        headers += f"{TOKEN_HEADER}: {token}\r\n".encode()
     return raw_request(host, b"POST /report HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body)
 
 
@@ -154,14 +161,28 @@ def test_forged_or_malformed_reports_never_break_status(cluster):
     cluster.start(("seeder",))
     cluster.server.wait_for_seeder()
     honest, forger = cluster.add_host("honest"), cluster.add_host("forger")
+    stranger = cluster.add_host("stranger")
 
-    assert post(honest, json.dumps(REPORT).encode()).startswith("HTTP/1.1 200")
-    # The forger claims to be the honest machine, in every field it can.
+    assert post(honest, json.dumps(REPORT).encode(),
+                token=cluster.token(honest)).startswith("HTTP/1.1 200")
+    # The forger (booted by the server, so it has a token of its own)
+    # claims to be the honest machine, in every field it can, and with the
+    # honest machine's token: only its own counts.
     forged = {**REPORT, "address": honest.address, "phase": "failed", "message": "forged"}
-    assert post(forger, json.dumps(forged).encode()).startswith("HTTP/1.1 200")
+    body = json.dumps(forged).encode()
+    assert post(forger, body, token=cluster.token(honest)).startswith("HTTP/1.1 403")
+    assert post(forger, json.dumps({**forged, "mac": honest.mac}).encode(),
+                token=cluster.token(forger)).startswith("HTTP/1.1 403")
+    assert post(forger, body, token=cluster.token(forger)).startswith("HTTP/1.1 200")
     for bad in ({**REPORT, "phase": "<script>"}, {**REPORT, "size": 1.5},
                 {**REPORT, "version": 99}, {**REPORT, "peers": True}):
         assert post(forger, json.dumps(bad).encode()).startswith("HTTP/1.1 400"), bad
+    # A host the server never booted: refused, and logged once.
+    for _ in range(3):
+        assert post(stranger, json.dumps(REPORT).encode()).startswith("HTTP/1.1 403")
+    refusals = [line for line in cluster.server.log("seeder").splitlines()
+                if stranger.address in line and "no token" in line]
+    assert len(refusals) == 1, refusals
 
     by_address = cluster.reports()
     assert set(by_address) == {honest.address, forger.address}
@@ -177,14 +198,22 @@ def test_answer_paces_reports_and_counts_machines_on_their_way(make_cluster):
     cluster.start(("seeder",))
     cluster.server.wait_for_seeder()
     seeding, booting = cluster.add_host("seeding"), cluster.add_host("booting")
+    stranger = cluster.add_host("stranger")
 
     def answer(host, report: dict) -> dict:
         return cluster.send_report(host, **report)
 
     seed_report = {**REPORT, "phase": "seeding", "progress": 1.0}
     assert answer(seeding, seed_report) == {"interval": 1.0, "coming": 0, "waiting": 0}
-    # A machine fetches the pivotal's kernel for this image: it is on its way ...
-    booting.run(["curl", "-sf", "-o", "/dev/null", f"{BOOT_URL}/pivotal/vmlinuz?image=compute"])
+    # A host that fetches boot.ipxe and the kernel, again and again, is no
+    # machine on its way: a machine's boot fetches its config part.
+    for _ in range(3):
+        for path in ("boot.ipxe", "pivotal/vmlinuz?image=compute"):
+            stranger.run(["curl", "-sf", "-o", "/dev/null", f"{BOOT_URL}/{path}"])
+    assert answer(seeding, seed_report)["coming"] == 0
+    assert stranger.address not in cluster.reports()
+    # A machine fetches the config part for this image: it is on its way ...
+    cluster.fetch_boot_script(booting, "compute")
     assert cluster.reports()[booting.address]["phase"] == "pxe"
     assert answer(seeding, seed_report)["coming"] == 1
     # ... for another image, it is not coming for ours ...
@@ -211,32 +240,29 @@ def test_later_machines_load_the_pivotal_from_one_that_runs_it(cluster):
              in ("downloading", "seeding"), 120, "the first machine to report from its pivotal")
     assert not first.report().get("serving")
 
-    # The late machine asks for the pivotal's files: the server holds it
-    # (503, Retry-After) while the first fetches them to serve them, then
-    # sends it there.
-    shared = ("vmlinuz", "base.cpio.zst", "modules.cpio.zst")
-    urls = [f"{BOOT_URL}/pivotal/vmlinuz?image=compute&try=x"] + [
-        f"{BOOT_URL}/pivotal/{name}?try=x" for name in shared[1:]]
-    results = storm(late, 1, *urls)
-    assert results[0]["retried"] >= 1, results[0]
+    # The late machine's /stage asks for the pivotal's base: the server
+    # holds it (503, Retry-After) while the first fetches it to serve it,
+    # then sends it there.
+    base = boot / "pivotal" / "base.cpio.zst"
+    result = storm(late, 1, f"{BOOT_URL}/pivotal/base.cpio.zst?try=x", token=True)[0]
+    assert result["retried"] >= 1, result
     assert "serving the pivotal's files on port 6980" in first.log()
-    for name, result in zip(shared, results):
-        assert result["redirects"] == [f"http://{first.host.address}:6980/pivotal/{name}"], result
-        assert result["status"] == 200
-        assert result["sha256"] == hashlib.sha256((boot / "pivotal" / name).read_bytes()).hexdigest()
-    # A retry (the script's second try) after its only peer is the server's own.
-    again = storm(late, 1, f"{BOOT_URL}/pivotal/vmlinuz?image=compute&try=xx")[0]
+    assert result["redirects"] == [f"http://{first.host.address}:6980/pivotal/base.cpio.zst"]
+    assert result["status"] == 200
+    assert result["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
+    # A retry (the stage's second try) after its only peer is the server's own.
+    again = storm(late, 1, f"{BOOT_URL}/pivotal/base.cpio.zst?try=xx", token=True)[0]
     assert again["redirects"] == [] and again["status"] == 200, again
     # What the server sent of the pivotal: its torrent's pieces to the first
     # machine (handed out over HTTP, or over BitTorrent), and the retry's
-    # kernel (libtorrent's counters and the seeder's status are a second or
+    # base (libtorrent's counters and the seeder's status are a second or
     # two behind).
-    shared_size = sum((boot / "pivotal" / n).stat().st_size for n in shared)
-    once = shared_size + (boot / "pivotal" / "vmlinuz").stat().st_size
+    shared_size = base.stat().st_size
+    once = 2 * shared_size
 
     def counted() -> dict | None:
         pivotal = cluster.server.status()["pivotal"]
-        return pivotal if pivotal["redirects"] == 3 \
+        return pivotal if pivotal["redirects"] == 1 \
             and pivotal["uploaded"] + pivotal["http_sent"] >= once else None
 
     pivotal = wait_for(counted, 30, "the seeder's status to count the pivotal's bytes")
@@ -263,14 +289,19 @@ def test_numbers_out_of_range_and_terminal_controls_never_reach_the_admin(cluste
         body = json.dumps(REPORT)[:-1].encode() + f', "{field}": {value}}}'.encode()
         assert post(forger, body).startswith("HTTP/1.1 400"), (field, value)
     assert post(forger, b"{}", "Content-Length: \u00b2\r\n".encode()).startswith("HTTP/1.1 400")
-    assert raw_request(forger, "GET /chain/x?port=\u00b2 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    token = cluster.token(forger)
+    assert raw_request(forger, f"GET /chain/x?port=\u00b2 HTTP/1.1\r\nHost: x\r\n"
+                               f"{TOKEN_HEADER}: {token}\r\n\r\n".encode()
                        ).startswith("HTTP/1.1 400")
     evil = "\x1b[2J\x1b]0;owned\x07\nfake line\r\u2028"
-    assert post(forger, json.dumps({**REPORT, "mac": evil, "image": evil, "phase": "exited",
-                                    "exit_status": 0, "output": f"ok\n{evil}"}).encode()
-                ).startswith("HTTP/1.1 200")
-    query.run(["curl", "-sf", "-o", "/dev/null", "-G", f"{BOOT_URL}/boot.ipxe",
-               "--data-urlencode", f"image={evil}"])
+    # A MAC is the token's: another is refused.
+    assert post(forger, json.dumps({**REPORT, "mac": evil}).encode(), token=token
+                ).startswith("HTTP/1.1 403")
+    assert post(forger, json.dumps({**REPORT, "hostname": evil, "image": evil, "phase": "exited",
+                                    "exit_status": 0, "output": f"ok\n{evil}"}).encode(),
+                token=token).startswith("HTTP/1.1 200")
+    query.run(["curl", "-sf", "-o", "/dev/null", "-G", f"{BOOT_URL}/pivotal/config.cpio",
+               "--data-urlencode", f"mac={query.mac}", "--data-urlencode", f"image={evil}"])
 
     status = cluster.server.status()
     assert {c["address"] for c in status["clients"]} == {forger.address, query.address}

@@ -386,13 +386,17 @@ def test_configured_server_serves_the_lan(built, tmp_path):
 
         # 5. A client downloads the image through the tracker and the seeder,
         # running the installed pivotal: its base and the config part the
-        # server hands out, unpacked as the kernel would, in a chroot.
+        # server hands out, unpacked as the kernel would, in a chroot. The
+        # config part, asked for with the machine's MAC as iPXE asks, begins
+        # with its token (a cpio of its own: cpio(1) stops after it), then
+        # the config part itself.
         def run_pivotal(name: str) -> Path:
             root = tmp_path / name
             root.mkdir()
-            for part in ("base.cpio.zst", "config.cpio"):
+            for part in ("base.cpio.zst", f"config.cpio?mac={client.mac}&image=test",
+                         "config.cpio"):
                 data = fetch(client, f"http://{SERVER_ADDRESS}:6980/boot/pivotal/{part}")
-                unpack = "zstd -dc | cpio -id --quiet" if part.endswith(".zst") \
+                unpack = "zstd -dc | cpio -id --quiet" if ".zst" in part \
                     else "cpio -id --quiet"
                 subprocess.run(unpack, shell=True, input=data, cwd=root, check=True)
             # The mounts are private to this command (ip netns exec's own mount
@@ -423,9 +427,10 @@ def test_configured_server_serves_the_lan(built, tmp_path):
                                   + urllib.parse.quote_from_bytes(infohash)))
         counts = scrape[b"files"][infohash]
         assert counts[b"downloaded"] >= 1, counts
-        # ... and the seeder heard the client's reports.
+        # ... and the seeder heard the client's reports: it booted it (its token).
         status = json.loads(fetch(client, f"http://{SERVER_ADDRESS}:6980/status"))
-        assert any(c.get("mac") == client.mac for c in status["clients"]), status
+        assert any(c.get("mac") == client.mac and c["phase"] != "pxe"
+                   for c in status["clients"]), status
 
         # 6. A security update of a package the pivotal is built from: the
         # package's dpkg trigger rebuilds the base, and the next client runs

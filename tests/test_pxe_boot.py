@@ -42,6 +42,7 @@ OVMF = Path("/usr/share/ovmf/OVMF.fd")
 ENV = render.environment
 
 PIVOTAL = {"kernel": render.PIVOTAL_KERNEL, "initrds": list(render.PIVOTAL_INITRDS),
+           "stage": render.PIVOTAL_STAGE,
            "cmdline": "console=tty0 console=ttyS0,115200 quiet"}
 IMAGES = [{"name": "debian", "description": "Debian 12 compute node"},
           {"name": "rocky", "description": "Rocky Linux 9"}]
@@ -221,17 +222,21 @@ def test_ipxe_script_mac_table_menu_and_kernel(root):
             " || set boottorrent-image debian") in lines
     kernel = next(line for line in lines if line.startswith("kernel "))
     assert kernel.startswith(
-        f"kernel --name vmlinuz {HTTP_URL}/boot/pivotal/vmlinuz"
-        "?image=${boottorrent-image}&try=${boottorrent-tries} ")
-    assert ("initrd=config.cpio initrd=base.cpio.zst initrd=modules.cpio.zst "
-            "console=tty0 console=ttyS0,115200 quiet") in kernel
+        f"kernel --name vmlinuz {HTTP_URL}/boot/pivotal/vmlinuz initrd=")
+    # Everything iPXE loads comes from the server; /stage fetches the rest.
+    assert ("initrd=config.cpio initrd=modules.cpio.zst initrd=stage.cpio.zst "
+            "console=tty0 console=ttyS0,115200 quiet rdinit=/stage ") in kernel
+    assert "boottorrent.ip=${netX/ip} boottorrent.netmask=${netX/netmask}" in kernel
     assert "boottorrent.image=${boottorrent-image}" in kernel
     assert "BOOTIF=01-${netX/mac:hexhyp}" in kernel
     assert kernel.endswith("|| goto failed")
     initrds = [line for line in lines if line.startswith("initrd ")]
+    # The config part names the machine's MAC (the server adds its token,
+    # trust.py) and the image it is coming for.
     assert initrds == [
-        f"initrd --name {name} {HTTP_URL}/boot/pivotal/{name}?try=${{boottorrent-tries}} "
-        "|| goto failed" for name in ("config.cpio", "base.cpio.zst", "modules.cpio.zst")]
+        f"initrd --name {name} {HTTP_URL}/boot/pivotal/{name}{query} || goto failed"
+        for name, query in (("config.cpio", "?mac=${netX/mac}&image=${boottorrent-image}"),
+                            ("modules.cpio.zst", ""), ("stage.cpio.zst", ""))]
     assert "boot || goto failed" in lines
     # Failure is never a hang: retry after a pause, then reboot.
     failed = lines[lines.index(":failed"):]
@@ -446,7 +451,7 @@ def install_test_pivotal(root: Path, marker: str) -> dict:
         path.chmod(0o644)
     return {"kernel": "pivotal/vmlinuz",
             "initrds": ["pivotal/test.cpio.gz", "pivotal/extra.cpio"],
-            "cmdline": "console=ttyS0 quiet"}
+            "stage": "/init", "cmdline": "console=ttyS0 quiet"}
 
 
 def pxe_boot(root: Path, mode: str, firmware: str, request, romfile: str | None = None,

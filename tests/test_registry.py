@@ -112,7 +112,7 @@ def test_pivotal_config_describes_images(image_files, config_dir, state_dir):
     info = lt.torrent_info(lt.bdecode(base64.b64decode(image["torrent"])))
     assert [t.url for t in info.trackers()] == ["http://198.18.0.1:6969/announce"]
     assert str(info.info_hashes().v1) == registry(state_dir)["compute"]["infohash"]
-    for name in ("vmlinuz", "base.cpio.zst", "modules.cpio.zst"):
+    for name in ("vmlinuz", "base.cpio.zst", "modules.cpio.zst", "stage.cpio.zst"):
         assert (state_dir / "current" / "boot" / "pivotal" / name).stat().st_size > 100_000
 
 

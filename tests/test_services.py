@@ -69,7 +69,8 @@ def test_boot_files_over_tftp_and_http(cluster, tmp_path):
     script = fetch(client, "http://198.18.0.1:6980/boot/boot.ipxe").decode()
     assert script.startswith("#!ipxe")
     assert "boottorrent.image=" in script
-    for part in ("vmlinuz", "base.cpio.zst", "modules.cpio.zst", "config.cpio"):
+    for part in ("vmlinuz", "base.cpio.zst", "modules.cpio.zst", "stage.cpio.zst",
+                 "config.cpio"):
         got = fetch(client, f"http://198.18.0.1:6980/boot/pivotal/{part}")
         assert got == (boot / "pivotal" / part).read_bytes(), part
 

@@ -88,3 +88,4 @@ def build_config_part(files: dict[str, bytes], output: Path) -> Path:
             path.chmod(0o644)
         fix_dir_modes(tree)
         return archive(tree, output, compress=None)
+

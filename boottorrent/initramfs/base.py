@@ -22,14 +22,24 @@ _ETC_FILES = {
 }
 
 
-def init_script() -> Path:
-    candidates = [python.package_root() / "pivotal" / "init",
-                  Path("/usr/share/boottorrent/pivotal/init")]
+# The shell functions /init and /stage share, where both look for them.
+DRIVERS = "usr/lib/boottorrent/drivers"
+
+
+def script(name: str) -> Path:
+    """One of the pivotal's shell scripts (pivotal/ in the source tree)."""
+    candidates = [python.package_root() / "pivotal" / name,
+                  Path("/usr/share/boottorrent/pivotal") / name]
     for path in candidates:
         if path.is_file():
             return path
-    raise PivotalError("the pivotal's init script is missing; looked at "
+    raise PivotalError(f"the pivotal's {name} script is missing; looked at "
                        + ", ".join(map(str, candidates)))
+
+
+def add_script(tree: Tree, name: str, where: str, mode: int = 0o755) -> None:
+    tree.add_bytes(where, script(name).read_bytes(), mode=mode)
+    tree.sources.add(script(name))
 
 
 def add_busybox(tree: Tree) -> None:
@@ -60,8 +70,8 @@ def _stage(tree: Tree, modules: python.PythonModules, progress: Progress) -> Non
         tree.add_host_file(library)
     for name, data in _ETC_FILES.items():
         tree.add_bytes(name, data)
-    tree.add_bytes("init", init_script().read_bytes(), mode=0o755)
-    tree.sources.add(init_script())
+    add_script(tree, "init", "init")
+    add_script(tree, "drivers", DRIVERS, mode=0o644)
     archive.fix_dir_modes(tree.root)
     (tree.root / "tmp").chmod(0o1777)
     (tree.root / "root").chmod(0o700)
@@ -105,7 +115,8 @@ def _key(modules: python.PythonModules) -> str:
     not make the pivotal stale). Host files are checked by the manifest."""
     digest = hashlib.sha256()
     root = python.package_root()
-    for path in [*_builder_files(), init_script(), *sorted(set(modules.package))]:
+    for path in [*_builder_files(), script("init"), script("drivers"),
+                 *sorted(set(modules.package))]:
         digest.update(f"{path.relative_to(root) if path.is_relative_to(root) else path}\n".encode())
         digest.update(path.read_bytes())
     for path in sorted(set(modules.sources + modules.extensions)):

@@ -54,7 +54,7 @@ def boot(args: argparse.Namespace, config: PivotalConfig,
     image = choose_image(config, params, report.mac)
     report.image = image.name
     check_room(image, args.work_dir)
-    reporter = Reporter(config.report_url, report)
+    reporter = Reporter(config.report_url, report, config.token)
     try:
         say(f"booting image {image.name} ({human_bytes(image.spec.size)}) from {config.server}")
         save_path = args.work_dir / "images"
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()
 
     try:
-        config = PivotalConfig.from_json(args.config.read_bytes())
+        config = PivotalConfig.load(args.config)
     except (OSError, ValueError) as error:
         say(f"{args.config}: {error}")
         return 1
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         except CannotRun as error:
             report.phase, report.message = "failed", str(error)
             say(f"cannot run image {report.image}: {error}")
-            send_report(config.report_url, report)
+            send_report(config.report_url, report, config.token)
             return 1
         except (ClientError, OSError, RuntimeError, subprocess.CalledProcessError) as error:
             report.phase, report.message = "failed", str(error)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ClientError, OSError, ValueError, subprocess.CalledProcessError) as error:
         report.phase, report.message = "failed", f"kexec failed: {error}"
         say(f"{report.message}; the image downloaded, but this machine cannot boot it")
-        send_report(config.report_url, report)
+        send_report(config.report_url, report, config.token)
     return 1
 
 

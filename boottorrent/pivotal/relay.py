@@ -42,6 +42,7 @@ from boottorrent.pivotal.console import say
 from boottorrent.pivotal.digest import StreamDigest
 from boottorrent.pivotal.source import READ_TIMEOUT, Source
 from boottorrent.pivotal.spans import FileSpan
+from boottorrent.pivotal.wire import TOKEN_HEADER
 
 # Tries of one source before it is reported to the server, which names
 # another: a machine's link drops a few packets while dozens of machines
@@ -121,12 +122,14 @@ class Relay:
     """One torrent's place in the chain."""
 
     def __init__(self, handle: lt.torrent_handle, torrent: lt.torrent_info,
-                 server_url: str, save_path: Path, server: RelayServer):
-        """server_url: the server's HTTP side (http://ADDRESS:PORT)."""
+                 server_url: str, token: str, save_path: Path, server: RelayServer):
+        """server_url: the server's HTTP side (http://ADDRESS:PORT); token:
+        this machine's, which the server asks for (wire.TOKEN_FILE)."""
         self.handle = handle
         self.torrent = torrent
         self.infohash = str(torrent.info_hashes().v1)
         self.server_url = server_url
+        self.token = token
         self.server = server
         self.piece_length = torrent.piece_length()
         self.pieces = torrent.num_pieces()
@@ -209,8 +212,9 @@ class Relay:
     def _ask(self, failed: str) -> str | None:
         query = urllib.parse.urlencode({"port": self.server.port, "failed": failed})
         try:
-            with urllib.request.urlopen(f"{self.server_url}/chain/{self.infohash}?{query}",
-                                        timeout=READ_TIMEOUT) as response:
+            asked = urllib.request.Request(f"{self.server_url}/chain/{self.infohash}?{query}",
+                                           headers={TOKEN_HEADER: self.token})
+            with urllib.request.urlopen(asked, timeout=READ_TIMEOUT) as response:
                 answer = json.loads(response.read(4096))
         except (OSError, ValueError):
             return None
@@ -218,8 +222,10 @@ class Relay:
         return source if isinstance(source, str) else None
 
     def _stream(self, source: str) -> None:
+        # The token goes to the server only: another machine has no use for it.
         stream = Source(source or urllib.parse.urlsplit(self.server_url).netloc,
-                        self.infohash, self.position, self.piece_length)
+                        self.infohash, self.position, self.piece_length,
+                        "" if source else self.token)
         self.source = stream
         buffer = memoryview(bytearray(CHUNK))  # reused, so that it stays in the cache
         try:

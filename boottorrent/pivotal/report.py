@@ -12,16 +12,18 @@ import random
 import threading
 import urllib.request
 
-from boottorrent.pivotal.wire import Report
+from boottorrent.pivotal.wire import TOKEN_HEADER, Report
 
 FIRST_INTERVAL = 1.0  # seconds, until the server says otherwise
 MAX_INTERVAL = 60.0
 
 
-def send_report(url: str, report: Report) -> dict | None:
-    """The server's answer, or None when it did not give one."""
+def send_report(url: str, report: Report, token: str) -> dict | None:
+    """The server's answer, or None when it did not give one. token: this
+    machine's (wire.TOKEN_FILE); a report without the right one is refused."""
     request = urllib.request.Request(url, data=report.to_json(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              TOKEN_HEADER: token})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             answer = json.loads(response.read(4096))
@@ -37,9 +39,10 @@ def count(value) -> int | None:
 class Reporter:
     """Sends the latest report to the server, off the main loop."""
 
-    def __init__(self, url: str, report: Report):
+    def __init__(self, url: str, report: Report, token: str):
         self.url = url
         self.report = report
+        self.token = token
         self.interval = FIRST_INTERVAL
         # Machines on their way to the swarm, and machines waiting for the
         # pivotal's files, as the last answer said (None: no answer yet, or
@@ -55,7 +58,7 @@ class Reporter:
             self.send()
 
     def send(self) -> None:
-        answer = send_report(self.url, self.report)
+        answer = send_report(self.url, self.report, self.token)
         if answer is None:
             return
         interval = answer.get("interval")

@@ -29,7 +29,7 @@ class PivotalShare:
             Relay.hold_back(params)
         self.handle = session.add_torrent(params)
         self.infohash = str(params.ti.info_hashes().v1)
-        self.relay = Relay(self.handle, params.ti, config.http_url, folder,
+        self.relay = Relay(self.handle, params.ti, config.http_url, config.token, folder,
                            relays) if web_seeds else None
         self.folder = folder
         self.port = config.http_port

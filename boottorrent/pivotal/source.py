@@ -10,6 +10,8 @@ import socket
 import time
 from http import HTTPStatus
 
+from boottorrent.pivotal.wire import TOKEN_HEADER
+
 CONNECT_TIMEOUT = 1.0  # seconds
 # A source that sends nothing for this long is gone (a machine that
 # crashed sends no FIN). A source that waits for its own source keeps the
@@ -21,16 +23,19 @@ STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
 class Source:
-    def __init__(self, address: str, infohash: str, offset: int, piece_length: int):
+    def __init__(self, address: str, infohash: str, offset: int, piece_length: int,
+                 token: str = ""):
         """A connection to address ("HOST:PORT") streaming infohash's bytes
         from offset on; start: where the stream starts (offset, or the
-        first byte of a later piece: the source lacks those before)."""
+        first byte of a later piece: the source lacks those before);
+        token: this machine's, for the server's stream ("" for a machine's)."""
         host, port = address.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
         try:
             self.window = Window(self.sock)
             self.sock.settimeout(READ_TIMEOUT)
-            self.sock.sendall(f"GET /stream/{infohash} HTTP/1.1\r\nHost: {address}\r\n"
+            own = f"{TOKEN_HEADER}: {token}\r\n" if token else ""
+            self.sock.sendall(f"GET /stream/{infohash} HTTP/1.1\r\nHost: {address}\r\n{own}"
                               f"Range: bytes={offset}-\r\nConnection: close\r\n\r\n".encode())
             head = b""
             while b"\r\n\r\n" not in head:

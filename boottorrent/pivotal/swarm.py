@@ -194,7 +194,7 @@ class Swarm:
         report.size = params.ti.total_size()
         # The chain (relay.py), where the server offers it (it has web seeds).
         self.relays = RelayServer(listen.rpartition(":")[0])
-        self.relay = Relay(self.handle, params.ti, config.http_url, save_path,
+        self.relay = Relay(self.handle, params.ti, config.http_url, config.token, save_path,
                            self.relays) if self.web_seeds else None
         self.server_answer = server
         self.config = config

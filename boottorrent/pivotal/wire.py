@@ -13,7 +13,8 @@ version with a message saying so.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 VERSION = 4
@@ -23,6 +24,12 @@ VERSION = 4
 PHASES = ("pxe", "pivotal", "dhcp", "downloading", "seeding", "kexec", "running", "exited",
           "failed")
 OUTPUT_TAIL = 1000  # characters of an exec image's output that its reports carry
+# Each machine's own token (the server's trust.py): the server puts it into
+# the config part it hands that machine, beside pivotal.json; the pivotal
+# (and its /stage) sends it in TOKEN_HEADER with every request to the
+# server's HTTP side, never to another machine.
+TOKEN_FILE = "etc/boottorrent/token"
+TOKEN_HEADER = "BootTorrent-Token"
 
 
 def setting(section: str, check: str, default: int) -> Any:
@@ -93,6 +100,8 @@ class PivotalConfig:
     pivotal_torrent: str = ""
     http_port: int = 6980
     version: int = VERSION
+    # This machine's own token (TOKEN_FILE), not pivotal.json's: load() reads it.
+    token: str = ""
 
     @property
     def http_url(self) -> str:
@@ -100,7 +109,19 @@ class PivotalConfig:
         return self.report_url.rsplit("/", 1)[0]
 
     def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode()
+        data = {name: value for name, value in asdict(self).items() if name != "token"}
+        return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def load(cls, path: Path) -> PivotalConfig:
+        """pivotal.json at path, with the token beside it (none: "");
+        OSError or ValueError, saying what is wrong."""
+        config = cls.from_json(path.read_bytes())
+        try:
+            token = (path.parent / PurePosixPath(TOKEN_FILE).name).read_text().strip()
+        except FileNotFoundError:
+            return config
+        return replace(config, token=token)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PivotalConfig:

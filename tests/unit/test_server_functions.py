@@ -108,10 +108,10 @@ def test_machines_by_address_expire_and_count_who_is_coming():
     machines = Machines(forget_after=600, clock=clock)
     assert machines.add(Report(mac="m1", image="a", phase="seeding"), "198.18.0.10") == {
         "interval": 1.0, "coming": 0, "waiting": 0}
-    machines.fetched_boot_files("198.18.0.11", "")   # boot.ipxe: any image
-    machines.fetched_boot_files("198.18.0.12", "b")  # the kernel, for image b
-    machines.fetched_boot_files("198.18.0.13", "a")
-    machines.fetched_boot_files("198.18.0.13", "")   # its initrd: still for a
+    # Their config parts (trust.py): for any image, for b, for a.
+    machines.on_its_way("198.18.0.11", "52:54:00:00:00:11", "")
+    machines.on_its_way("198.18.0.12", "52:54:00:00:00:12", "b")
+    machines.on_its_way("198.18.0.13", "52:54:00:00:00:13", "a")
     assert machines.add(Report(image="a", phase="seeding"), "198.18.0.10")["coming"] == 2
     # A report replaces the entry of the address it came from, whatever it says.
     machines.add(Report(mac="m1", image="a", phase="downloading", address="198.18.0.10"),
@@ -126,6 +126,19 @@ def test_machines_by_address_expire_and_count_who_is_coming():
     assert [e["address"] for e in machines.all()] == ["198.18.0.10"]
 
 
+def test_a_machine_that_fetches_its_config_part_again_and_again_keeps_nobody_seeding():
+    clock = Clock()
+    machines = Machines(forget_after=600, clock=clock)
+    for _ in range(10):
+        machines.on_its_way("198.18.0.11", "52:54:00:00:00:11", "a")
+        clock.now += web.COMING_FOR / 4
+    assert machines.add(Report(image="a", phase="seeding"), "198.18.0.10")["coming"] == 0
+    # Once it reported, its next boot counts again.
+    machines.add(Report(image="a", phase="kexec"), "198.18.0.11")
+    machines.on_its_way("198.18.0.11", "52:54:00:00:00:11", "a")
+    assert machines.add(Report(image="a", phase="seeding"), "198.18.0.10")["coming"] == 1
+
+
 def test_machines_table_is_bounded_and_paces_reports(monkeypatch):
     monkeypatch.setattr(web, "MACHINES_MAX", 300)
     machines = Machines(forget_after=600, clock=Clock())
@@ -134,6 +147,18 @@ def test_machines_table_is_bounded_and_paces_reports(monkeypatch):
     assert len(machines.all()) == 300
     assert machines.all()[0]["address"] == "10.0.2.188"  # the 700th: the oldest are gone
     assert answer["interval"] == 300 / web.REPORT_RATE
+
+
+def test_machines_on_their_way_never_push_out_those_that_report(monkeypatch):
+    monkeypatch.setattr(web, "MACHINES_MAX", 300)
+    machines = Machines(forget_after=600, clock=Clock())
+    machines.add(Report(phase="seeding"), "198.18.0.10")
+    for n in range(1000):
+        machines.on_its_way(f"10.0.{n // 256}.{n % 256}", "", "a")
+    addresses = [e["address"] for e in machines.all()]
+    assert "198.18.0.10" in addresses and len(addresses) == 301
+    # Its interval counts the machines that report, and only those.
+    assert machines.add(Report(phase="seeding"), "198.18.0.10")["interval"] == 1.0
 
 
 def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
@@ -151,10 +176,9 @@ def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
     late = askers[places]
     assert machines.pivotal_source("ab", late, tries=1) == web.WAIT
     assert machines.add(Report(phase="seeding", serving="ab"), "198.18.0.10")["waiting"] == 1
-    # ... until one of them asks for its next file (its transfer is over) ...
-    machines.fetched_boot_files(askers[0], "")
+    # ... until one of them reports from its pivotal (its transfer is over).
+    machines.add(Report(phase="dhcp"), askers[0])
     assert machines.pivotal_source("ab", late, tries=1) == given[0]
-    # ... or reports from its pivotal.
     machines.add(Report(phase="dhcp"), askers[1])
     assert machines.pivotal_source("ab", "198.18.1.9", tries=1) == given[1]
     # Never to itself; a retry of the boot script after a peer goes to the
@@ -288,6 +312,10 @@ def test_machines_form_a_chain_in_the_order_they_ask():
     # The first streams from the server, every other one from the one before.
     assert [chains.source("ab", m) for m in (m1, m2, m3)] == [chain.SERVER, m1, m2]
     assert chains.source("ab", m2) == m1  # asking again keeps the place
+    # A member names its own source only: m1 cannot push m3 out, nor m3 m1.
+    assert chains.source("ab", m1, failed=m3) == chain.SERVER
+    assert chains.source("ab", m3, failed=m1) == m2
+    assert chains.members("ab") == [m1, m2, m3]
     # m3's source failed it: m2 leaves the chain, m3 streams from m1.
     assert chains.source("ab", m3, failed=m2) == m1
     assert chains.members("ab") == [m1, m3]

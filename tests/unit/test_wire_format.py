@@ -26,6 +26,15 @@ CONFIG = PivotalConfig(
                                  cmdline="quiet", size=3, sha256={"kernel": "ab"})})
 
 
+def test_the_token_is_the_machines_own_beside_pivotal_json(tmp_path):
+    (tmp_path / "pivotal.json").write_bytes(CONFIG.to_json())
+    assert PivotalConfig.load(tmp_path / "pivotal.json") == CONFIG  # none: ""
+    (tmp_path / "token").write_text("525400aabbcc-0123\n")
+    loaded = PivotalConfig.load(tmp_path / "pivotal.json")
+    assert loaded.token == "525400aabbcc-0123"
+    assert b"token" not in loaded.to_json()  # never in what the server writes for all
+
+
 def test_pivotal_config_round_trip():
     text = CONFIG.to_json()
     assert PivotalConfig.from_json(text) == CONFIG

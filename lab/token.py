@@ -1,0 +1,41 @@
+"""A machine's token (boottorrent/trust.py), got as its iPXE gets it: the
+config part, asked for with the machine's MAC, begins with a part that
+holds it (wire.TOKEN_FILE)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from boottorrent.pivotal.wire import TOKEN_FILE
+from boottorrent.render import PIVOTAL_INITRDS
+
+HEADER = 110  # bytes of a newc entry's header, its name follows
+
+
+def config_url(boot_url: str, mac: str, image: str = "") -> str:
+    """The config part's URL in boot.ipxe.j2 (BOOT_URL: http://SERVER:PORT/boot)."""
+    return f"{boot_url}/{PIVOTAL_INITRDS[0]}?mac={mac}&image={image}"
+
+
+def token_in(config_part: bytes) -> str:
+    """The token in the part at the start of a config part ("" when there
+    is none): the newc entries up to the first trailer."""
+    offset = 0
+    while config_part[offset:offset + 6] == b"070701":
+        fields = [int(config_part[offset + 6 + 8 * i:offset + 14 + 8 * i], 16)
+                  for i in range(13)]
+        size, name_size = fields[6], fields[11]
+        name = config_part[offset + HEADER:offset + HEADER + name_size - 1].decode("latin-1")
+        start = offset + HEADER + name_size + (-(HEADER + name_size) % 4)
+        if name == TOKEN_FILE:
+            return config_part[start:start + size].decode().strip()
+        if name == "TRAILER!!!":
+            break
+        offset = start + size + (-size % 4)
+    return ""
+
+
+def fetch_token(boot_url: str, mac: str, image: str = "") -> str:
+    """The token the server hands the machine of this MAC here, as iPXE asks."""
+    with urllib.request.urlopen(config_url(boot_url, mac, image), timeout=30) as answer:
+        return token_in(answer.read())
