@@ -11,10 +11,11 @@ from boottorrent.imageconf import check_cmdline, check_image_name
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.status import format_status
 from boottorrent.torrents import PIECES_MAX, piece_size_for
-from boottorrent import chain, web
+from boottorrent import chain, fleet
 from boottorrent.pivotal.wire import Report
 from boottorrent.intake import split_request
-from boottorrent.web import Machines, byte_range
+from boottorrent.fleet import Machines
+from boottorrent.web import byte_range
 
 MIB = 1 << 20
 
@@ -120,9 +121,9 @@ def test_machines_by_address_expire_and_count_who_is_coming():
     assert [e["address"] for e in machines.all()] == [
         "198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"]
     # Not coming any more after COMING_FOR; forgotten after forget_after.
-    clock.now += web.COMING_FOR + 1
+    clock.now += fleet.COMING_FOR + 1
     assert machines.add(Report(image="a", phase="seeding"), "198.18.0.10")["coming"] == 0
-    clock.now += 600 - web.COMING_FOR
+    clock.now += 600 - fleet.COMING_FOR
     assert [e["address"] for e in machines.all()] == ["198.18.0.10"]
 
 
@@ -131,7 +132,7 @@ def test_a_machine_that_fetches_its_config_part_again_and_again_keeps_nobody_see
     machines = Machines(forget_after=600, clock=clock)
     for _ in range(10):
         machines.on_its_way("198.18.0.11", "52:54:00:00:00:11", "a")
-        clock.now += web.COMING_FOR / 4
+        clock.now += fleet.COMING_FOR / 4
     assert machines.add(Report(image="a", phase="seeding"), "198.18.0.10")["coming"] == 0
     # Once it reported, its next boot counts again.
     machines.add(Report(image="a", phase="kexec"), "198.18.0.11")
@@ -140,17 +141,17 @@ def test_a_machine_that_fetches_its_config_part_again_and_again_keeps_nobody_see
 
 
 def test_machines_table_is_bounded_and_paces_reports(monkeypatch):
-    monkeypatch.setattr(web, "MACHINES_MAX", 300)
+    monkeypatch.setattr(fleet, "MACHINES_MAX", 300)
     machines = Machines(forget_after=600, clock=Clock())
     for n in range(1000):
         answer = machines.add(Report(), f"10.0.{n // 256}.{n % 256}")
     assert len(machines.all()) == 300
     assert machines.all()[0]["address"] == "10.0.2.188"  # the 700th: the oldest are gone
-    assert answer["interval"] == 300 / web.REPORT_RATE
+    assert answer["interval"] == 300 / fleet.REPORT_RATE
 
 
 def test_machines_on_their_way_never_push_out_those_that_report(monkeypatch):
-    monkeypatch.setattr(web, "MACHINES_MAX", 300)
+    monkeypatch.setattr(fleet, "MACHINES_MAX", 300)
     machines = Machines(forget_after=600, clock=Clock())
     machines.add(Report(phase="seeding"), "198.18.0.10")
     for n in range(1000):
@@ -168,13 +169,13 @@ def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
     machines.add(Report(phase="downloading", serving="ab"), "198.18.0.11")
     machines.add(Report(phase="kexec", serving="ab"), "198.18.0.12")  # leaving
     machines.add(Report(phase="seeding", serving="old"), "198.18.0.13")  # another pivotal
-    places = 2 * web.PEER_SENDS  # each sends to PEER_SENDS machines at once
+    places = 2 * fleet.PEER_SENDS  # each sends to PEER_SENDS machines at once
     askers = [f"198.18.1.{n}" for n in range(1, places + 2)]
     given = [machines.pivotal_source("ab", asker, tries=1) for asker in askers[:places]]
-    assert sorted(given) == sorted(["198.18.0.10", "198.18.0.11"] * web.PEER_SENDS)
+    assert sorted(given) == sorted(["198.18.0.10", "198.18.0.11"] * fleet.PEER_SENDS)
     # The next one waits ...
     late = askers[places]
-    assert machines.pivotal_source("ab", late, tries=1) == web.WAIT
+    assert machines.pivotal_source("ab", late, tries=1) == fleet.WAIT
     assert machines.add(Report(phase="seeding", serving="ab"), "198.18.0.10")["waiting"] == 1
     # ... until one of them reports from its pivotal (its transfer is over).
     machines.add(Report(phase="dhcp"), askers[0])
@@ -184,9 +185,9 @@ def test_pivotal_requests_go_to_the_least_loaded_machine_that_serves_it():
     # Never to itself; a retry of the boot script after a peer goes to the
     # server when no other peer is free; a transfer that was never seen to end counts for TRANSFER_MAX
     # s; nobody who has not reported for PEER_ALIVE s.
-    assert machines.pivotal_source("ab", "198.18.0.10", tries=1) == web.WAIT
-    assert machines.pivotal_source("ab", late, tries=2) == web.SERVER
-    clock.now += web.TRANSFER_MAX
+    assert machines.pivotal_source("ab", "198.18.0.10", tries=1) == fleet.WAIT
+    assert machines.pivotal_source("ab", late, tries=2) == fleet.SERVER
+    clock.now += fleet.TRANSFER_MAX
     machines.add(Report(phase="seeding", serving="ab"), "198.18.0.11")
     # A retry of a machine never sent to a peer (its first try was lost on
     # the way) is as good as a first try.
@@ -199,23 +200,23 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     machines = Machines(forget_after=600, clock=clock)
     first, second, third = "198.18.1.1", "198.18.1.2", "198.18.1.3"
     # Nobody in the swarm: the server sends it, to SERVER_SENDS machines at once.
-    assert machines.pivotal_source("ab", first, tries=1) == web.SERVER
+    assert machines.pivotal_source("ab", first, tries=1) == fleet.SERVER
     machines.sending(first, started=True)
-    assert machines.pivotal_source("ab", second, tries=1) == web.WAIT
+    assert machines.pivotal_source("ab", second, tries=1) == fleet.WAIT
     machines.sending(first, started=False)
     # The first keeps its turn for its next file; then the others wait
     # while it boots, for HOLD_MAX s at most.
     clock.now += 1
-    assert machines.pivotal_source("ab", second, tries=1) == web.WAIT
-    assert machines.pivotal_source("ab", first, tries=1) == web.SERVER
-    clock.now += web.SERVER_GAP
-    assert machines.pivotal_source("ab", second, tries=1) == web.WAIT
-    clock.now += web.HOLD_MAX
-    assert machines.pivotal_source("ab", second, tries=1) == web.SERVER
+    assert machines.pivotal_source("ab", second, tries=1) == fleet.WAIT
+    assert machines.pivotal_source("ab", first, tries=1) == fleet.SERVER
+    clock.now += fleet.SERVER_GAP
+    assert machines.pivotal_source("ab", second, tries=1) == fleet.WAIT
+    clock.now += fleet.HOLD_MAX
+    assert machines.pivotal_source("ab", second, tries=1) == fleet.SERVER
     # Once a machine runs its pivotal, it will serve the files: the others wait for it ...
     machines.add(Report(phase="downloading"), first)
-    clock.now += web.SERVER_GAP
-    assert machines.pivotal_source("ab", third, tries=1) == web.WAIT
+    clock.now += fleet.SERVER_GAP
+    assert machines.pivotal_source("ab", third, tries=1) == fleet.WAIT
     assert machines.serving("ab") == []
     machines.add(Report(phase="downloading", serving="ab"), first)
     assert machines.serving("ab") == [first]
@@ -223,40 +224,40 @@ def test_the_server_sends_the_pivotal_once_while_a_machine_is_about_to_serve_it(
     # ... for HOLD_MAX s at most in which the swarm did not move: no machine
     # got its files, began to serve or was sent to a peer ...
     machines.add(Report(phase="downloading"), first)
-    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.WAIT
-    late = [f"198.18.2.{n}" for n in range(web.SERVER_SENDS_OVERDUE + 1)]
+    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == fleet.WAIT
+    late = [f"198.18.2.{n}" for n in range(fleet.SERVER_SENDS_OVERDUE + 1)]
     for asker in late:
-        assert machines.pivotal_source("ab", asker, tries=1) == web.WAIT
-    clock.now += web.HOLD_MAX - 1
+        assert machines.pivotal_source("ab", asker, tries=1) == fleet.WAIT
+    clock.now += fleet.HOLD_MAX - 1
     machines.add(Report(phase="downloading"), third)  # it got its files from first
     machines.add(Report(phase="downloading"), first)
     clock.now += 1
-    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.WAIT
+    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == fleet.WAIT
     # ... and the server streamed none of the files to the swarm.
     machines.streaming_pivotal(started=True)
     for _ in range(4):
-        clock.now += web.HOLD_MAX / 2
+        clock.now += fleet.HOLD_MAX / 2
         machines.add(Report(phase="downloading"), first)
-        assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.WAIT
+        assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == fleet.WAIT
     machines.streaming_pivotal(started=False)  # counts from its end
-    clock.now += web.HOLD_MAX - 1
+    clock.now += fleet.HOLD_MAX - 1
     machines.add(Report(phase="downloading"), first)
-    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.WAIT
+    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == fleet.WAIT
     clock.now += 1
-    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == web.SERVER
+    assert machines.pivotal_source("ab", "198.18.1.4", tries=1) == fleet.SERVER
     # Machines overdue together get it from the server a few at a time, so
     # that each gets it in time; a retry of the boot script is overdue too.
     given = [machines.pivotal_source("ab", asker, tries=1) for asker in late]
-    assert given == [web.SERVER] * (web.SERVER_SENDS_OVERDUE - 1) + [web.WAIT] * 2
-    assert machines.pivotal_source("ab", "198.18.1.5", tries=2) == web.WAIT
-    clock.now += web.SERVER_GAP
-    assert machines.pivotal_source("ab", late[-1], tries=1) == web.SERVER
+    assert given == [fleet.SERVER] * (fleet.SERVER_SENDS_OVERDUE - 1) + [fleet.WAIT] * 2
+    assert machines.pivotal_source("ab", "198.18.1.5", tries=2) == fleet.WAIT
+    clock.now += fleet.SERVER_GAP
+    assert machines.pivotal_source("ab", late[-1], tries=1) == fleet.SERVER
 
 
 def test_a_machine_a_peer_failed_goes_to_another_peer_then_to_the_server():
     clock = Clock()
     machines = Machines(forget_after=600, clock=clock)
-    peers = [f"198.18.0.{n}" for n in range(10, 10 + web.PEER_TRIES + 1)]
+    peers = [f"198.18.0.{n}" for n in range(10, 10 + fleet.PEER_TRIES + 1)]
     for peer in peers:
         machines.add(Report(phase="seeding", serving="ab"), peer)
     asker = "198.18.1.1"
@@ -265,42 +266,42 @@ def test_a_machine_a_peer_failed_goes_to_another_peer_then_to_the_server():
     # Each later try of its boot script blames the peer its last file came
     # from: never sent there again, to another free peer instead ...
     failed = {first}
-    for tries in range(2, web.PEER_TRIES + 1):
+    for tries in range(2, fleet.PEER_TRIES + 1):
         again = machines.pivotal_source("ab", asker, tries=tries)
         assert again in peers and again not in failed
         failed.add(again)
     # ... until PEER_TRIES peers failed it: then the server sends the files.
-    assert machines.pivotal_source("ab", asker, tries=web.PEER_TRIES + 1) == web.SERVER
+    assert machines.pivotal_source("ab", asker, tries=fleet.PEER_TRIES + 1) == fleet.SERVER
     # A machine a peer failed while no other peer is free is not held either.
     other = "198.18.1.2"
     busy = [machines.pivotal_source("ab", f"198.18.2.{n}", tries=1) for n in range(len(peers))]
     assert sorted(busy) == sorted(peers)
-    assert machines.pivotal_source("ab", other, tries=1) == web.WAIT
-    clock.now += web.TRANSFER_MAX
+    assert machines.pivotal_source("ab", other, tries=1) == fleet.WAIT
+    clock.now += fleet.TRANSFER_MAX
     for peer in peers:
         machines.add(Report(phase="seeding", serving="ab"), peer)
     sent_to = machines.pivotal_source("ab", other, tries=1)
     assert sent_to in peers
     for n in range(len(peers)):
         machines.pivotal_source("ab", f"198.18.3.{n}", tries=1)  # the others get busy
-    assert machines.pivotal_source("ab", other, tries=2) == web.SERVER
+    assert machines.pivotal_source("ab", other, tries=2) == fleet.SERVER
 
 
 def test_machines_held_ask_again_less_often_the_more_of_them_wait():
     clock = Clock()
     machines = Machines(forget_after=600, clock=clock)
-    assert machines.retry_after() == web.RETRY_AFTER[0]  # nobody waits
+    assert machines.retry_after() == fleet.RETRY_AFTER[0]  # nobody waits
     askers = [f"198.18.1.{n}" for n in range(1, 201)]
-    assert machines.pivotal_source("ab", askers[0], tries=1) == web.SERVER
+    assert machines.pivotal_source("ab", askers[0], tries=1) == fleet.SERVER
     for asker in askers[1:]:
-        assert machines.pivotal_source("ab", asker, tries=1) == web.WAIT
+        assert machines.pivotal_source("ab", asker, tries=1) == fleet.WAIT
     # 199 wait: together they ask about HELD_ASKS times a second.
     after = [machines.retry_after() for _ in range(50)]
-    assert 199 / web.HELD_ASKS * 0.75 - 1 <= min(after) <= max(after) <= web.RETRY_AFTER[1]
+    assert 199 / fleet.HELD_ASKS * 0.75 - 1 <= min(after) <= max(after) <= fleet.RETRY_AFTER[1]
     assert len(set(after)) > 1  # varied, so that they do not ask together
     # Those held long ago are no longer counted.
-    clock.now += 3 * web.RETRY_AFTER[1] + 1
-    assert machines.retry_after() == web.RETRY_AFTER[0]
+    clock.now += 3 * fleet.RETRY_AFTER[1] + 1
+    assert machines.retry_after() == fleet.RETRY_AFTER[0]
 
 
 def test_machines_form_a_chain_in_the_order_they_ask():
