@@ -46,9 +46,9 @@ from pathlib import Path
 
 from bench.__main__ import machine
 from bench.methods import CpuMeter, process_cpu
-from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_KERNEL
+from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS
 from lab.cluster import MIB, Cluster, pivotal_cache, sha256
-from lab.standin import script_urls
+from lab.standin import loaded_files, script_urls
 from lab.netns import SERVER_ADDRESS
 from lab.server import PYTHON, REPO
 
@@ -76,10 +76,6 @@ def storm(crowd: tuple, count: int, urls: list[str], timeout: float,
     argv += ["--token", BOOT] if token else []
     out = host.run([*argv, *urls], cwd=HERE.parent)
     return json.loads(out.stdout)
-
-
-# What a machine loads of the pivotal: iPXE's loads, then its /stage's base.
-PIVOTAL_PATHS = (PIVOTAL_KERNEL, *PIVOTAL_INITRDS, PIVOTAL_BASE)
 
 
 def ipxe_urls(image: str, tries: str = "x") -> list[str]:
@@ -158,8 +154,8 @@ def boot_wave(tmp: Path, count: int, spread: float, rate: int, size: int) -> dic
         files = cluster.add_image("bench", {"kernel": size // 4, "initrd.0": size - size // 4})
         cluster.start()
         cluster.server.wait_for_seeder()
-        boot = cluster.state_dir / "current" / "boot"
-        pivotal_size = sum(p.stat().st_size for p in (boot / "pivotal").iterdir())
+        pivotal_size = sum(path.stat().st_size for path in loaded_files(
+            cluster.state_dir / "current" / "boot" / "pivotal").values())
         urls = ipxe_urls("bench")
         clients = [cluster.client(f"m{i}", "bench") for i in range(count)]
         fetched: dict[str, list[dict]] = {}
@@ -256,9 +252,10 @@ def retry_cause(fetch: dict) -> str:
     return f"{where}: {fetch['error'].split(':')[0] if fetch['error'] else fetch['status']}"
 
 
-def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
+def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int,
+               server_rate: int | None = None) -> dict:
     """count machines powered on within a few milliseconds, every link at
-    rate Mbit/s, the whole boot: each loads what iPXE loads (following the
+    rate Mbit/s (the server's at server_rate, if given), the whole boot: each loads what iPXE loads (following the
     server's redirects to machines that serve the pivotal, retrying as the
     boot script does); real of them, spread through the storm, then run the
     real pivotal program (--dry-run), which downloads the image of size
@@ -275,17 +272,21 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
     seed_max = {"clients": {"seed_time_max": int(STORM_MAX)}}
     with Cluster(tmp / f"storm-{count}", rate_mbit=rate, cache=pivotal_cache(),
                  conf=seed_max) as cluster:
+        if server_rate:  # a cluster's server: its link far faster than one machine's
+            cluster.server_host.shape(server_rate)
         files = cluster.add_image("bench", {"kernel": size // 4, "initrd.0": size - size // 4})
         cluster.start()
         cluster.server.wait_for_seeder()
-        pivotal_dir = cluster.state_dir / "current" / "boot" / "pivotal"
-        pivotal_size = sum(p.stat().st_size for p in pivotal_dir.iterdir())
-        loaded = [Path(p).name for p in PIVOTAL_PATHS]
+        loaded = loaded_files(cluster.state_dir / "current" / "boot" / "pivotal")
+        pivotal_size = sum(path.stat().st_size for path in loaded.values())
         share = tmp / f"storm-{count}" / "share"
         (share / "pivotal").mkdir(parents=True)
-        for name in loaded:  # one copy on disk for all stand-ins: they showed they hold it
-            os.link(pivotal_dir / name, share / "pivotal" / name)
-        expect = [f"--expect={name}={sha256(pivotal_dir / name)}" for name in loaded]
+        for name, path in loaded.items():  # one copy on disk for all stand-ins: they showed they hold it
+            os.link(path, share / "pivotal" / name)
+        # Each machine's config part begins with its own token: its bytes are its own.
+        config = Path(PIVOTAL_INITRDS[0]).name
+        expect = [f"--expect={name}={sha256(path)}" for name, path in loaded.items()
+                  if name != config]
         infohash = cluster.server.status()["pivotal"]["infohash"]
         extra = cluster.extra_network(count)
         real_at = {round(i * count / real) for i in range(real)} if real else set()
@@ -356,10 +357,14 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int) -> dict:
         image_bytes = sum(s["from_server"] + s["from_peers"] for s in summaries) or 1
         return {
             "machines": count, "real": len(clients), "standins": len(standins),
-            "rate_mbit": rate, "image_bytes": size, "pivotal_bytes": pivotal_size,
+            "rate_mbit": rate, "server_rate_mbit": server_rate or rate,
+            "image_bytes": size, "pivotal_bytes": pivotal_size,
             "failed": sum(not r.get("matched") for r in loads)
-            + sum(c.process is None or c.process.returncode != 0 or not c.has_image(files)
-                  for c in clients),
+            + sum(c.process is None or not c.has_image(files) for c in clients),
+            # Real machines that held the image but still ran (seeding) at
+            # the storm's end: killed then, without their kexec.
+            "killed_at_end": sum(c.process is not None and c.process.returncode != 0
+                                 and c.has_image(files) for c in clients),
             "boot_script_retries": sum(r.get("tries", 1) - 1 for r in loads),
             "retry_causes": dict(Counter(retry_cause(f) for f in fetches
                                          if f["error"] or f["status"] != 200)),
@@ -440,25 +445,30 @@ def write_markdown(path: Path, figures: dict) -> None:
     lines += [
         "", "## Boot storms: N machines powered on at once, the whole boot", "",
         "All N started within a few milliseconds (each waits for a signal, sent to all in one "
-        "loop), every link at the rate given. Each loads what iPXE loads, following the server's "
-        "redirects and retrying as the boot script does. The real ones (spread evenly through "
+        "loop), every machine's link at the first rate given, the server's at the second. Each "
+        "loads what iPXE loads from the server (with QEMU's virtio NIC, so the server sends "
+        "virtio's modules part), then the pivotal's base as its /stage does, following the "
+        "server's redirects and retrying as the boot script does. The real ones (spread evenly through "
         "the storm) then run the real pivotal program (`--dry-run`): they download the image and "
         "share the pivotal's files. The others are light stand-ins (lab/standin.py): they serve "
         "the pivotal's files they loaded (busybox httpd, as the pivotal does) and report as the "
         "pivotal does while the server counts machines on their way; they download no image. "
         "Server sent: its interface's bytes on the wire for the whole boot of all N (image, "
         "pivotal, boot scripts, reports).", "",
-        "| N | real / stand-ins | links (Mbit/s) | F (MiB) | pivotal (MiB) | failed | "
+        "| N | real / stand-ins | links: machines, server (Mbit/s) | F (MiB) | pivotal (MiB) | failed | "
+        "still seeding at the end | "
         "boot script retries | last pivotal loaded (s) | last image (s) | "
-        "server sent per machine (× pivotal) | server sent ÷ (F + pivotal) | "
+        "server sent per machine (MiB) | server sent ÷ (F + pivotal) | "
         "pivotal files from peers | told to wait (503) | pivotal over the server's HTTP "
         "(× pivotal) | image from the server (× F) | image from peers | CPU busy: mean, "
         "busiest 5 s | largest process (MiB) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
-    lines += [f"| {s['machines']} | {s['real']} / {s['standins']} | {s['rate_mbit']} | "
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines += [f"| {s['machines']} | {s['real']} / {s['standins']} | "
+              f"{s['rate_mbit']}, {s.get('server_rate_mbit', s['rate_mbit'])} | "
               f"{s['image_bytes'] / MIB:.0f} | {s['pivotal_bytes'] / MIB:.1f} | {s['failed']} | "
+              f"{s.get('killed_at_end', '')} | "
               f"{s['boot_script_retries']} | {s['last_pivotal_s']} | {s['last_image_s']} | "
-              f"{s['server_wire_per_machine_over_pivotal']} | "
+              f"{s['server_wire_bytes'] / s['machines'] / MIB:.2f} | "
               f"{s['server_over_f_plus_pivotal']} | {s['redirects']} of {s['pivotal_fetches']} | "
               f"{s['held']} | {s['pivotal_from_server_http'] / s['pivotal_bytes']:.2f} | "
               f"{s['image_from_server_over_f']} | {s['image_from_peers_share']:.0%} | "
@@ -494,8 +504,7 @@ def server_http_side(tmp: Path, args: argparse.Namespace, record) -> None:
         crowd = cluster.crowd("storm", max(*counts["burst"], *counts["pivotal"],
                                            args.reporters, 1))
         pivotal_dir = cluster.state_dir / "current" / "boot" / "pivotal"
-        pivotal = {Path(p).name: (pivotal_dir / Path(p).name).stat().st_size
-                   for p in PIVOTAL_PATHS}
+        pivotal = {name: path.stat().st_size for name, path in loaded_files(pivotal_dir).items()}
         for count in counts["burst"]:
             record("burst", burst(cluster, crowd, count))
         cluster.server_host.shape(args.rate)
@@ -523,9 +532,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="every link's rate in the boot waves, Mbit/s (default: %(default)s)")
     parser.add_argument("--size-mib", type=int, default=16,
                         help="the waves' and storms' image F, MiB")
-    parser.add_argument("--storms", default="100:20,250:10,500:5",
-                        help="boot storms, N:RATE, every link at RATE Mbit/s (lower for "
-                        "larger N, so that the lab's traffic does not saturate the CPU) "
+    parser.add_argument("--storms", default="100:20:1000,250:10:1000,500:5:1000",
+                        help="boot storms, N:RATE[:SERVER], every machine's link at RATE "
+                        "Mbit/s (lower for larger N, so that the lab's traffic does not "
+                        "saturate the CPU), the server's at SERVER (default: RATE) "
                         "(default: %(default)s)")
     parser.add_argument("--real", type=int, default=REAL_MACHINES,
                         help="machines of each storm that run the real pivotal program; "
@@ -556,9 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.burst or args.pivotal or args.reporters:
             server_http_side(tmp, args, record)
         for storm_size in (s for s in args.storms.split(",") if s):
-            count, _, rate = storm_size.partition(":")
+            count, rate, server_rate = (storm_size.split(":") + ["", ""])[:3]
             record("storms", boot_storm(tmp, int(count), min(args.real, int(count)),
-                                        int(rate or args.wave_rate), args.size_mib * MIB))
+                                        int(rate or args.wave_rate), args.size_mib * MIB,
+                                        int(server_rate or 0) or None))
         for wave in (w for w in args.waves.split(",") if w):
             count, spread, size_mib, rate = (wave.split(":") + ["", "", ""])[:4]
             record("waves", boot_wave(tmp, int(count), float(spread or 0),

@@ -367,15 +367,25 @@ def cmd_build_pivotal(args: argparse.Namespace) -> int:
           + " ".join(kernel_part.drivers))
     for warning in kernel_part.warnings():
         print(warning)
-    parts = snapshot / "boot" / "pivotal"
-    total = 0
-    for path in sorted(parts.iterdir(), key=lambda p: p.name != "vmlinuz"):
-        size = path.stat().st_size
-        total += size
-        print(f"{path.name:<18} {human_bytes(size):>10}")
-    initramfs = total - (parts / "vmlinuz").stat().st_size
-    print(f"{'initramfs (all)':<18} {human_bytes(initramfs):>10}")
-    print(f"{'total':<18} {human_bytes(total):>10}")
+    boot = snapshot / "boot"
+    shared = render.pivotal_shared(state.registry())
+    size = {Path(path).name: (boot / path).stat().st_size
+            for path in (render.PIVOTAL_KERNEL, *render.PIVOTAL_INITRDS, *shared)}
+    nic_parts = sorted(p.stat().st_size for p in (boot / render.PIVOTAL_NICS).glob("*.cpio.zst"))
+    for name, bytes_ in sorted(size.items(), key=lambda item: item[0] != "vmlinuz"):
+        print(f"{name:<18} {human_bytes(bytes_):>10}")
+    if nic_parts:
+        print(f"{render.PIVOTAL_NICS.split('/')[-1] + '/':<18} {len(nic_parts)} parts, one "
+              f"NIC's drivers each: {human_bytes(nic_parts[0])} to {human_bytes(nic_parts[-1])}")
+    # What every machine loads from the server itself, and what from the machines.
+    modules = Path(render.PIVOTAL_INITRDS[1]).name
+    own = sum(size[Path(p).name] for p in (render.PIVOTAL_KERNEL, *render.PIVOTAL_INITRDS)
+              if Path(p).name != modules)
+    smallest = own + (nic_parts[0] if nic_parts else size[modules])
+    print(f"per machine from the server: {human_bytes(smallest)} to "
+          f"{human_bytes(own + size[modules])}, by its NIC")
+    print("per machine from the machines or the server, checked: "
+          + human_bytes(sum(size[Path(p).name] for p in shared)))
     return 0
 
 

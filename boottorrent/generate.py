@@ -30,9 +30,9 @@ def _place(source: Path, target: Path) -> None:
 def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot: Path,
                   records: dict[str, ImageRecord]) -> None:
     """The pivotal's kernel and its parts into snapshot/boot/pivotal/: what
-    iPXE loads (config, modules, stage), what the stage fetches (the base,
-    and QEMU's part while an image's method is qemu), and the torrent of
-    the latter, which the machines share."""
+    iPXE loads (config, modules or its NIC's part from nics/, stage), what
+    the stage fetches (the base, and QEMU's part while an image's method
+    is qemu), and the torrent of the latter, which the machines share."""
     target = snapshot / "boot" / "pivotal"
     def progress(line: str) -> None:
         print(f"pivotal: {line}", file=sys.stderr, flush=True)
@@ -62,6 +62,10 @@ def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot
         placed[render.PIVOTAL_QEMU] = qemu_part
     for path, source in placed.items():
         _place(source, target / Path(path).name)
+    nic_parts = snapshot / "boot" / render.PIVOTAL_NICS
+    nic_parts.mkdir(mode=0o755)
+    for source in kernel_part.nics.iterdir():
+        _place(source, nic_parts / source.name)
     shared = render.pivotal_shared(records)
     pivotal = render.write_pivotal_torrent(config, snapshot, pivotal, shared)
     archive.build_config_part({

@@ -27,6 +27,15 @@ PIVOTAL_KERNEL = "pivotal/vmlinuz"
 # loads the initrd= files back to back with no padding, and the kernel finds
 # an uncompressed cpio only on a 4-byte boundary; compressed ones anywhere.
 PIVOTAL_INITRDS = ("pivotal/config.cpio", "pivotal/modules.cpio.zst", "pivotal/stage.cpio.zst")
+# What iPXE adds to an initrd's URL: the config part's query names the
+# machine's MAC, for which the server adds its token (trust.py), and the
+# image it comes for; the modules part's names the boot NIC's bus, vendor
+# and device, for which the server sends that NIC's drivers alone
+# (nics.py), the whole part when it cannot tell.
+PIVOTAL_QUERIES = {PIVOTAL_INITRDS[0]: "mac=${netX/mac}&image=${boottorrent-image}",
+                   PIVOTAL_INITRDS[1]: "nic=${netX/busid:hexraw}"}
+# The NIC parts and their index (nics.py), in this folder.
+PIVOTAL_NICS = "pivotal/nics"
 # The first program the kernel runs: it fetches the base (and QEMU's part)
 # from the machines or the server, checks each, unpacks it and runs /init.
 PIVOTAL_STAGE = "/stage"
@@ -63,6 +72,13 @@ def check_registry(config: Config, records: dict[str, ImageRecord]) -> None:
         raise problem
 
 
+def ipxe_pivotal(cmdline: str) -> dict:
+    """What the iPXE script loads of the pivotal, and how it starts it."""
+    return {"kernel": PIVOTAL_KERNEL, "stage": PIVOTAL_STAGE, "cmdline": cmdline,
+            "initrds": [{"path": path, "query": PIVOTAL_QUERIES.get(path, "")}
+                        for path in PIVOTAL_INITRDS]}
+
+
 def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
                  default: str | None) -> dict:
     """What the dnsmasq configuration and the iPXE script are rendered from."""
@@ -81,8 +97,7 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
         "lease_file": str(state.root / "dnsmasq" / "leases"),
         "http_url": config.http_url,
         "ipxe_script": "boot.ipxe",
-        "pivotal": {"kernel": PIVOTAL_KERNEL, "initrds": list(PIVOTAL_INITRDS),
-                    "stage": PIVOTAL_STAGE, "cmdline": config.pivotal_cmdline},
+        "pivotal": ipxe_pivotal(config.pivotal_cmdline),
         "images": [{"name": r.name, "description": r.description or r.name}
                    for r in sorted(records.values(), key=lambda r: r.name)],
         "default_image": default or "",

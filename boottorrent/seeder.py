@@ -215,6 +215,8 @@ class Seeder:
                        "uploaded": self.pivotal[1].status().all_time_upload}
         pivotal.update(http_sent=self.web.sent_under("/boot/pivotal/")
                        + (self.web.sent_under(f"/stream/{self.pivotal[0]}") if self.pivotal else 0),
+                       # each part's bytes over HTTP, by its path under /boot/pivotal/
+                       http_sent_by_part=self.web.sent_by_part("/boot/pivotal/"),
                        redirects=self.web.machines.redirects_given())
         self._status = {"images": images, "peers": peers, "pivotal": pivotal,
                         "time": time.time()}

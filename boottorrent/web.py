@@ -56,7 +56,8 @@ from boottorrent.fleet import SERVER, WAIT, Machines
 from boottorrent.intake import Intake, Request
 from boottorrent.pivotal.console import shown
 from boottorrent.pivotal.wire import TOKEN_HEADER, Report
-from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_QEMU
+from boottorrent.nics import INDEX, ServedIndex
+from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_NICS, PIVOTAL_QEMU
 from boottorrent.trust import Trust, token_part
 
 WORKERS = 64
@@ -75,6 +76,7 @@ RANGE_FORM = re.compile(r"bytes=\d*-\d*")
 # the ones its /stage fetches and checks before they run (render.pivotal_shared).
 SHARED_FILES = tuple(f"/boot/{path}" for path in (PIVOTAL_BASE, PIVOTAL_QEMU))
 CONFIG_PART = f"/boot/{PIVOTAL_INITRDS[0]}"  # with each machine's token (trust.py)
+MODULES_PART = f"/boot/{PIVOTAL_INITRDS[1]}"  # or the part of the NIC its query names (nics.py)
 
 
 def byte_range(header: str, size: int) -> tuple[int, int, bool] | None:
@@ -292,6 +294,9 @@ class Handler(BaseHTTPRequestHandler):
             if url_path == CONFIG_PART:
                 self._send_config_part(path, asked)
                 return
+            if url_path == MODULES_PART and "nic" in asked:
+                url_path = self.server.nic_part(asked["nic"][0][:16]) or url_path
+                path = self.server.resolve(url_path) or path
             # "try=x": the pivotal /stage's first try, "try=xx" its second
             # (pivotal/stage); without it, or from a machine the server did
             # not boot, the storm's rules are not asked: served here.
@@ -394,6 +399,7 @@ class WebServer:
         self.streams: dict[str, list[tuple[Path, int]]] = {}
         self.pivotal_infohash = ""  # of the pivotal files the seeder seeds (seeder.py)
         self.sent_by_path: dict[str, int] = {}
+        self.nic_index = ServedIndex()
         self._sent_lock = threading.Lock()
         self.socket = socket.create_server(address, backlog=LISTEN_BACKLOG)
         self.server_port = self.socket.getsockname()[1]
@@ -440,6 +446,12 @@ class WebServer:
         except (OSError, ValueError):  # a name too long, a NUL byte
             return None
 
+    def nic_part(self, busid: str) -> str | None:
+        """The URL path of the modules part for the NIC of this busid
+        (iPXE's), or None: the whole modules part is sent then."""
+        name = self.nic_index.part(self.resolve(f"/boot/{PIVOTAL_NICS}/{INDEX}"), busid)
+        return f"/boot/{PIVOTAL_NICS}/{name}" if name else None
+
     def offer(self, infohash: str, files: list[tuple[Path, int]]) -> None:
         """Stream this torrent's files (in torrent order) to the machines' chain."""
         self.streams[infohash] = files
@@ -452,6 +464,12 @@ class WebServer:
     def count_sent(self, path: str, count: int) -> None:
         with self._sent_lock:
             self.sent_by_path[path] = self.sent_by_path.get(path, 0) + count
+
+    def sent_by_part(self, prefix: str) -> dict[str, int]:
+        """Bytes sent of each file under prefix, by its path after prefix."""
+        with self._sent_lock:
+            return {path.removeprefix(prefix): n for path, n in sorted(self.sent_by_path.items())
+                    if path.startswith(prefix)}
 
     def sent_under(self, prefix: str) -> int:
         """Bytes sent of the files whose URL path starts with prefix."""

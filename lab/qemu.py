@@ -36,6 +36,7 @@ class VM:
     # OVMF boots with its own virtio-net driver and PXE client, as real UEFI
     # machines do.
     romfile: str | None = None
+    nic: str = "virtio-net-pci"  # QEMU's device model of the NIC
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     tap: str | None = None
@@ -54,7 +55,7 @@ class VM:
         if self.network:
             self.tap = self.tap or self.lab.add_tap(self.name)
             argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
-                     "-device", f"virtio-net-pci,netdev=net0,mac={self.mac}"
+                     "-device", f"{self.nic},netdev=net0,mac={self.mac}"
                      + (f",romfile={self.romfile}" if self.romfile is not None else "")]
         else:
             argv += ["-nic", "none"]

@@ -42,12 +42,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from boottorrent.nics import INDEX, NicIndex
 from boottorrent.pivotal.report import Reporter
 from boottorrent.pivotal.wire import Report
-from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_KERNEL, PIVOTAL_QEMU
+from boottorrent.render import (PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_KERNEL, PIVOTAL_NICS,
+                                PIVOTAL_QEMU)
 from lab.storm import fetch, fetch_token, mac_of
-from lab.token import config_url
+from lab.token import VIRTIO_BUSID, config_url, initrd_url
 
 TRIES = 5  # the boot script's attempts before it reboots
 STAGE_TRIES = 8  # the /stage's tries of a part before it gives up (TRIES_MAX)
@@ -56,11 +59,25 @@ IDLE = 5.0  # seconds without machines on their way before it stops (seed_idle_t
 
 
 def script_urls(boot_url: str, image: str, mac: str = "") -> list[str]:
-    """What the boot script loads from the server (with mac, the config
-    part that holds the machine's token)."""
+    """What the boot script loads from the server, as a machine with
+    QEMU's virtio NIC (with mac, the config part that holds the machine's
+    token)."""
     config = config_url(boot_url, mac, image) if mac else f"{boot_url}/{PIVOTAL_INITRDS[0]}"
     return [f"{boot_url}/boot.ipxe", f"{boot_url}/{PIVOTAL_KERNEL}", config] + [
-        f"{boot_url}/{path}" for path in PIVOTAL_INITRDS[1:]]
+        initrd_url(boot_url, path, mac, image) for path in PIVOTAL_INITRDS[1:]]
+
+
+def loaded_files(pivotal_dir: Path) -> dict[str, Path]:
+    """What a machine with QEMU's virtio NIC loads of the pivotal in this
+    folder (a snapshot's boot/pivotal), by the name it loads it as: the
+    server sends its NIC's modules part as modules.cpio.zst (nics.py)."""
+    files = {Path(p).name: pivotal_dir / Path(p).name
+             for p in (PIVOTAL_KERNEL, *PIVOTAL_INITRDS, PIVOTAL_BASE)}
+    nic_parts = pivotal_dir.parent / PIVOTAL_NICS
+    part = NicIndex.load(nic_parts / INDEX).part(VIRTIO_BUSID)
+    if part:
+        files[Path(PIVOTAL_INITRDS[1]).name] = nic_parts / part
+    return files
 
 
 def file_name(result: dict) -> str:

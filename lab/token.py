@@ -7,14 +7,28 @@ from __future__ import annotations
 import urllib.request
 
 from boottorrent.pivotal.wire import TOKEN_FILE
-from boottorrent.render import PIVOTAL_INITRDS
+from boottorrent.render import PIVOTAL_INITRDS, PIVOTAL_QUERIES
 
 HEADER = 110  # bytes of a newc entry's header, its name follows
+# iPXE's ${netX/busid:hexraw} of QEMU's virtio-net-pci, as the lab's
+# machines have (PCI, vendor 1af4, device 1000).
+VIRTIO_BUSID = "011af41000"
+
+
+def initrd_url(boot_url: str, path: str, mac: str, image: str = "",
+               busid: str = VIRTIO_BUSID) -> str:
+    """An initrd's URL as iPXE asks for it (boot.ipxe.j2, render.PIVOTAL_QUERIES),
+    for a machine of this MAC, image and NIC (BOOT_URL: http://SERVER:PORT/boot)."""
+    query = PIVOTAL_QUERIES.get(path, "")
+    for name, value in (("netX/mac", mac), ("boottorrent-image", image),
+                        ("netX/busid:hexraw", busid)):
+        query = query.replace(f"${{{name}}}", value)
+    return f"{boot_url}/{path}" + (f"?{query}" if query else "")
 
 
 def config_url(boot_url: str, mac: str, image: str = "") -> str:
-    """The config part's URL in boot.ipxe.j2 (BOOT_URL: http://SERVER:PORT/boot)."""
-    return f"{boot_url}/{PIVOTAL_INITRDS[0]}?mac={mac}&image={image}"
+    """The config part's URL, as iPXE asks for it."""
+    return initrd_url(boot_url, PIVOTAL_INITRDS[0], mac, image)
 
 
 def token_in(config_part: bytes) -> str:

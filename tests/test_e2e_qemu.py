@@ -52,7 +52,10 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
         server.host.shape(40)
         server.start()
 
-        first = VM(lab, "vm1", tmp_path, mac="52:54:00:e2:e0:01", memory_mib=1024).start()
+        # An Intel NIC (e1000) on the first, virtio on the second: each gets
+        # the modules part of its own NIC's driver (nics.py).
+        first = VM(lab, "vm1", tmp_path, mac="52:54:00:e2:e0:01", memory_mib=1024,
+                   nic="e1000").start()
         # The second is a UEFI machine with the firmware's own PXE client
         # (no iPXE ROM): snponly.efi, then the pivotal through the EFI stub.
         second = VM(lab, "vm2", tmp_path, mac="52:54:00:e2:e0:02", memory_mib=1024,
@@ -71,6 +74,14 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
             assert f"systemd.hostname=node-0{number}" in cmdline[1].split(), cmdline[1]
             assert "dry run" not in console
         reports = {r["mac"]: r for r in server.status()["clients"]}
+        sent = server.status()["pivotal"]["http_sent_by_part"]
+
+    # Each machine loaded its own NIC's drivers alone, not the whole modules part.
+    for vm, drivers in ((first, "e1000"), (second, "virtio_pci virtio_net")):
+        assert f"boottorrent-pivotal: network drivers in this pivotal: {drivers}" in vm.console()
+    assert "modules.cpio.zst" not in sent, sent
+    assert 0 < sent["nics/e1000.cpio.zst"] < 200_000, sent
+    assert 0 < sent["nics/virtio_pci.cpio.zst"] < 200_000, sent
 
     assert set(reports) == {"52:54:00:e2:e0:01", "52:54:00:e2:e0:02"}, reports
     # The machine whose client started later got pieces from the other.

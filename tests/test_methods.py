@@ -108,8 +108,8 @@ def test_a_kexec_only_pivotal_has_no_qemu_part(cluster, tmp_path):
     files = random_image(tmp_path, "k", {"kernel": MIB})
     cluster.server.boottorrent(*add_image_args("k", files))
     parts = sorted(p.name for p in (cluster.state_dir / "current/boot/pivotal").iterdir())
-    assert parts == ["base.cpio.zst", "config.cpio", "modules.cpio.zst", "stage.cpio.zst",
-                     "vmlinuz"], parts
+    assert parts == ["base.cpio.zst", "config.cpio", "modules.cpio.zst", "nics",
+                     "stage.cpio.zst", "vmlinuz"], parts
     assert "qemu" not in (cluster.state_dir / "current/boot/boot.ipxe").read_text()
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from boottorrent import bzimage
+from boottorrent import bzimage, nics
 from boottorrent.initramfs import PivotalError, archive, kernel
 from boottorrent.initramfs.base import build_base, cached_base
+from boottorrent.nics import NicIndex
 from lab import kernel as lab_kernel
 from lab.cluster import PIVOTAL_CACHE
 from lab.netns import Lab
@@ -265,6 +266,41 @@ def test_kernel_part_has_the_nic_modules_and_their_dependencies(kernel_part, mod
     assert module_entries[f"{moddir}/modules.builtin"].is_file
     # Everything under usr/: a lib/ entry would clash with the base's /lib symlink.
     assert not [n for n in module_entries if n != "usr" and not n.startswith("usr/")]
+
+
+def nic_part_modules(kernel_part: kernel.KernelPart, busid: str) -> set[str] | None:
+    """The module names in the part the server sends a NIC of this busid
+    (iPXE's ${netX/busid:hexraw}); None when it sends the whole part."""
+    name = NicIndex.load(kernel_part.nics / nics.INDEX).part(busid)
+    if name is None:
+        return None
+    entries = read_cpio(kernel_part.nics / name)
+    # Whatever the part holds, modprobe finds it: every module has a modules.dep line.
+    moddir = f"usr/lib/modules/{kernel_part.version}"
+    listed = {line.partition(":")[0] for line in
+              entries[f"{moddir}/modules.dep"].data.decode().splitlines()}
+    modules = {n.removeprefix(f"{moddir}/") for n in entries if n.endswith(".ko")}
+    assert listed == modules, (busid, listed ^ modules)
+    return {Path(n).name.removesuffix(".ko").replace("-", "_") for n in modules}
+
+
+def test_each_pci_nic_gets_a_part_of_its_own_drivers(kernel_part: kernel.KernelPart):
+    """What the server sends per machine is as small as it can be: the
+    drivers of its NIC, found by the PCI IDs iPXE names."""
+    virtio = nic_part_modules(kernel_part, "011af41000")  # QEMU's virtio-net-pci
+    assert {"virtio_pci", "virtio_net", "virtio_ring", "failover"} <= virtio, virtio
+    assert nic_part_modules(kernel_part, "011AF41041") == virtio  # modern virtio-net
+    e1000 = nic_part_modules(kernel_part, "018086100e")  # QEMU's e1000
+    assert "e1000" in e1000 and not {"virtio_net", "e1000e", "igb"} & e1000, e1000
+    assert "mlx4_en" in nic_part_modules(kernel_part, "0115b31003")  # loaded by mlx4_core
+    # r8169 uses libphy, which loads its PHY's driver by ID: the PHYs come along.
+    assert {"r8169", "libphy", "realtek"} <= nic_part_modules(kernel_part, "0110ec8168")
+    assert "libphy" not in virtio
+    # Another bus, an unknown device or junk: the whole part.
+    for busid in ("0700000000", "01ffffffff", "0a0bda8153", "", "011af4100", "zz1af41000"):
+        assert nic_part_modules(kernel_part, busid) is None, busid
+    sizes = [p.stat().st_size for p in kernel_part.nics.glob("*.cpio.zst")]
+    assert max(sizes) < kernel_part.modules.stat().st_size / 5, max(sizes)
 
 
 def test_kernel_part_is_cached(kernel_part: kernel.KernelPart):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from boottorrent import render
+from boottorrent.render import PIVOTAL_INITRDS, PIVOTAL_QUERIES, environment, ipxe_pivotal
 
 from lab import dhcp
 from lab.cluster import wait_for
@@ -29,6 +29,7 @@ from lab.netns import SERVER_ADDRESS, Lab
 from lab.qemu import VM
 from lab.testimage import (CMDLINE_PREFIX, EXTRA_PREFIX, MARKER_PREFIX, build_extra_initrd,
                            build_test_image)
+from lab.token import VIRTIO_BUSID
 
 IPXE_DIR = Path("/usr/lib/ipxe")
 IPXE_BINARIES = ("undionly.kpxe", "snponly.efi", "ipxe.efi")
@@ -39,11 +40,9 @@ STANDIN_ADDRESS = "198.18.0.2"
 STANDIN_RANGE = ("198.18.0.200", "198.18.0.250")
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
-ENV = render.environment
+ENV = environment
 
-PIVOTAL = {"kernel": render.PIVOTAL_KERNEL, "initrds": list(render.PIVOTAL_INITRDS),
-           "stage": render.PIVOTAL_STAGE,
-           "cmdline": "console=tty0 console=ttyS0,115200 quiet"}
+PIVOTAL = ipxe_pivotal("console=tty0 console=ttyS0,115200 quiet")
 IMAGES = [{"name": "debian", "description": "Debian 12 compute node"},
           {"name": "rocky", "description": "Rocky Linux 9"}]
 
@@ -236,7 +235,8 @@ def test_ipxe_script_mac_table_menu_and_kernel(root):
     assert initrds == [
         f"initrd --name {name} {HTTP_URL}/boot/pivotal/{name}{query} || goto failed"
         for name, query in (("config.cpio", "?mac=${netX/mac}&image=${boottorrent-image}"),
-                            ("modules.cpio.zst", ""), ("stage.cpio.zst", ""))]
+                            ("modules.cpio.zst", "?nic=${netX/busid:hexraw}"),
+                            ("stage.cpio.zst", ""))]
     assert "boot || goto failed" in lines
     # Failure is never a hang: retry after a pause, then reboot.
     failed = lines[lines.index(":failed"):]
@@ -449,8 +449,12 @@ def install_test_pivotal(root: Path, marker: str) -> dict:
     shutil.copyfile(extra, pivotal / "extra.cpio")
     for path in pivotal.iterdir():
         path.chmod(0o644)
+    # extra.cpio is asked for as the pivotal's modules part is: with the
+    # NIC's busid in its query.
     return {"kernel": "pivotal/vmlinuz",
-            "initrds": ["pivotal/test.cpio.gz", "pivotal/extra.cpio"],
+            "initrds": [{"path": "pivotal/test.cpio.gz", "query": ""},
+                        {"path": "pivotal/extra.cpio",
+                         "query": PIVOTAL_QUERIES[PIVOTAL_INITRDS[1]]}],
             "stage": "/init", "cmdline": "console=ttyS0 quiet"}
 
 
@@ -517,6 +521,10 @@ def check_boot(result: dict) -> None:
     for path in ("boot.ipxe", "pivotal/vmlinuz", "pivotal/test.cpio.gz", "pivotal/extra.cpio"):
         get = rf"^{re.escape(addresses[-1])} .*GET /boot/{re.escape(path)}(\?\S*)? HTTP/1.[01]\" 200"
         assert re.search(get, result["http_log"], re.M), path
+    # iPXE names the NIC as the server's NIC parts expect (nics.py): PCI,
+    # virtio's vendor and device, on BIOS (QEMU's iPXE ROM) and on UEFI
+    # (snponly.efi over the firmware's own driver).
+    assert f"GET /boot/pivotal/extra.cpio?nic={VIRTIO_BUSID} HTTP" in result["http_log"]
     print(f"\nPXE boot ({result['mode']}) to marker: {result['seconds']:.1f} s")
 
 

@@ -11,6 +11,7 @@ from conftest import CLIENTS, MIB, PYTHON, REPO, random_image, wait_for
 from lab.cluster import add_image_args
 from lab.netns import Lab
 from lab.server import Server, fetch, unit_command
+from lab.token import VIRTIO_BUSID
 
 DHCP_SERVICES = ("dnsmasq", "tracker", "seeder")
 
@@ -73,6 +74,15 @@ def test_boot_files_over_tftp_and_http(cluster, tmp_path):
                  "config.cpio"):
         got = fetch(client, f"http://198.18.0.1:6980/boot/pivotal/{part}")
         assert got == (boot / "pivotal" / part).read_bytes(), part
+    # The modules part as iPXE asks for it: with the NIC's busid, that NIC's
+    # drivers alone; the whole part for one the server cannot tell.
+    modules = "http://198.18.0.1:6980/boot/pivotal/modules.cpio.zst"
+    virtio = fetch(client, f"{modules}?nic={VIRTIO_BUSID}")
+    assert virtio == (boot / "pivotal" / "nics" / "virtio_pci.cpio.zst").read_bytes()
+    assert len(virtio) < 200_000
+    whole = (boot / "pivotal" / "modules.cpio.zst").read_bytes()
+    for nic in ("0700000000", "01ffffffff", "x" * 200, "%00", "011af41000%00"):
+        assert fetch(client, f"{modules}?nic={nic}") == whole, nic
 
     # The web seed answers ranges, as BEP 19 needs.
     url = cluster.url("compute", "kernel")

@@ -1,6 +1,8 @@
-"""The pivotal's kernel and its modules part: the network drivers of one
+"""The pivotal's kernel and its modules parts: the network drivers of one
 Debian kernel, chosen as initramfs-tools' ``auto_add_modules net`` chooses
-them, their dependencies as kmod resolves them, and their firmware."""
+them, their dependencies as kmod resolves them, and their firmware; all of
+them in one part, and each PCI NIC driver's in a small part of its own
+with an index of the devices it binds (boottorrent/nics.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boottorrent import bzimage
+from boottorrent import bzimage, nics
 from boottorrent.initramfs import PivotalError, Progress, archive, say
 from boottorrent.initramfs.base import BUSYBOX
 from boottorrent.initramfs.staging import which
@@ -42,6 +44,20 @@ KVM_MODULES = ("kvm_intel", "kvm_amd")
 _ETHERNET = "kernel/drivers/net/ethernet/"
 _DEVICE_BUSES = ("pci", "usb", "virtio", "vmbus", "xen", "platform", "acpi")
 
+# A PCI driver that makes a bus of its own, whose NIC driver then binds the
+# NIC: the PCI device of a virtio NIC is virtio_pci's, virtio_net binds the
+# virtio device that virtio_pci makes.
+TRANSPORTS = {"virtio_pci": "virtio"}
+# A PCI driver that loads its NIC's driver by name, not by a symbol.
+COMPANIONS = {"mlx4_core": ("mlx4_en",)}
+# libphy loads PHY drivers by the PHY's ID, not by a symbol: a NIC driver
+# that uses libphy gets every PHY driver in its part.
+PHY_LIBRARY = "libphy"
+PHY_DRIVERS = "kernel/drivers/net/phy/"
+# The NIC parts are small and many (one per driver): compressed quickly.
+NIC_COMPRESS = ["zstd", "-q", "-9", "-c"]
+NIC_PARTS = "nics"  # the folder of the NIC parts and their index, in a kernel's cache entry
+
 _COMPRESSED = {".xz": ["xz", "-dc"], ".zst": ["zstd", "-qdc"], ".gz": ["gzip", "-dc"]}
 _FIRMWARE = Path("/usr/lib/firmware")
 
@@ -53,6 +69,7 @@ class KernelPart:
     vmlinuz: Path
     modules: Path  # zstd-compressed newc cpio, usr/lib/modules/<version>/...
     version: str
+    nics: Path  # a folder: one part per PCI NIC driver and nics.INDEX
     drivers: tuple[str, ...] = ()  # the NIC drivers shipped
     # driver -> firmware files it may ask for that this server does not have
     missing_firmware: dict[str, list[str]] = field(default_factory=dict, compare=False)
@@ -70,6 +87,8 @@ class _Module:
     source: Path       # the file to read
     firmware: list[str] = field(default_factory=list)
     device: bool = False  # binds hardware (see _DEVICE_BUSES)
+    buses: set[str] = field(default_factory=set)  # of its aliases
+    pci: list[tuple[str, str]] = field(default_factory=list)  # nics.pci_ids of its aliases
 
 
 def _module_name(filename: str) -> str:
@@ -174,18 +193,19 @@ class _Kmod:
 
     def closure(self, names: list[str]) -> list[_Module]:
         """The modules and every module they need, as modprobe would load them."""
-        out = self._run(which("modprobe", "kmod"), "-d", str(self.root), "-S", self.version,
-                        "--show-depends", "--ignore-install", "-a", *names)
-        modules = {}
-        for line in out.splitlines():
-            words = line.split()
-            if words[:1] == ["insmod"]:
-                rel = str(Path(words[1]).relative_to(self.staged))
-                modules[rel] = _Module(_module_name(Path(rel).name), rel, self.moddir / rel,
-                                       device=rel.startswith(_ETHERNET))
-        found = sorted(modules.values(), key=lambda m: m.path)
+        found = [_Module(_module_name(Path(rel).name), rel, self.moddir / rel,
+                         device=rel.startswith(_ETHERNET))
+                 for rel in sorted(self.depends(names))]
         self._read_info(found)
         return found
+
+    def depends(self, names: list[str]) -> set[str]:
+        """The paths (relative to the module directory) of the modules and
+        every module they need."""
+        out = self._run(which("modprobe", "kmod"), "-d", str(self.root), "-S", self.version,
+                        "--show-depends", "--ignore-install", "-a", *names)
+        return {str(Path(words[1]).relative_to(self.staged))
+                for words in map(str.split, out.splitlines()) if words[:1] == ["insmod"]}
 
     def known(self, name: str) -> bool:
         """The module exists in this kernel, as a file or built in."""
@@ -204,8 +224,12 @@ class _Kmod:
                 current = by_file.get(value)
             elif current and key == "firmware":
                 current.firmware.append(value)
-            elif current and key == "alias" and value.split(":", 1)[0] in _DEVICE_BUSES:
-                current.device = True
+            elif current and key == "alias":
+                bus = value.split(":", 1)[0]
+                current.buses.add(bus)
+                current.device |= bus in _DEVICE_BUSES
+                if ids := nics.pci_ids(value):
+                    current.pci.append(ids)
 
 
 def _firmware_files(names: list[str]) -> dict[str, Path]:
@@ -237,7 +261,7 @@ def _file_sha256(path: Path) -> str:
 def _builder_key() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("__init__.py", "archive.py", "kernel.py"):
+    for name in ("__init__.py", "archive.py", "kernel.py", "../nics.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:8]
 
@@ -281,7 +305,11 @@ def build_kernel_part(kernel: Path, cache_dir: Path, progress: Progress = None,
         shutil.copyfile(vmlinuz, work / f"vmlinuz-{kmod.version}")
         (work / f"vmlinuz-{kmod.version}").chmod(0o644)
         modules = work / f"modules-{kmod.version}.cpio.zst"
-        _build_modules_part(moddir, wanted, drivers, firmware, modules, work / "tree")
+        _build_modules_part(moddir, wanted, drivers, firmware, modules, work / "tree",
+                            archive.COMPRESS)
+        say(progress, "a modules part for each PCI network driver")
+        _build_nic_parts(kmod, wanted, drivers, [n for n in KVM_MODULES if kvm and n in roots],
+                         work / NIC_PARTS, work / "nic-tree")
         meta = {"version": kmod.version, "vmlinuz": f"vmlinuz-{kmod.version}",
                 "modules": modules.name, "drivers": drivers,
                 "missing_firmware": {k: v for k, v in missing.items() if v},
@@ -327,7 +355,7 @@ def _cached(entry: Path) -> KernelPart | None:
     if _firmware_key(_firmware_files(meta["firmware_names"])) != meta["firmware"]:
         return None
     return KernelPart(entry / meta["vmlinuz"], entry / meta["modules"], meta["version"],
-                      tuple(meta["drivers"]), meta["missing_firmware"])
+                      entry / NIC_PARTS, tuple(meta["drivers"]), meta["missing_firmware"])
 
 
 def _plain_module(source: Path) -> bytes:
@@ -340,8 +368,39 @@ def _plain_module(source: Path) -> bytes:
     return source.read_bytes()
 
 
+def _build_nic_parts(kmod: _Kmod, wanted: list[_Module], drivers: list[str],
+                     kvm: list[str], folder: Path, work: Path) -> None:
+    """Into folder: for each PCI NIC driver among drivers, a part with it,
+    the NIC drivers of the bus it makes (TRANSPORTS) or that it loads
+    (COMPANIONS), what they need, and the kvm modules; and the index of the
+    devices each binds."""
+    by_name = {m.name: m for m in wanted}
+    phy_drivers = [m for m in wanted if m.path.startswith(PHY_DRIVERS)]
+    parts: dict[str, str] = {}
+    pci: list[tuple[str, str, str]] = []
+    folder.mkdir()
+    for driver in drivers:
+        if not by_name[driver].pci:
+            continue
+        bus = TRANSPORTS.get(driver)
+        roots = [driver, *COMPANIONS.get(driver, ())]
+        roots += [d for d in drivers if bus in by_name[d].buses]
+        paths = kmod.depends(roots + kvm)
+        modules = [m for m in wanted if m.path in paths]
+        if any(m.name == PHY_LIBRARY for m in modules):
+            modules += [m for m in phy_drivers if m.path not in paths]
+        firmware = _firmware_files([f for m in modules for f in m.firmware])
+        parts[driver] = f"{driver}.cpio.zst"
+        _build_modules_part(kmod.moddir, modules, roots, firmware, folder / parts[driver],
+                            work, NIC_COMPRESS)
+        shutil.rmtree(work)
+        pci += [(vendor, device, driver) for vendor, device in by_name[driver].pci]
+    nics.write_index(folder / nics.INDEX, parts, pci)
+
+
 def _build_modules_part(moddir: Path, wanted: list[_Module], drivers: list[str],
-                        firmware: dict[str, Path], output: Path, root: Path) -> None:
+                        firmware: dict[str, Path], output: Path, root: Path,
+                        compress: list[str]) -> None:
     version = moddir.name
     target = root / "usr/lib/modules" / version
     target.mkdir(parents=True)
@@ -366,4 +425,4 @@ def _build_modules_part(moddir: Path, wanted: list[_Module], drivers: list[str],
         shutil.copyfile(path, dest)
         dest.chmod(0o644)
     archive.fix_dir_modes(root)
-    archive.archive(root, output, archive.COMPRESS)
+    archive.archive(root, output, compress)

@@ -354,7 +354,12 @@ class Relay:
         """The whole piece is in the files."""
         if self.verified or piece in self.written:
             return True
-        return piece in self.bittorrent and self.handle.have_piece(piece)
+        # Once settled without the server's digests vouching for the files
+        # (the pivotal's share has none; or they did not match), libtorrent
+        # checks every piece again: then what it has is what holds, the
+        # chain's pieces too, or the machines after this one would wait for
+        # them for ever (and this one seed for seed_time_max).
+        return (self.settled or piece in self.bittorrent) and self.handle.have_piece(piece)
 
     def first_servable(self, offset: int) -> int:
         """Where a stream asked from offset starts: offset itself, or,

@@ -26,7 +26,7 @@ def test_net_driver_names_follow_initramfs_tools(tmp_path: Path):
 
 
 def test_firmware_warnings_name_the_driver_and_its_files():
-    part = KernelPart(Path("v"), Path("m"), "6.1", ("tg3",),
+    part = KernelPart(Path("v"), Path("m"), "6.1", Path("n"), ("tg3",),
                       {"tg3": ["tigon/tg3.bin", "tigon/tg3_tso.bin"], "bnx2": ["bnx2/a.fw"]})
     assert part.warnings() == [
         "warning: bnx2 may ask for firmware this server lacks (/usr/lib/firmware): bnx2/a.fw",
