@@ -46,14 +46,13 @@ from pathlib import Path
 
 from bench.__main__ import machine
 from bench.methods import CpuMeter, process_cpu
-from boottorrent.render import PIVOTAL_BASE, PIVOTAL_INITRDS
-from lab.cluster import MIB, Cluster, pivotal_cache, sha256
+from boottorrent.pivotal import paths
+from lab.cluster import HTTP_URL, MIB, Cluster, pivotal_cache, sha256
 from lab.standin import loaded_files, script_urls
-from lab.netns import SERVER_ADDRESS
 from lab.server import PYTHON, REPO
 
 HERE = Path(__file__).resolve().parent
-BOOT = f"http://{SERVER_ADDRESS}:6980/boot"
+BOOT = f"{HTTP_URL}{paths.BOOT}"
 # Per storm. Memory would hold some 200 (82 MiB each), but the 2 cores do
 # not: at 20 Mbit/s, 32 made the CPU the limit while they all ran (the image
 # left the server 3.2 times), 16 did not (1.0 times). Choose it with the
@@ -78,12 +77,12 @@ def storm(crowd: tuple, count: int, urls: list[str], timeout: float,
     return json.loads(out.stdout)
 
 
-def ipxe_urls(image: str, tries: str = "x") -> list[str]:
+def ipxe_urls(image: str, tries: int = 1) -> list[str]:
     """What a machine fetches: iPXE's loads from the server, then its
-    /stage's first try of the base (tries: "" for none, which leaves the
+    /stage's first try of the base (tries: 0 for none, which leaves the
     storm rules out: the server serves it)."""
     return script_urls(BOOT, image) + [
-        f"{BOOT}/{PIVOTAL_BASE}" + (f"?try={tries}" if tries else "")]
+        f"{BOOT}/{paths.BASE}" + (f"?{paths.try_query(tries)}" if tries else "")]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -106,7 +105,7 @@ def pivotal_storm(cluster: Cluster, crowd: tuple, count: int, pivotal: dict[str,
     # without try=, which would hold machines for others to serve it (they
     # never do here). Before the server capped each address, N fetchers
     # from one address were one machine to the storm rules, served at once.
-    urls = ipxe_urls("bench", tries="")
+    urls = ipxe_urls("bench", tries=0)
     sent_before = cluster.wire_bytes(cluster.server_host)[0]
     with CpuMeter() as cpu:
         started = time.monotonic()
@@ -130,7 +129,7 @@ def report_channel(cluster: Cluster, crowd: tuple, count: int, seconds: float) -
     cpu_before, started = process_cpu(seeder), time.monotonic()
     out = host.run(["/usr/bin/python3", "-m", "lab.storm", "--report", "--from", network,
                     "--count", str(count), "--seconds", str(seconds),
-                    f"http://{SERVER_ADDRESS}:6980/report"], cwd=HERE.parent)
+                    f"{HTTP_URL}{paths.REPORT}"], cwd=HERE.parent)
     elapsed = time.monotonic() - started
     stats = json.loads(out.stdout)
     stats["seeder_cpu_share"] = round((process_cpu(seeder) - cpu_before) / elapsed, 3)
@@ -284,7 +283,7 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int,
         for name, path in loaded.items():  # one copy on disk for all stand-ins: they showed they hold it
             os.link(path, share / "pivotal" / name)
         # Each machine's config part begins with its own token: its bytes are its own.
-        config = Path(PIVOTAL_INITRDS[0]).name
+        config = Path(paths.CONFIG_PART).name
         expect = [f"--expect={name}={sha256(path)}" for name, path in loaded.items()
                   if name != config]
         infohash = cluster.server.status()["pivotal"]["infohash"]
@@ -308,7 +307,7 @@ def boot_storm(tmp: Path, count: int, real: int, rate: int, size: int,
                 standins.append(host.popen(
                     [PYTHON, "-m", "lab.standin", *expect, "--serve", str(share),
                      "--serve-max", str(STORM_MAX),
-                     "--report", f"http://{SERVER_ADDRESS}:6980/report",
+                     "--report", f"{HTTP_URL}{paths.REPORT}",
                      "--infohash", infohash, BOOT], cwd=REPO, stdout=subprocess.PIPE,
                     text=True))
         # Hundreds of hosts that talk to each other overflow the kernel's one

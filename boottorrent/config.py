@@ -10,7 +10,6 @@ import ipaddress
 import json
 import re
 import string
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +17,11 @@ from validate import ValidateError
 
 from boottorrent import bzimage
 from boottorrent.configfile import SERVER_SPEC, ConfigError, check_mac, read_file
+from boottorrent.fleet.policy import Policy
+from boottorrent.imagecheck import read_image
 from boottorrent.imageconf import (HOSTNAME_PARAMETER, IMAGES_DIR, check_ipxe_text,
-                                   check_machines_cmdline, image_conf_path, image_conf_paths,
-                                   image_problems)
+                                   check_machines_cmdline, image_conf_path, image_conf_paths)
+from boottorrent.pivotal.command import run
 from boottorrent.pivotal.wire import SwarmSettings
 
 CONFIG_FILE = "boottorrent.conf"
@@ -53,10 +54,10 @@ class Config:
     tracker_port: int
     seeder_port: int
     http_port: int
-    forget_machines_after: int
     pivotal_kernel: Path
     pivotal_cmdline: str
     swarm: SwarmSettings
+    policy: Policy  # the boot storm's ([seeder] keys)
     default_image: str
     menu_timeout: int
     mac_images: dict[str, str] = field(default_factory=dict)
@@ -80,8 +81,7 @@ class Config:
 
 def interface_ipv4(interface: str) -> ipaddress.IPv4Interface | None:
     """The first IPv4 address (with prefix) of a local interface."""
-    result = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", interface],
-                            capture_output=True, text=True)
+    result = run(["ip", "-j", "-4", "addr", "show", "dev", interface], check=False)
     if result.returncode != 0:
         return None
     for link in json.loads(result.stdout or "[]"):
@@ -268,9 +268,8 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         dns_servers=tuple(dhcp["dns_servers"]),
         tracker_port=obj["tracker"]["port"],
         seeder_port=obj["seeder"]["port"], http_port=obj["seeder"]["http_port"],
-        forget_machines_after=obj["seeder"]["forget_machines_after"],
         pivotal_kernel=kernel, pivotal_cmdline=obj["pivotal"]["cmdline"],
-        swarm=SwarmSettings.from_sections(obj),
+        swarm=SwarmSettings.from_sections(obj), policy=Policy.from_sections(obj),
         default_image=obj["boot"]["default_image"], menu_timeout=obj["boot"]["menu_timeout"],
         mac_images=mac_images, mac_cmdline=mac_cmdline), []
 
@@ -330,7 +329,7 @@ def all_problems(config_dir: Path, registered: list[str]
         paths, problems = [], problems + [error]
     for path in paths:
         try:
-            image, image_errors = image_problems(path)
+            image, image_errors = read_image(path)
         except ConfigError as error:
             image, image_errors = None, [error]
         problems += image_errors

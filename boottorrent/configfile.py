@@ -14,13 +14,16 @@ from configobj import (ConfigObj, ConfigObjError, DuplicateError, NestingError,
 from validate import ValidateError, VdtTypeError, Validator
 
 from boottorrent.fsutil import open_regular
-from boottorrent.pivotal.wire import SwarmSettings
+from boottorrent.fleet.policy import Policy
+from boottorrent.pivotal.wire import Ports, SwarmSettings
 
 SERVER_SPEC = "boottorrent.spec"
 IMAGE_SPEC = "image.spec"
 # Far beyond any configuration file: a larger one (a sparse file of a GB
 # saved in images.d by mistake) is refused before it is read.
 FILE_MAX_BYTES = 1 << 20
+# Where boottorrent.conf keys are declared beside the spec file.
+SETTINGS = (SwarmSettings, Ports, Policy)
 
 MAC_ADDRESS = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
@@ -44,15 +47,19 @@ class ConfigError(Exception):
 
 
 def configspec(name: str) -> list[str]:
-    """A configspec from boottorrent/data/; the swarm settings, declared in
-    the wire format they travel in, join their sections."""
+    """A configspec from boottorrent/data/; the settings declared where
+    they are used (the swarm's and the port in the wire format they travel
+    in, the boot storm's in the fleet's policy) join their sections."""
     lines = []
-    swarm = SwarmSettings.configspec() if name == SERVER_SPEC else {}
+    declared: dict[str, list[str]] = {}
+    for settings in (SETTINGS if name == SERVER_SPEC else ()):
+        for section, keys in settings.configspec().items():
+            declared.setdefault(section, []).extend(keys)
     for line in resources.files("boottorrent").joinpath("data", name).read_text().splitlines():
         lines.append(line)
         if line.startswith("[") and not line.startswith("[["):
-            lines += swarm.pop(line.strip("[] "), [])
-    assert not swarm, f"{name} lacks the sections {', '.join(swarm)}"
+            lines += declared.pop(line.strip("[] "), [])
+    assert not declared, f"{name} lacks the sections {', '.join(declared)}"
     return lines
 
 

@@ -13,9 +13,11 @@ from boottorrent.initramfs import PivotalError, archive, base, kernel, qemu, sta
 from boottorrent.config import Config
 from boottorrent.configfile import ConfigError
 from boottorrent.fsutil import remove_tree
+from boottorrent.pivotal import paths
+from boottorrent.pivotal.command import CommandError
 from boottorrent.pivotal.digest import file_sha256
-from boottorrent.pivotal.wire import PivotalConfig
-from boottorrent.registry import REGISTRY_FILE, ImageRecord, State, registry_json
+from boottorrent.image import ImageRecord
+from boottorrent.registry import REGISTRY_FILE, State, registry_json
 
 
 def _place(source: Path, target: Path) -> None:
@@ -27,8 +29,8 @@ def _place(source: Path, target: Path) -> None:
     target.chmod(0o644)
 
 
-def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot: Path,
-                  records: dict[str, ImageRecord]) -> None:
+def write_pivotal(config: Config, state: State, torrents_by_name: dict[str, bytes],
+                  snapshot: Path, records: dict[str, ImageRecord]) -> None:
     """The pivotal's kernel and its parts into snapshot/boot/pivotal/: what
     iPXE loads (config, modules or its NIC's part from nics/, stage), what
     the stage fetches (the base, and QEMU's part while an image's method
@@ -43,11 +45,11 @@ def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot
                                                kvm=with_qemu)
         base_part = base.cached_base(state.cache, progress)
         stage_part = stage.cached_stage(state.cache, progress)
-    except PivotalError as error:
+    except (PivotalError, CommandError) as error:
         raise ConfigError(config.path, str(error), ("pivotal",), "kernel") from None
     try:
         qemu_part = qemu.cached_qemu_part(state.cache, progress) if with_qemu else None
-    except PivotalError as error:
+    except (PivotalError, CommandError) as error:
         name = next(r.name for r in records.values() if r.method == "qemu")
         raise ConfigError(state.root, f"image {name!r}: {error}") from None
     if kernel_part.missing_firmware:
@@ -55,22 +57,23 @@ def write_pivotal(config: Config, state: State, pivotal: PivotalConfig, snapshot
                  "network drivers may ask for firmware this server lacks "
                  "(`boottorrent build-pivotal` names them)")
     target.mkdir(mode=0o755)
-    config_name, modules_name, stage_name = (Path(p).name for p in render.PIVOTAL_INITRDS)
-    placed = {render.PIVOTAL_KERNEL: kernel_part.vmlinuz, render.PIVOTAL_BASE: base_part,
+    config_name, modules_name, stage_name = (Path(p).name for p in paths.INITRDS)
+    placed = {paths.KERNEL: kernel_part.vmlinuz, paths.BASE: base_part,
               f"pivotal/{modules_name}": kernel_part.modules, f"pivotal/{stage_name}": stage_part}
     if qemu_part:
-        placed[render.PIVOTAL_QEMU] = qemu_part
+        placed[paths.QEMU] = qemu_part
     for path, source in placed.items():
         _place(source, target / Path(path).name)
-    nic_parts = snapshot / "boot" / render.PIVOTAL_NICS
+    nic_parts = snapshot / "boot" / paths.NICS
     nic_parts.mkdir(mode=0o755)
     for source in kernel_part.nics.iterdir():
         _place(source, nic_parts / source.name)
     shared = render.pivotal_shared(records)
-    pivotal = render.write_pivotal_torrent(config, snapshot, pivotal, shared)
+    pivotal = render.pivotal_config(config, records, torrents_by_name,
+                                    render.write_pivotal_torrent(config, snapshot, shared))
     archive.build_config_part({
-        render.PIVOTAL_CONFIG: pivotal.to_json(),
-        render.PIVOTAL_STAGE_CONFIG: render.stage_config(
+        paths.CONFIG: pivotal.to_json(),
+        paths.STAGE_CONFIG: render.stage_config(
             config, {path: file_sha256(placed[path]) for path in shared}).encode(),
     }, target / config_name)
 
@@ -85,8 +88,8 @@ def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) ->
     snapshot = state.new_snapshot()
     try:
         (snapshot / REGISTRY_FILE).write_text(registry_json(records))
-        pivotal_config = render.write_snapshot(config, records, state, snapshot)
-        write_pivotal(config, state, pivotal_config, snapshot, records)
+        torrents_by_name = render.write_snapshot(config, records, state, snapshot)
+        write_pivotal(config, state, torrents_by_name, snapshot, records)
         return state.commit(snapshot)
     except BaseException:
         remove_tree(snapshot)

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from configobj import ConfigObj
 
-from boottorrent import bzimage, rootfs
+from boottorrent import bzimage
 from boottorrent.configfile import IMAGE_SPEC, ConfigError, read_file
 from boottorrent.fsutil import open_regular
-from boottorrent.initramfs import qemu
+from boottorrent.image import LIVE_BOOT_WORDS, Image, VmSettings
 from boottorrent.pivotal.console import CONTROLS
-from boottorrent.pivotal.run import OVMF_CODE
 
 IMAGES_DIR = "images.d"
 # Each method's keys, the one it cannot do without first.
@@ -54,51 +52,6 @@ BOOTIF_LENGTH = 28
 HOSTNAME_PARAMETER = "systemd.hostname="
 MACHINES_CMDLINE_MAX = 256
 MACHINE_WORDS_LENGTH = len(HOSTNAME_PARAMETER) + 63 + 1 + MACHINES_CMDLINE_MAX + 1
-
-
-@dataclass(frozen=True)
-class VmSettings:
-    """How the pivotal runs a qemu image."""
-
-    format: str  # of the disk: raw or qcow2
-    memory: str  # a share of the node's RAM ("50%") or a size ("2048M", "4G")
-    cpus: int  # 0: as many as the node has
-    firmware: str  # bios or uefi
-    qemu_args: tuple[str, ...] = ()
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "qemu_args": list(self.qemu_args)}
-
-
-@dataclass(frozen=True)
-class Image:
-    """One image as described in images.d/NAME.conf."""
-
-    name: str
-    source: Path
-    kernel: Path | None
-    initrds: tuple[Path, ...]
-    cmdline: str
-    description: str = ""
-    method: str = "kexec"
-    arch: str = "x86_64"
-    disk: Path | None = None  # qemu
-    vm: VmSettings | None = None  # qemu
-    program: Path | None = None  # exec
-    program_files: tuple[Path, ...] = ()  # exec
-    rootfs: Path | None = None  # kexec: the tree kernel and initrds are built from
-
-    def files(self) -> list[tuple[str, Path]]:
-        """(name inside the image, source path) for every file: the kernel
-        and initrd.N, the disk, or the program and its files by their names."""
-        if self.method == "qemu":
-            assert self.disk
-            return [("disk", self.disk)]
-        if self.method == "exec":
-            assert self.program
-            return [("program", self.program)] + [(p.name, p) for p in self.program_files]
-        assert self.kernel, "a rootfs image's files are known once it is built"
-        return [("kernel", self.kernel)] + [(f"initrd.{i}", p) for i, p in enumerate(self.initrds)]
 
 
 def check_image_name(name: str) -> str:
@@ -216,13 +169,6 @@ def method_problems(path: Path, obj: ConfigObj) -> list[ConfigError]:
                 problems.append(ConfigError(path, f"{arg!r} is not one of the QEMU arguments "
                                             f"an image may add: {', '.join(QEMU_ARGS)}",
                                             key="qemu_args"))
-        # The pivotal takes QEMU and the firmware from this server's packages.
-        if missing := qemu.missing_inputs():
-            problems.append(ConfigError(path, f"{', '.join(missing)} {qemu.MISSING}",
-                                        key="method"))
-        if obj["firmware"] == "uefi" and not OVMF_CODE.is_file():
-            problems.append(ConfigError(path, f"{OVMF_CODE} is missing: install the ovmf package, "
-                                        "whose firmware the pivotal ships", key="firmware"))
     if method == "exec":
         names = ["program"] + [Path(value).name for value in obj["files"]]
         for name in {n for n in names if names.count(n) > 1}:
@@ -233,7 +179,9 @@ def method_problems(path: Path, obj: ConfigObj) -> list[ConfigError]:
 
 
 def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
-    """Read images.d/NAME.conf; the image if it is valid, and every problem."""
+    """Read images.d/NAME.conf; the image if it is valid, and every problem
+    (of the description and the files it names: whether this server can
+    boot it is imagecheck.py's)."""
     name = path.name.removesuffix(".conf")
     try:
         check_image_name(name)
@@ -274,13 +222,8 @@ def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
         tree = Path(obj["rootfs"])
         tree = (tree if tree.is_absolute() else path.parent / tree).resolve()
         # live-boot's words first: the admin's may add to them or override them.
-        cmdline = f"{rootfs.LIVE_BOOT_WORDS} {cmdline}".strip()
+        cmdline = f"{LIVE_BOOT_WORDS} {cmdline}".strip()
     problems = text_problems(path, obj["description"], cmdline) + method_problems(path, obj)
-    if tree and not problems:
-        try:
-            rootfs.tree_boot(tree)
-        except rootfs.TreeError as error:
-            problems.append(ConfigError(path, str(error), key="rootfs"))
     if problems:
         return None, problems
     try:
@@ -301,15 +244,6 @@ def image_problems(path: Path) -> tuple[Image | None, list[ConfigError]]:
         disk=files.get("disk"), vm=vm, program=files.get("program"),
         program_files=program_files, rootfs=tree)
     return image, []
-
-
-def load_image(config_dir: Path, name: str) -> Image:
-    path = image_conf_path(config_dir, check_image_name(name))
-    image, problems = image_problems(path)
-    if problems:
-        raise problems[0]
-    assert image
-    return image
 
 
 # The first line of an images.d file that add-image wrote: such a file is

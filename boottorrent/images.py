@@ -6,15 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import TextIO
 
 from boottorrent import torrents
-from boottorrent.imageconf import Image
 from boottorrent.fsutil import copy_and_hash, open_regular, remove_tree, write_atomic
+from boottorrent.image import FileRecord, Image, ImageRecord
 from boottorrent.progress import Progress
-from boottorrent.registry import TORRENT_FILE, FileRecord, ImageRecord, State
+from boottorrent.registry import TORRENT_FILE, State
 
 
 def conf_digest(image: Image) -> str:
@@ -75,13 +74,9 @@ def store(image: Image, state: State, stream: TextIO) -> tuple[ImageRecord, Path
         write_atomic(work / TORRENT_FILE, torrent)
         infohash = torrents.info_hash(torrent)
 
-        record = ImageRecord(
-            name=image.name, infohash=infohash, description=image.description,
-            cmdline=image.cmdline, method=image.method, arch=image.arch,
-            registered=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            piece_size=torrents.load(torrent).piece_length(),
-            conf_sha256=conf_digest(image), files=tuple(files),
-            vm=image.vm.to_json() if image.vm else {})
+        record = ImageRecord.of(image, tuple(files), infohash,
+                                piece_size=torrents.load(torrent).piece_length(),
+                                conf_sha256=conf_digest(image))
         final = state.content_dir(infohash)
         if final.exists():
             # Same content, stored already; a damaged torrent file beside it

@@ -19,12 +19,14 @@ from typing import TextIO
 from boottorrent import rootfs
 from boottorrent.config import Config, default_image
 from boottorrent.configfile import ConfigError
-from boottorrent.imageconf import (Image, image_conf_path, image_conf_paths, image_conf_text,
-                                   image_problems, text_problems, written_by_add_image)
 from boottorrent.fsutil import remove_tree
 from boottorrent.generate import regenerate
+from boottorrent.image import Image, ImageRecord
+from boottorrent.imagecheck import read_image
+from boottorrent.imageconf import (image_conf_path, image_conf_paths, image_conf_text,
+                                   text_problems, written_by_add_image)
 from boottorrent.images import is_unchanged, store
-from boottorrent.registry import ImageRecord, State
+from boottorrent.registry import State
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def _staged_image(conf_path: Path, text: str) -> Image:
         staged = Path(scratch) / conf_path.name
         staged.write_text(text)
         try:
-            image, problems = image_problems(staged)
+            image, problems = read_image(staged)
         except ConfigError as error:
             problems = [error]
     if problems:
@@ -79,7 +81,7 @@ def add_image(config: Config, config_dir: Path, state: State, name: str,
                                         new.rootfs)
             image = _staged_image(conf_path, conf_text)
         else:
-            image, problems = image_problems(conf_path)
+            image, problems = read_image(conf_path)
             if problems:
                 raise problems[0]
             assert image

@@ -34,61 +34,16 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from boottorrent.fsutil import locked, remove_tree, write_atomic
+from boottorrent.image import ImageRecord
 
 REGISTRY_FILE = "registry.json"
 TORRENT_FILE = "torrent"
 SYSTEM_STATE = Path("/var/lib/boottorrent")
 SYSTEM_CACHE = Path("/var/cache/boottorrent")
 SNAPSHOTS_KEPT = 2  # the current one and the one before, which a seeder may still read
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    name: str  # inside the image: kernel, initrd.0, ...
-    source: str
-    size: int
-    sha256: str
-    source_mtime_ns: int
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    name: str
-    infohash: str
-    description: str
-    cmdline: str
-    method: str
-    arch: str
-    registered: str  # ISO 8601, UTC
-    piece_size: int
-    conf_sha256: str
-    files: tuple[FileRecord, ...] = field(default_factory=tuple)
-    vm: dict = field(default_factory=dict)  # method qemu: imageconf.VmSettings
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
-    def kernel(self) -> FileRecord:
-        """Method kexec's kernel (the other methods' first file)."""
-        return self.files[0]
-
-    @property
-    def initrds(self) -> tuple[FileRecord, ...]:
-        return self.files[1:]
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ImageRecord":
-        files = tuple(FileRecord(**f) for f in data.pop("files"))
-        return cls(files=files, **data)
 
 
 class StateError(Exception):

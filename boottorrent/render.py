@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -16,36 +15,13 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from boottorrent import torrents
 from boottorrent.config import Config, default_image, registry_problems
 from boottorrent.configfile import ConfigError
-from boottorrent.pivotal.wire import TOKEN_FILE, TOKEN_HEADER, ImageSpec, PivotalConfig
-from boottorrent.registry import ImageRecord, State
+from boottorrent.pivotal import paths
+from boottorrent.pivotal.wire import TOKEN_HEADER, PivotalConfig
+from boottorrent.image import ImageRecord
+from boottorrent.registry import State
 
 IPXE_DIR = Path("/usr/lib/ipxe")
 IPXE_BINARIES = ("undionly.kpxe", "snponly.efi", "ipxe.efi")
-PIVOTAL_KERNEL = "pivotal/vmlinuz"
-# What iPXE loads, all from the server itself: iPXE cannot check what it
-# loads. The uncompressed config part comes first: a UEFI kernel's EFI stub
-# loads the initrd= files back to back with no padding, and the kernel finds
-# an uncompressed cpio only on a 4-byte boundary; compressed ones anywhere.
-PIVOTAL_INITRDS = ("pivotal/config.cpio", "pivotal/modules.cpio.zst", "pivotal/stage.cpio.zst")
-# What iPXE adds to an initrd's URL: the config part's query names the
-# machine's MAC, for which the server adds its token (trust.py), and the
-# image it comes for; the modules part's names the boot NIC's bus, vendor
-# and device, for which the server sends that NIC's drivers alone
-# (nics.py), the whole part when it cannot tell.
-PIVOTAL_QUERIES = {PIVOTAL_INITRDS[0]: "mac=${netX/mac}&image=${boottorrent-image}",
-                   PIVOTAL_INITRDS[1]: "nic=${netX/busid:hexraw}"}
-# The NIC parts and their index (nics.py), in this folder.
-PIVOTAL_NICS = "pivotal/nics"
-# The first program the kernel runs: it fetches the base (and QEMU's part)
-# from the machines or the server, checks each, unpacks it and runs /init.
-PIVOTAL_STAGE = "/stage"
-PIVOTAL_BASE = "pivotal/base.cpio.zst"
-# QEMU and its firmware, a part only while some image's method is qemu.
-PIVOTAL_QEMU = "pivotal/qemu.cpio.zst"
-PIVOTAL_CONFIG = "etc/boottorrent/pivotal.json"
-# What /stage fetches, shell variables (pivotal/stage).
-PIVOTAL_STAGE_CONFIG = "etc/boottorrent/stage"
-PIVOTAL_TORRENT = "pivotal.torrent"
 
 environment = Environment(loader=PackageLoader("boottorrent"), undefined=StrictUndefined,
                           keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
@@ -63,7 +39,7 @@ def pivotal_shared(records: dict[str, ImageRecord]) -> list[str]:
     """The parts /stage fetches, checked, and every pivotal serves to the
     machines that boot after it: the base, and QEMU's part while an image's
     method is qemu."""
-    return [PIVOTAL_BASE] + ([PIVOTAL_QEMU] if uses_qemu(records) else [])
+    return [paths.BASE] + ([paths.QEMU] if uses_qemu(records) else [])
 
 
 def check_registry(config: Config, records: dict[str, ImageRecord]) -> None:
@@ -74,9 +50,9 @@ def check_registry(config: Config, records: dict[str, ImageRecord]) -> None:
 
 def ipxe_pivotal(cmdline: str) -> dict:
     """What the iPXE script loads of the pivotal, and how it starts it."""
-    return {"kernel": PIVOTAL_KERNEL, "stage": PIVOTAL_STAGE, "cmdline": cmdline,
-            "initrds": [{"path": path, "query": PIVOTAL_QUERIES.get(path, "")}
-                        for path in PIVOTAL_INITRDS]}
+    return {"kernel": paths.KERNEL, "stage": paths.STAGE, "cmdline": cmdline,
+            "initrds": [{"path": path, "query": paths.QUERIES.get(path, "")}
+                        for path in paths.INITRDS]}
 
 
 def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
@@ -123,35 +99,28 @@ def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
     return torrents.with_urls(info, config.tracker_url, web_seed(config, record))
 
 
-def pivotal_config(config: Config, records: dict[str, ImageRecord], default: str | None,
-                   torrents_by_name: dict[str, bytes]) -> PivotalConfig:
+def pivotal_config(config: Config, records: dict[str, ImageRecord],
+                   torrents_by_name: dict[str, bytes], pivotal_torrent: bytes) -> PivotalConfig:
     """What the pivotal needs to know; shipped as etc/boottorrent/pivotal.json."""
     return PivotalConfig(
         server=config.address,
         seeder_port=config.seeder_port,
-        report_url=f"{config.http_url}/report",
+        report_url=f"{config.http_url}{paths.REPORT}",
         swarm=config.swarm,
-        default_image=default,
+        default_image=default_image(config, list(records)),
         mac_images=dict(sorted(config.mac_images.items())),
         mac_cmdline=dict(sorted(config.mac_cmdline.items())),
-        images={r.name: ImageSpec(
-            torrent=base64.b64encode(torrents_by_name[r.name]).decode(),
-            kernel=r.kernel.name if r.method == "kexec" else "",
-            initrds=[f.name for f in r.initrds] if r.method == "kexec" else [],
-            cmdline=r.cmdline,
-            size=r.size,
-            sha256={f.name: f.sha256 for f in r.files},
-            method=r.method,
-            vm=r.vm,
-        ) for r in sorted(records.values(), key=lambda r: r.name)})
+        images={r.name: r.spec(torrents_by_name[r.name])
+                for r in sorted(records.values(), key=lambda r: r.name)},
+        pivotal_torrent=base64.b64encode(pivotal_torrent).decode(),
+        http_port=config.http_port)
 
 
 def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State,
-                   snapshot: Path) -> PivotalConfig:
+                   snapshot: Path) -> dict[str, bytes]:
     """Write every derived file except the pivotal parts into snapshot.
 
-    Returns the pivotal configuration, which goes into the pivotal's
-    config part.
+    Returns each image's torrent, by name, for the pivotal's configuration.
     """
     check_registry(config, records)
     boot = snapshot / "boot"
@@ -175,7 +144,7 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
     torrents_by_name = {r.name: full_torrent(config, state, r) for r in records.values()}
     for name, torrent in torrents_by_name.items():
         (torrent_dir / f"{name}.torrent").write_bytes(torrent)
-    return pivotal_config(config, records, default, torrents_by_name)
+    return torrents_by_name
 
 
 def stage_config(config: Config, sha256: dict[str, str]) -> str:
@@ -184,21 +153,19 @@ def stage_config(config: Config, sha256: dict[str, str]) -> str:
     how it goes to the server."""
     parts = " ".join(f"{path}={digest}" for path, digest in sha256.items())
     return ("# Written by BootTorrent: what the pivotal's /stage fetches and checks.\n"
-            f"BOOT_URL={config.http_url}/boot\nPARTS=\"{parts}\"\n"
-            f"TOKEN_FILE={TOKEN_FILE}\nTOKEN_HEADER={TOKEN_HEADER}\n")
+            f"BOOT_URL={config.http_url}{paths.BOOT}\nPARTS=\"{parts}\"\n"
+            f"TOKEN_FILE={paths.TOKEN_FILE}\nTOKEN_HEADER={TOKEN_HEADER}\nTRY={paths.TRY}\n")
 
 
-def write_pivotal_torrent(config: Config, snapshot: Path, pivotal: PivotalConfig,
-                          shared: list[str]) -> PivotalConfig:
+def write_pivotal_torrent(config: Config, snapshot: Path, shared: list[str]) -> bytes:
     """The torrent of the pivotal's shared files (pivotal_shared(), already
     in snapshot/boot), into boot/pivotal.torrent, its infohash into the
-    tracker's whitelist; returns pivotal with the torrent in it."""
+    tracker's whitelist; returns the torrent."""
     boot = snapshot / "boot"
     files = [(Path(p).name, (boot / p).stat().st_size) for p in shared]
     torrent = torrents.with_urls(torrents.create(boot, "pivotal", files),
                                  config.tracker_url, f"{config.http_url}/boot/")
-    (boot / PIVOTAL_TORRENT).write_bytes(torrent)
+    (boot / paths.TORRENT).write_bytes(torrent)
     with (snapshot / "tracker" / "whitelist").open("a") as whitelist:
         whitelist.write(f"{torrents.info_hash(torrent)}\n")
-    return replace(pivotal, pivotal_torrent=base64.b64encode(torrent).decode(),
-                   http_port=config.http_port)
+    return torrent

@@ -34,12 +34,11 @@ from debian.debian_support import Version
 
 from boottorrent import bzimage
 from boottorrent.fsutil import remove_tree
+from boottorrent.image import LIVE_BOOT_MEDIUM as MEDIUM, LIVE_BOOT_WORDS
+from boottorrent.pivotal.command import run
 from boottorrent.progress import Progress
 
-# The folder in the image's initramfs that live-boot takes as its medium.
-MEDIUM = "boottorrent"
 SQUASHFS_NAME = f"{MEDIUM}/live/filesystem.squashfs"
-LIVE_BOOT_WORDS = f"boot=live live-media=/{MEDIUM}"
 # What the tree must have for live-boot's part of its initramfs.
 LIVE_BOOT_SCRIPT = "usr/share/initramfs-tools/scripts/live"
 # zstd: decompresses about three times faster than xz for 10 % more bytes.
@@ -182,7 +181,7 @@ def initramfs_names(path: Path) -> set[str]:
             continue
         for magic, command in COMPRESSED_MAGIC.items():
             if data.startswith(magic, offset):
-                unpacked = subprocess.run(command, input=data[offset:], capture_output=True)
+                unpacked = run(command, input=data[offset:], text=False, check=False)
                 _newc_names(unpacked.stdout, 0, names, until_end=True)
                 return names
         break

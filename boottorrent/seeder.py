@@ -24,11 +24,12 @@ import libtorrent as lt
 from systemd import daemon, journal
 
 from boottorrent import torrents, trust
-from boottorrent.pivotal import lan
 from boottorrent.config import Config
+from boottorrent.fleet import Fleet
+from boottorrent.pivotal import lan, paths
 from boottorrent.pivotal.console import human_bytes
-from boottorrent.registry import ImageRecord, State, StateError, read_registry
-from boottorrent.render import PIVOTAL_TORRENT
+from boottorrent.image import ImageRecord
+from boottorrent.registry import State, StateError, read_registry
 from boottorrent.web import WebServer
 
 log = logging.getLogger("boottorrent.seeder")
@@ -81,6 +82,7 @@ class Seeder:
                               f"({config.path}: [seeder] port): is another program using it?")
         self.seeded: dict[str, Seeded] = {}  # by infohash
         self.pivotal: tuple[str, lt.torrent_handle] | None = None  # its infohash, its torrent
+        self.fleet = Fleet(config.policy)
         try:
             key = trust.load_key(state.root)
         except (OSError, ValueError) as error:
@@ -92,7 +94,7 @@ class Seeder:
             self.web = WebServer((config.address, config.http_port), state.root,
                                  self.status, lambda line: log.debug("http: %s", line),
                                  lambda line: log.warning("http: %s", line),
-                                 config.forget_machines_after, trust.Trust(key))
+                                 self.fleet, trust.Trust(key))
         except OSError as error:
             raise ListenError(f"cannot listen on {config.address}:{config.http_port} "
                               f"({config.path}: [seeder] http_port): {error.strerror}") from None
@@ -138,7 +140,7 @@ class Seeder:
         snapshot holds the same files (links to the same cache) as long as
         the infohash stays the same.
         """
-        path = snapshot / "boot" / PIVOTAL_TORRENT
+        path = snapshot / "boot" / paths.TORRENT
         torrent = path.read_bytes() if path.exists() else None
         infohash = torrents.info_hash(torrent) if torrent else ""
         if self.pivotal and self.pivotal[0] != infohash:
@@ -148,7 +150,7 @@ class Seeder:
         if torrent and not self.pivotal:
             self.pivotal = (infohash, self._add(torrent, self.state.current / "boot"))
             log.info("seeding the pivotal's files (%s)", infohash, extra={"INFOHASH": infohash})
-        self.web.pivotal_infohash = infohash
+        self.fleet.pivotal_infohash = infohash
 
     def _pause_pivotal_while_served(self) -> None:
         """While a machine serves the pivotal's files, the machines that
@@ -157,7 +159,7 @@ class Seeder:
         if not self.pivotal:
             return
         infohash, handle = self.pivotal
-        served = bool(self.web.machines.serving(infohash))
+        served = bool(self.fleet.serving(infohash))
         paused = bool(handle.flags() & lt.torrent_flags.paused)
         if served and not paused:
             handle.pause()
@@ -173,7 +175,7 @@ class Seeder:
         # without reading it a second time.
         params.flags |= lt.torrent_flags.seed_mode
         params.verified_pieces = [True] * params.ti.num_pieces()
-        # The first machine of the chain streams the files over HTTP (chain.py).
+        # The first machine of the chain streams the files over HTTP (fleet/chain.py).
         files = params.ti.files()
         self.web.offer(str(params.ti.info_hashes().v1),
                        [(save_path / files.file_path(i), files.file_size(i))
@@ -189,7 +191,7 @@ class Seeder:
     # ------------------------------------------------------------ status
 
     def status(self) -> dict:
-        return {**self._status, "clients": self.web.machines.all()}
+        return {**self._status, "clients": self.fleet.all()}
 
     def _collect_status(self) -> None:
         images, peers = [], []
@@ -201,8 +203,8 @@ class Seeder:
                 "leechers": max(status.num_incomplete, 0),
                 "upload_rate": status.upload_payload_rate,
                 "uploaded": status.all_time_upload,
-                "http_sent": (self.web.sent_under(f"/images/{infohash}/")
-                              + self.web.sent_under(f"/stream/{infohash}")),
+                "http_sent": (self.web.sent_under(f"{paths.IMAGES}/{infohash}/")
+                              + self.web.sent_under(f"{paths.STREAM}/{infohash}")),
                 "state": str(status.state),
             })
             for peer in seeded.handle.get_peer_info():
@@ -213,11 +215,13 @@ class Seeder:
         if self.pivotal:
             pivotal = {"infohash": self.pivotal[0],
                        "uploaded": self.pivotal[1].status().all_time_upload}
-        pivotal.update(http_sent=self.web.sent_under("/boot/pivotal/")
-                       + (self.web.sent_under(f"/stream/{self.pivotal[0]}") if self.pivotal else 0),
+        parts = f"{paths.BOOT}/pivotal/"
+        pivotal.update(http_sent=self.web.sent_under(parts)
+                       + (self.web.sent_under(f"{paths.STREAM}/{self.pivotal[0]}")
+                          if self.pivotal else 0),
                        # each part's bytes over HTTP, by its path under /boot/pivotal/
-                       http_sent_by_part=self.web.sent_by_part("/boot/pivotal/"),
-                       redirects=self.web.machines.redirects_given())
+                       http_sent_by_part=self.web.sent_by_part(parts),
+                       redirects=self.fleet.redirects_given())
         self._status = {"images": images, "peers": peers, "pivotal": pivotal,
                         "time": time.time()}
 

@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boottorrent.pivotal.wire import TOKEN_FILE, TOKEN_HEADER
-from boottorrent.render import PIVOTAL_BASE
+from boottorrent.pivotal import paths
+from boottorrent.pivotal.wire import HTTP_PORT, TOKEN_FILE, TOKEN_HEADER
 from lab.netns import SERVER_ADDRESS, Host, Lab
 from lab.token import config_url, token_in
 from lab.server import PYTHON, REPO, Server, environment, lab_config
@@ -46,7 +46,8 @@ MIB = 1 << 20
 # Addresses beyond the lab's /24, for hosts that play many machines (the
 # server caps the connections of each address): Cluster.extra_network.
 EXTRA_NETWORK = ipaddress.ip_network("198.18.64.0/18")  # 16382: a flood of 10 000
-BOOT_URL = f"http://{SERVER_ADDRESS}:6980/boot"
+HTTP_URL = f"http://{SERVER_ADDRESS}:{HTTP_PORT}"  # the seeder's HTTP side
+BOOT_URL = f"{HTTP_URL}{paths.BOOT}"
 # The pivotal has no CA bundle (its rootfs has no ca-certificates); on the
 # lab's host, libtorrent's session would read the host's, 50 ms of CPU per
 # client (OpenSSL reads SSL_CERT_FILE instead, here a file that is not there).
@@ -341,7 +342,7 @@ class Cluster:
         return self.state_dir / "current" / "torrents" / f"{image}.torrent"
 
     def url(self, image: str, file: str) -> str:
-        return f"http://{SERVER_ADDRESS}:6980/images/{self.infohash(image)}/{image}/{file}"
+        return f"{HTTP_URL}{paths.IMAGES}/{self.infohash(image)}/{image}/{file}"
 
     def start(self, services: tuple[str, ...] = ("tracker", "seeder")) -> "Cluster":
         self.server.start(services)
@@ -410,7 +411,7 @@ class Cluster:
         self.fetch_boot_script(host, image)
         out = host.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                         "-H", f"{TOKEN_HEADER}: {self.token(host)}",
-                        f"{BOOT_URL}/{PIVOTAL_BASE}?try=x"])
+                        f"{BOOT_URL}/{paths.BASE}?{paths.try_query(1)}"])
         return int(out.stdout)
 
     def send_report(self, host: Host, forged: bool = False, **fields: object) -> dict | None:
@@ -419,8 +420,9 @@ class Cluster:
         refused)."""
         code = ("import json, sys; from boottorrent.pivotal.report import send_report; "
                 "from boottorrent.pivotal.wire import Report; "
-                f"print(json.dumps(send_report('http://{SERVER_ADDRESS}:6980/report', "
-                "Report.from_dict(json.loads(sys.argv[1])), sys.argv[2])))")
+                f"answer = send_report('{HTTP_URL}{paths.REPORT}', "
+                "Report.from_dict(json.loads(sys.argv[1])), sys.argv[2]); "
+                "print(answer.to_json().decode() if answer else 'null')")
         token = "" if forged else self.token(host, str(fields.get("image", "")))
         return json.loads(host.run([PYTHON, "-c", code, json.dumps(fields), token],
                                    cwd=REPO).stdout)

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from boottorrent.pivotal import paths
+from boottorrent.pivotal.wire import HTTP_PORT
 from lab.netns import Host
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,7 +110,7 @@ class Server:
 
     def status(self) -> dict:
         """The seeder's /status, fetched from inside the server's namespace."""
-        url = f"http://{self.host.address}:6980/status"
+        url = f"http://{self.host.address}:{HTTP_PORT}{paths.STATUS}"
         out = self.host.run([PYTHON, "-c", f"import urllib.request,sys; sys.stdout.write("
                              f"urllib.request.urlopen({url!r}, timeout=3).read().decode())"])
         return json.loads(out.stdout)

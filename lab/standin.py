@@ -14,13 +14,13 @@ storm's machines can be started within milliseconds of each other. Then:
    fails, it waits 2, 4, 8, 16 s and loads them all again, at most 5 times,
    as the script does;
    then the loads of the pivotal's /stage (pivotal/stage): each shared part
-   with "try=x", following redirects and asking again after a 503 with
+   with "?try=x" (paths.try_query), following redirects and asking again after a 503 with
    Retry-After (lab.storm.fetch); a try that fails or whose bytes do not
    match --expect is followed by one with one more "x", at most 8;
 2. each file's SHA-256 is compared with --expect (every file the stand-in
    was given a SHA-256 for);
 3. with --serve: FOLDER (the same files, which this machine has just shown
-   it holds) is served with busybox httpd on port 6980, as a pivotal that
+   it holds) is served with busybox httpd on the HTTP port, as a pivotal that
    shares them does (boottorrent/pivotal/share.py), and it reports to the
    server with the pivotal's own Reporter, phase "seeding" and serving
    INFOHASH, while the server's answers count machines on their way or
@@ -45,16 +45,15 @@ import time
 from pathlib import Path
 
 from boottorrent.nics import INDEX, NicIndex
+from boottorrent.pivotal import paths
 from boottorrent.pivotal.report import Reporter
-from boottorrent.pivotal.wire import Report
-from boottorrent.render import (PIVOTAL_BASE, PIVOTAL_INITRDS, PIVOTAL_KERNEL, PIVOTAL_NICS,
-                                PIVOTAL_QEMU)
+from boottorrent.pivotal.wire import HTTP_PORT, Report
 from lab.storm import fetch, fetch_token, mac_of
 from lab.token import VIRTIO_BUSID, config_url, initrd_url
 
 TRIES = 5  # the boot script's attempts before it reboots
 STAGE_TRIES = 8  # the /stage's tries of a part before it gives up (TRIES_MAX)
-PORT = 6980  # the seeder's HTTP port, where the server redirects machines to
+PORT = HTTP_PORT  # the seeder's HTTP port, where the server redirects machines to
 IDLE = 5.0  # seconds without machines on their way before it stops (seed_idle_time)
 
 
@@ -62,9 +61,9 @@ def script_urls(boot_url: str, image: str, mac: str = "") -> list[str]:
     """What the boot script loads from the server, as a machine with
     QEMU's virtio NIC (with mac, the config part that holds the machine's
     token)."""
-    config = config_url(boot_url, mac, image) if mac else f"{boot_url}/{PIVOTAL_INITRDS[0]}"
-    return [f"{boot_url}/boot.ipxe", f"{boot_url}/{PIVOTAL_KERNEL}", config] + [
-        initrd_url(boot_url, path, mac, image) for path in PIVOTAL_INITRDS[1:]]
+    config = config_url(boot_url, mac, image) if mac else f"{boot_url}/{paths.CONFIG_PART}"
+    return [f"{boot_url}/boot.ipxe", f"{boot_url}/{paths.KERNEL}", config] + [
+        initrd_url(boot_url, path, mac, image) for path in paths.INITRDS[1:]]
 
 
 def loaded_files(pivotal_dir: Path) -> dict[str, Path]:
@@ -72,11 +71,11 @@ def loaded_files(pivotal_dir: Path) -> dict[str, Path]:
     folder (a snapshot's boot/pivotal), by the name it loads it as: the
     server sends its NIC's modules part as modules.cpio.zst (nics.py)."""
     files = {Path(p).name: pivotal_dir / Path(p).name
-             for p in (PIVOTAL_KERNEL, *PIVOTAL_INITRDS, PIVOTAL_BASE)}
-    nic_parts = pivotal_dir.parent / PIVOTAL_NICS
+             for p in (paths.KERNEL, *paths.INITRDS, paths.BASE)}
+    nic_parts = pivotal_dir.parent / paths.NICS
     part = NicIndex.load(nic_parts / INDEX).part(VIRTIO_BUSID)
     if part:
-        files[Path(PIVOTAL_INITRDS[1]).name] = nic_parts / part
+        files[Path(paths.MODULES_PART).name] = nic_parts / part
     return files
 
 
@@ -108,11 +107,11 @@ def load_pivotal(boot_url: str, image: str, expect: dict[str, str]) -> dict:
         time.sleep(2 ** attempt)
     stage_tries = 0
     token = asyncio.run(fetch_token(boot_url, None))  # in the config part it holds
-    for path in (PIVOTAL_BASE, PIVOTAL_QEMU):
+    for path in (paths.BASE, paths.QEMU):
         if path.rsplit("/", 1)[-1] not in expect:
             continue  # no QEMU part: no image's method is qemu
         for tries in range(1, STAGE_TRIES + 1):
-            result = asyncio.run(fetch(f"{boot_url}/{path}?try={'x' * tries}", timeout=300,
+            result = asyncio.run(fetch(f"{boot_url}/{path}?{paths.try_query(tries)}", timeout=300,
                                        token=token))
             fetches.append(result)
             if matches(result, expect):

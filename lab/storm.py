@@ -226,15 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                         "asks for not included (default: %(default)s)")
     parser.add_argument("--from", dest="network", metavar="NETWORK",
                         help="each machine from its own address of NETWORK")
-    parser.add_argument("--report", action="store_true",
-                        help="send reports to the one URL (with --from) instead of fetching")
-    parser.add_argument("--seconds", type=float, default=60.0,
-                        help="how long to report (default: %(default)s)")
-    parser.add_argument("--forged", action="store_true",
-                        help="with --report: as hosts the server never booted (no token)")
     parser.add_argument("--token", metavar="BOOT_URL",
                         help="each machine first fetches its token from BOOT_URL's config "
                         "part, as iPXE does, and sends it to the server")
+    reporting = parser.add_argument_group("reports")
+    reporting.add_argument("--report", action="store_true",
+                           help="send reports to the one URL (with --from) instead of fetching")
+    reporting.add_argument("--forged", action="store_true",
+                           help="as hosts the server never booted (no token)")
+    reporting.add_argument("--seconds", type=float, default=60.0,
+                           help="how long to report (default: %(default)s)")
     args = parser.parse_args(argv)
     # Each fetcher holds one socket.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

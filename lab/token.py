@@ -7,7 +7,7 @@ from __future__ import annotations
 import urllib.request
 
 from boottorrent.pivotal.wire import TOKEN_FILE
-from boottorrent.render import PIVOTAL_INITRDS, PIVOTAL_QUERIES
+from boottorrent.pivotal import paths
 
 HEADER = 110  # bytes of a newc entry's header, its name follows
 # iPXE's ${netX/busid:hexraw} of QEMU's virtio-net-pci, as the lab's
@@ -17,9 +17,9 @@ VIRTIO_BUSID = "011af41000"
 
 def initrd_url(boot_url: str, path: str, mac: str, image: str = "",
                busid: str = VIRTIO_BUSID) -> str:
-    """An initrd's URL as iPXE asks for it (boot.ipxe.j2, render.PIVOTAL_QUERIES),
+    """An initrd's URL as iPXE asks for it (boot.ipxe.j2, paths.QUERIES),
     for a machine of this MAC, image and NIC (BOOT_URL: http://SERVER:PORT/boot)."""
-    query = PIVOTAL_QUERIES.get(path, "")
+    query = paths.QUERIES.get(path, "")
     for name, value in (("netX/mac", mac), ("boottorrent-image", image),
                         ("netX/busid:hexraw", busid)):
         query = query.replace(f"${{{name}}}", value)
@@ -28,7 +28,7 @@ def initrd_url(boot_url: str, path: str, mac: str, image: str = "",
 
 def config_url(boot_url: str, mac: str, image: str = "") -> str:
     """The config part's URL, as iPXE asks for it."""
-    return initrd_url(boot_url, PIVOTAL_INITRDS[0], mac, image)
+    return initrd_url(boot_url, paths.CONFIG_PART, mac, image)
 
 
 def token_in(config_part: bytes) -> str:

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from boottorrent.render import PIVOTAL_INITRDS, PIVOTAL_QUERIES, environment, ipxe_pivotal
+from boottorrent.render import environment, ipxe_pivotal
+from boottorrent.pivotal import paths
 
 from lab import dhcp
 from lab.cluster import wait_for
@@ -454,7 +455,7 @@ def install_test_pivotal(root: Path, marker: str) -> dict:
     return {"kernel": "pivotal/vmlinuz",
             "initrds": [{"path": "pivotal/test.cpio.gz", "query": ""},
                         {"path": "pivotal/extra.cpio",
-                         "query": PIVOTAL_QUERIES[PIVOTAL_INITRDS[1]]}],
+                         "query": paths.QUERIES[paths.MODULES_PART]}],
             "stage": "/init", "cmdline": "console=ttyS0 quiet"}
 
 

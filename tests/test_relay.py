@@ -11,7 +11,8 @@ from pathlib import Path
 import libtorrent as lt
 
 from boottorrent import torrents
-from boottorrent.pivotal.relay import Relay, RelayServer
+from boottorrent.pivotal.relay import Relay
+from boottorrent.pivotal.relayserver import RelayServer
 
 MIB = 1 << 20
 

@@ -4,13 +4,13 @@ their shared libraries and /init; built once and cached by its inputs."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 
 from boottorrent.fsutil import write_atomic
 from boottorrent.initramfs import PivotalError, Progress, archive, python, say
 from boottorrent.initramfs.staging import Tree, shared_libraries, which
+from boottorrent.pivotal.command import run
 
 BUSYBOX = Path("/bin/busybox")  # busybox-static: no shared libraries needed
 
@@ -47,8 +47,7 @@ def add_busybox(tree: Tree) -> None:
     if not BUSYBOX.exists():
         raise PivotalError(f"{BUSYBOX} is missing: install the busybox-static package")
     where = tree.add_host_file(BUSYBOX)
-    applets = subprocess.run([str(BUSYBOX), "--list-full"], check=True,
-                             capture_output=True, text=True).stdout.split()
+    applets = run([BUSYBOX, "--list-full"]).stdout.split()
     for applet in applets:
         parts = PurePosixPath(applet).parts
         if len(parts) < 2:

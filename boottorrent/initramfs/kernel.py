@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,8 @@ from pathlib import Path
 from boottorrent import bzimage, nics
 from boottorrent.initramfs import PivotalError, Progress, archive, say
 from boottorrent.initramfs.base import BUSYBOX
-from boottorrent.initramfs.staging import which
+from boottorrent.initramfs.kmod import Kmod, Module, module_name
+from boottorrent.pivotal.command import CommandError, run
 
 # initramfs-tools' hook-functions, `auto_add_modules net`: every module under
 # kernel/drivers/net except these (directory or file names).
@@ -38,12 +38,6 @@ NET_EXCLUDED = (
 EXTRA_MODULES = ("virtio_pci",)
 # For images of method qemu: KVM (/init loads it when the QEMU part is there).
 KVM_MODULES = ("kvm_intel", "kvm_amd")
-# The NIC drivers among those: every Ethernet driver (mlx4_en binds no bus
-# itself: mlx4_core loads it) and any module with an alias on a device bus.
-# The other modules (PHYs, tunnels) are loaded by what needs them.
-_ETHERNET = "kernel/drivers/net/ethernet/"
-_DEVICE_BUSES = ("pci", "usb", "virtio", "vmbus", "xen", "platform", "acpi")
-
 # A PCI driver that makes a bus of its own, whose NIC driver then binds the
 # NIC: the PCI device of a virtio NIC is virtio_pci's, virtio_net binds the
 # virtio device that virtio_pci makes.
@@ -80,21 +74,6 @@ class KernelPart:
                 for driver, files in sorted(self.missing_firmware.items())]
 
 
-@dataclass
-class _Module:
-    name: str          # as modprobe knows it: "virtio_net"
-    path: str          # relative to lib/modules/<version>, as in the kernel package
-    source: Path       # the file to read
-    firmware: list[str] = field(default_factory=list)
-    device: bool = False  # binds hardware (see _DEVICE_BUSES)
-    buses: set[str] = field(default_factory=set)  # of its aliases
-    pci: list[tuple[str, str]] = field(default_factory=list)  # nics.pci_ids of its aliases
-
-
-def _module_name(filename: str) -> str:
-    return filename.split(".ko", 1)[0].replace("-", "_")
-
-
 def _excluded(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern + ("*" if pattern.endswith(".ko") else ""))
                for pattern in NET_EXCLUDED)
@@ -105,7 +84,7 @@ def net_driver_names(moddir: Path) -> list[str]:
     names = []
     for top, dirs, files in os.walk(moddir / NET_DRIVERS):
         dirs[:] = sorted(d for d in dirs if not _excluded(d))
-        names += [_module_name(f) for f in files if ".ko" in f and not _excluded(f)]
+        names += [module_name(f) for f in files if ".ko" in f and not _excluded(f)]
     return sorted(names)
 
 
@@ -124,10 +103,10 @@ def _unpacked(kernel: Path) -> Iterator[tuple[Path, Path]]:
     _check_kernel_package(kernel)
     with tempfile.TemporaryDirectory(prefix="pivotal-kernel.") as tmp:
         root = Path(tmp)
-        unpack = subprocess.run(["dpkg-deb", "-x", str(kernel), tmp], capture_output=True,
-                                text=True)
-        if unpack.returncode:
-            raise PivotalError(f"{kernel}: dpkg-deb cannot unpack it: {unpack.stderr.strip()}")
+        try:
+            run(["dpkg-deb", "-x", kernel, tmp])
+        except CommandError as error:
+            raise PivotalError(f"{kernel}: dpkg-deb cannot unpack it: {error.reason}") from None
         images = sorted((root / "boot").glob("vmlinuz-*"))
         if not images:
             raise PivotalError(f"{kernel} contains no boot/vmlinuz-*: "
@@ -167,71 +146,6 @@ def _installed_modules(kernel: Path) -> Path:
                        + ", ".join(map(str, candidates)))
 
 
-class _Kmod:
-    """kmod's depmod, modprobe and modinfo on a module directory, through a
-    scratch tree of symlinks, so that the directory itself is never written."""
-
-    def __init__(self, moddir: Path, scratch: Path) -> None:
-        self.moddir = moddir
-        self.version = moddir.name
-        self.root = scratch
-        staged = scratch / "lib/modules" / self.version
-        staged.mkdir(parents=True)
-        (staged / "kernel").symlink_to(moddir / "kernel")
-        for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
-            if (moddir / name).exists():
-                shutil.copyfile(moddir / name, staged / name)
-        self.staged = staged
-        self._run(which("depmod", "kmod"), "-b", str(scratch), self.version)
-
-    def _run(self, program: Path, *args: str) -> str:
-        result = subprocess.run([str(program), *args], capture_output=True, text=True)
-        if result.returncode:
-            raise PivotalError(f"{program.name} {' '.join(args)} failed: "
-                               f"{result.stderr.strip()}")
-        return result.stdout
-
-    def closure(self, names: list[str]) -> list[_Module]:
-        """The modules and every module they need, as modprobe would load them."""
-        found = [_Module(_module_name(Path(rel).name), rel, self.moddir / rel,
-                         device=rel.startswith(_ETHERNET))
-                 for rel in sorted(self.depends(names))]
-        self._read_info(found)
-        return found
-
-    def depends(self, names: list[str]) -> set[str]:
-        """The paths (relative to the module directory) of the modules and
-        every module they need."""
-        out = self._run(which("modprobe", "kmod"), "-d", str(self.root), "-S", self.version,
-                        "--show-depends", "--ignore-install", "-a", *names)
-        return {str(Path(words[1]).relative_to(self.staged))
-                for words in map(str.split, out.splitlines()) if words[:1] == ["insmod"]}
-
-    def known(self, name: str) -> bool:
-        """The module exists in this kernel, as a file or built in."""
-        result = subprocess.run([str(which("modinfo", "kmod")), "-b", str(self.root),
-                                 "-k", self.version, "-F", "name", name], capture_output=True)
-        return result.returncode == 0
-
-    def _read_info(self, modules: list[_Module]) -> None:
-        out = self._run(which("modinfo", "kmod"), *(str(m.source) for m in modules))
-        by_file = {str(m.source): m for m in modules}
-        current = None
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            value = value.strip()
-            if key == "filename":
-                current = by_file.get(value)
-            elif current and key == "firmware":
-                current.firmware.append(value)
-            elif current and key == "alias":
-                bus = value.split(":", 1)[0]
-                current.buses.add(bus)
-                current.device |= bus in _DEVICE_BUSES
-                if ids := nics.pci_ids(value):
-                    current.pci.append(ids)
-
-
 def _firmware_files(names: list[str]) -> dict[str, Path]:
     """The host's firmware files for these names (as the kernel would find
     them, also compressed), keyed by their path under lib/firmware."""
@@ -261,7 +175,7 @@ def _file_sha256(path: Path) -> str:
 def _builder_key() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("__init__.py", "archive.py", "kernel.py", "../nics.py"):
+    for name in ("__init__.py", "archive.py", "kernel.py", "kmod.py", "../nics.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:8]
 
@@ -292,7 +206,7 @@ def build_kernel_part(kernel: Path, cache_dir: Path, progress: Progress = None,
     with tempfile.TemporaryDirectory(prefix=".kernel-", dir=entry.parent) as tmp, \
             _unpacked(kernel) as (vmlinuz, moddir):
         work = Path(tmp)
-        kmod = _Kmod(moddir, work / "kmod")
+        kmod = Kmod(moddir, work / "kmod")
         extra = EXTRA_MODULES + (KVM_MODULES if kvm else ())
         roots = net_driver_names(moddir) + [n for n in extra if kmod.known(n)]
         if not roots:
@@ -363,12 +277,11 @@ def _plain_module(source: Path) -> bytes:
     part is compressed as a whole anyway."""
     for suffix, command in _COMPRESSED.items():
         if source.name.endswith(".ko" + suffix):
-            return subprocess.run([*command, str(source)], check=True,
-                                  capture_output=True).stdout
+            return run([*command, source], text=False).stdout
     return source.read_bytes()
 
 
-def _build_nic_parts(kmod: _Kmod, wanted: list[_Module], drivers: list[str],
+def _build_nic_parts(kmod: Kmod, wanted: list[Module], drivers: list[str],
                      kvm: list[str], folder: Path, work: Path) -> None:
     """Into folder: for each PCI NIC driver among drivers, a part with it,
     the NIC drivers of the bus it makes (TRANSPORTS) or that it loads
@@ -398,7 +311,7 @@ def _build_nic_parts(kmod: _Kmod, wanted: list[_Module], drivers: list[str],
     nics.write_index(folder / nics.INDEX, parts, pci)
 
 
-def _build_modules_part(moddir: Path, wanted: list[_Module], drivers: list[str],
+def _build_modules_part(moddir: Path, wanted: list[Module], drivers: list[str],
                         firmware: dict[str, Path], output: Path, root: Path,
                         compress: list[str]) -> None:
     version = moddir.name
@@ -413,8 +326,7 @@ def _build_modules_part(moddir: Path, wanted: list[_Module], drivers: list[str],
         shutil.copyfile(moddir / "modules.builtin", target / "modules.builtin")
     (target / "boottorrent-nics").write_text("".join(f"{n}\n" for n in drivers))
     # busybox's depmod writes the modules.dep/alias/symbols that its modprobe reads.
-    subprocess.run([str(BUSYBOX), "depmod", "-b", str(root / "usr"), version],
-                   check=True, capture_output=True)
+    run([BUSYBOX, "depmod", "-b", root / "usr", version])
     for name in ("modules.dep", "modules.alias", "modules.symbols"):
         path = target / name
         if path.exists():  # line order follows readdir: sort for reproducibility

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from boottorrent.initramfs import PivotalError
 from boottorrent.initramfs.staging import Tree
+from boottorrent.pivotal.command import run
 
 # The interpreter the pivotal runs: Debian's, the one python3-libtorrent is
 # built for (not necessarily the one running this builder).
@@ -76,13 +76,9 @@ def resolve_modules() -> PythonModules:
     if not TARGET_PYTHON.exists():
         raise PivotalError(f"{TARGET_PYTHON} is missing (package python3)")
     root = package_root()
-    result = subprocess.run(
-        [str(TARGET_PYTHON), "-S", "-E", "-c", _RESOLVER, str(root), str(DIST_PACKAGES),
-         PROGRAM_MODULE, *LAZY_MODULES],
-        capture_output=True, text=True, cwd="/", env={"PATH": "/usr/bin:/bin", "LANG": "C"})
-    if result.returncode:
-        raise PivotalError(f"{TARGET_PYTHON} cannot import {PROGRAM_MODULE} from {root}:\n"
-                           f"{result.stderr}")
+    result = run([TARGET_PYTHON, "-S", "-E", "-c", _RESOLVER, root, DIST_PACKAGES,
+                  PROGRAM_MODULE, *LAZY_MODULES],
+                 cwd="/", env={"PATH": "/usr/bin:/bin", "LANG": "C"})
     header = dict(line[1:].split(" ", 1) for line in result.stdout.splitlines()
                   if line.startswith("#"))
     package_dir = root / "boottorrent"
@@ -112,10 +108,7 @@ def resolve_modules() -> PythonModules:
 
 
 def _compile(jobs: list[tuple[str, str, str, int]]) -> None:
-    result = subprocess.run([str(TARGET_PYTHON), "-S", "-E", "-c", _COMPILER],
-                            input=json.dumps(jobs), capture_output=True, text=True)
-    if result.returncode:
-        raise PivotalError(f"compiling the pivotal's python modules failed:\n{result.stderr}")
+    run([TARGET_PYTHON, "-S", "-E", "-c", _COMPILER], input=json.dumps(jobs))
 
 
 def add_python(tree: Tree, modules: PythonModules) -> list[Path]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from boottorrent.initramfs import PivotalError
+from boottorrent.pivotal.command import run
 
 
 class Tree:
@@ -73,9 +73,7 @@ class Tree:
 
 def shared_libraries(binaries: Iterable[Path]) -> list[Path]:
     """Every shared library (and the dynamic loader) the binaries need, by ldd."""
-    result = subprocess.run(["ldd", *map(str, binaries)], capture_output=True, text=True)
-    if result.returncode:
-        raise PivotalError(f"ldd failed:\n{result.stdout}{result.stderr}")
+    result = run(["ldd", *binaries])
     libraries = set()
     for line in result.stdout.splitlines():
         line = line.strip()

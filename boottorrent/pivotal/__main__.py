@@ -20,15 +20,15 @@ from boottorrent.pivotal.kexec import kexec, kexec_commands, verify
 from boottorrent.pivotal.network import bring_up_network, kernel_parameters
 from boottorrent.pivotal.report import Reporter, send_report
 from boottorrent.pivotal.run import CannotRun, check_room, start
-from boottorrent.pivotal.swarm import Image, Swarm, choose_image
-from boottorrent.pivotal.wire import PivotalConfig, Report
+from boottorrent.pivotal.swarm import Swarm, choose_image
+from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, Report
 
 CONFIG = Path("/etc/boottorrent/pivotal.json")
 WORK_DIR = Path("/run/boottorrent")
 ATTEMPTS = 3
 
 
-def run_here(args: argparse.Namespace, config: PivotalConfig, image: Image, folder: Path,
+def run_here(args: argparse.Namespace, config: PivotalConfig, image: ImageSpec, folder: Path,
              swarm: Swarm, report: Report) -> None:
     """Run a qemu or exec image, seeding it while it runs and then while
     others still need it."""
@@ -36,7 +36,7 @@ def run_here(args: argparse.Namespace, config: PivotalConfig, image: Image, fold
                     kvm_allowed=not args.no_kvm)
     swarm.seed_while(running.running)
     report.exit_status = running.wait()
-    what = "its VM" if image.spec.method == "qemu" else "its program"
+    what = "its VM" if image.method == "qemu" else "its program"
     report.message = f"{what} exited with status {report.exit_status}"
     say(f"{image.name}: {report.message}")
     swarm.seed(phase="exited")
@@ -56,7 +56,7 @@ def boot(args: argparse.Namespace, config: PivotalConfig,
     check_room(image, args.work_dir)
     reporter = Reporter(config.report_url, report, config.token)
     try:
-        say(f"booting image {image.name} ({human_bytes(image.spec.size)}) from {config.server}")
+        say(f"booting image {image.name} ({human_bytes(image.size)}) from {config.server}")
         save_path = args.work_dir / "images"
         swarm = Swarm(config, image, save_path, f"{report.address}:{args.port}", report,
                       reporter, args.work_dir / "share")
@@ -64,7 +64,7 @@ def boot(args: argparse.Namespace, config: PivotalConfig,
         folder = save_path / image.name
         verify(image, folder, swarm.digests)
         report.verified_at = time.time()
-        if image.spec.method != "kexec":
+        if image.method != "kexec":
             run_here(args, config, image, folder, swarm, report)
             return None
         swarm.seed()

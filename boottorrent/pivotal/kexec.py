@@ -3,42 +3,42 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 from boottorrent.pivotal import ClientError
+from boottorrent.pivotal.command import CommandError, run
 from boottorrent.pivotal.console import say
 from boottorrent.pivotal.digest import file_sha256
 from boottorrent.pivotal.run import meminfo_mib
-from boottorrent.pivotal.swarm import Image
+from boottorrent.pivotal.wire import ImageSpec
 
 
-def verify(image: Image, folder: Path, known: dict[Path, str]) -> None:
+def verify(image: ImageSpec, folder: Path, known: dict[Path, str]) -> None:
     """Check the files against the registry's SHA-256; known: digests of
     files already computed from the bytes written (Swarm.digests)."""
-    for name, expected in image.spec.sha256.items():
+    for name, expected in image.sha256.items():
         if (known.get(folder / name) or file_sha256(folder / name)) != expected:
             raise ClientError(f"{name}: SHA-256 does not match the registry")
 
 
-def image_cmdline(image: Image, mac: str, machine_words: str = "") -> str:
+def image_cmdline(image: ImageSpec, mac: str, machine_words: str = "") -> str:
     """The image's command line, then this machine's words from [machines]
     (its systemd.hostname=, its group's cmdline), then BOOTIF= (the pxelinux
     convention that Debian's live-boot, dracut and others read) naming the
     NIC that booted, unless the image sets it itself."""
-    cmdline = f"{image.spec.cmdline} {machine_words}".strip()
+    cmdline = f"{image.cmdline} {machine_words}".strip()
     if mac and "BOOTIF=" not in cmdline:
         cmdline = f"{cmdline} BOOTIF=01-{mac.replace(':', '-')}".strip()
     return cmdline
 
 
-def kexec_commands(image: Image, folder: Path, mac: str,
+def kexec_commands(image: ImageSpec, folder: Path, mac: str,
                    machine_words: str = "") -> list[list[str]]:
     """The kexec command lines that boot the image, with its one initrd."""
-    kernel = folder / image.spec.kernel
+    kernel = folder / image.kernel
     cmdline = image_cmdline(image, mac, machine_words)
     load = ["kexec", "-s", "-l", str(kernel), f"--command-line={cmdline}"]
-    initrds = [folder / name for name in image.spec.initrds]
+    initrds = [folder / name for name in image.initrds]
     if initrds:
         load.insert(4, f"--initrd={one_initrd(initrds)}")
     return [load, ["kexec", "-e"]]
@@ -61,15 +61,16 @@ def one_initrd(initrds: list[Path]) -> Path:
 
 def kexec(commands: list[list[str]]) -> None:
     load, execute = commands
-    result = subprocess.run(load, capture_output=True, text=True)
-    if result.returncode != 0:
+    try:
+        run(load)
+    except CommandError as error:
         # No kexec_file_load (or the kernel is not signed for it): kexec_load.
-        say(f"kexec_file_load failed ({result.stderr.strip()}); trying kexec_load")
-        subprocess.run([arg for arg in load if arg != "-s"], check=True)
+        say(f"kexec_file_load failed ({error.reason}); trying kexec_load")
+        run([arg for arg in load if arg != "-s"])
     # What the image takes here once loaded: the download and kexec's segment
     # (while loading, the kernel's read buffer as well; run.check_room).
     total, available = meminfo_mib()
     say(f"kexec loaded the image: {available} MiB of RAM still available, of {total} MiB")
-    subprocess.run(["sync"])
-    subprocess.run(execute, check=True)
+    run(["sync"], check=False)
+    run(execute)
     raise ClientError("kexec -e returned")

@@ -80,10 +80,10 @@ def settings(listen: str, upload_slots: int, *, seed: bool) -> dict:
         # A machine that got the image between two of its polls of the
         # connections (a small image on a fast link) still finds the
         # server's connection there and counts what came from it
-        # (swarm.SourceCounter): neither side closes a connection because
+        # (counter.SourceCounter): neither side closes a connection because
         # both are seeds.
         "close_redundant_connections": False,
-        # The pivotal filters the server's address out at times (swarm.ServerGate):
+        # The pivotal filters the server's address out at times (gate.ServerGate):
         # for BitTorrent, not for the tracker it runs.
         "apply_ip_filter_to_trackers": False,
         # Labs and tests run several sessions behind one address.
@@ -140,7 +140,7 @@ def join_params(torrent_base64: str, save_path: Path,
     """A torrent as pivotal.json carries it, to download into save_path,
     without its web seeds, and the web seeds (the pivotal adds them only as
     a fallback). The server is among its peers from the start, for when
-    swarm.ServerGate lets it in."""
+    gate.ServerGate lets it in."""
     params = add_params(base64.b64decode(torrent_base64), save_path)
     web_seeds = list(params.url_seeds)
     params.url_seeds = []

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from boottorrent.pivotal import ClientError
+from boottorrent.pivotal.command import run
 from boottorrent.pivotal.console import say
 from boottorrent.pivotal.wire import Report
 
@@ -47,8 +47,7 @@ def interfaces() -> dict[str, str]:
 
 
 def ipv4_address(interface: str) -> str | None:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", interface],
-                         capture_output=True, text=True).stdout.split()
+    out = run(["ip", "-4", "-o", "addr", "show", "dev", interface], check=False).stdout.split()
     return out[out.index("inet") + 1].split("/")[0] if "inet" in out else None
 
 
@@ -60,7 +59,7 @@ def bring_up_network(bootif: str | None, report: Report, work: Path) -> str:
     wanted = bootif_mac(bootif)
     names = [n for n, mac in found.items() if mac == wanted] or list(found)
     for name in names:
-        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        run(["ip", "link", "set", name, "up"])
     for name in names:
         report.mac = found[name]
         if address := ipv4_address(name):
@@ -71,10 +70,9 @@ def bring_up_network(bootif: str | None, report: Report, work: Path) -> str:
         script = work / "udhcpc.script"
         script.write_text(UDHCPC_SCRIPT)
         script.chmod(0o755)
-        result = subprocess.run(
-            ["busybox", "udhcpc", "-i", name, "-f", "-q", "-n", "-t", "10", "-T", "2", "-s", str(script)],
-            env={**os.environ, "LEASE_FILE": str(work / f"lease.{name}")},
-            capture_output=True, text=True)
+        result = run(["busybox", "udhcpc", "-i", name, "-f", "-q", "-n", "-t", "10", "-T", "2",
+                      "-s", script], env={**os.environ, "LEASE_FILE": str(work / f"lease.{name}")},
+                     check=False)
         if result.returncode == 0 and (address := ipv4_address(name)):
             report.address = address
             say(f"{name}: address {address}")

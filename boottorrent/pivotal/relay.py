@@ -1,7 +1,7 @@
 """The chain: this machine streams a torrent's bytes from the machine that
 asked the server before it (or from the server, when it is the first),
 writes them to the torrent's files, and passes them on to the machine
-after it as they arrive (chain.py on the server says who is before whom).
+after it as they arrive (fleet/chain.py on the server says who is before whom).
 Every piece leaves the server once and every machine's link carries the
 image once each way, as in a pipeline; BitTorrent takes what the chain
 does not bring: pieces before the stream's start, the rest once the chain
@@ -22,27 +22,24 @@ piece and fetches the wrong ones (Relay.settle)."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
-import re
 import socket
-import sys
 import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import libtorrent as lt
 
 from boottorrent.pivotal.console import say
 from boottorrent.pivotal.digest import StreamDigest
+from boottorrent.pivotal.paths import CHAIN
+from boottorrent.pivotal.relayserver import RelayServer
 from boottorrent.pivotal.source import READ_TIMEOUT, Source
 from boottorrent.pivotal.spans import FileSpan
-from boottorrent.pivotal.wire import TOKEN_HEADER
+from boottorrent.pivotal.wire import TOKEN_HEADER, ChainAnswer
 
 # Tries of one source before it is reported to the server, which names
 # another: a machine's link drops a few packets while dozens of machines
@@ -57,65 +54,6 @@ LEAD_PIECES = 16
 SEND_MAX = 1 << 20  # bytes handed to the kernel at a time
 CHUNK = 256 * 1024  # bytes received (or hashed) at a time
 DEFAULT_PRIORITY = 4
-
-
-class RelayServer(ThreadingHTTPServer):
-    """This machine's side of the chain: GET /stream/INFOHASH (Range:
-    bytes=N-) answers with the bytes from N on (or from where this
-    machine's own stream started, said in Content-Range), as they arrive."""
-
-    daemon_threads = True
-
-    def __init__(self, address: str):
-        self.relays: dict[str, Relay] = {}
-        self.streaming = 0  # connections sending a stream
-        self.lock = threading.Lock()
-        super().__init__((address, 0), StreamHandler)
-        self.port = self.server_address[1]
-        threading.Thread(target=self.serve_forever, name="relay", daemon=True).start()
-
-    def handle_error(self, request, client_address) -> None:
-        """A successor that goes away (it has the rest, or failed) is the
-        chain's normal life, not the socketserver's traceback on the console."""
-        kind, error, _ = sys.exc_info()
-        if not isinstance(error, OSError):
-            say(f"relay: a stream to {client_address[0]} failed: "
-                f"{kind.__name__ if kind else '?'}: {error}")
-
-    def stop(self) -> None:
-        for relay in list(self.relays.values()):
-            relay.stop()
-        self.shutdown()
-        self.server_close()
-
-
-class StreamHandler(BaseHTTPRequestHandler):
-    server: RelayServer
-    protocol_version = "HTTP/1.1"
-    timeout = READ_TIMEOUT
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
-        pass  # the console is for what the admin needs to see
-
-    def do_GET(self) -> None:
-        relay = self.server.relays.get(self.path.removeprefix("/stream/"))
-        wanted = re.fullmatch(r"bytes=(\d{1,18})-", self.headers.get("Range", "bytes=0-"))
-        if relay is None or wanted is None or int(wanted[1]) >= relay.total:
-            self.send_error(HTTPStatus.NOT_FOUND)
-            return
-        start = relay.first_servable(int(wanted[1]))
-        self.send_response(HTTPStatus.PARTIAL_CONTENT)
-        self.send_header("Content-Range", f"bytes {start}-{relay.total - 1}/{relay.total}")
-        self.send_header("Content-Length", str(relay.total - start))
-        self.end_headers()
-        self.wfile.flush()
-        with self.server.lock:
-            self.server.streaming += 1
-        try:
-            relay.serve(self.connection, start)
-        finally:
-            with self.server.lock:
-                self.server.streaming -= 1
 
 
 class Relay:
@@ -212,14 +150,12 @@ class Relay:
     def _ask(self, failed: str) -> str | None:
         query = urllib.parse.urlencode({"port": self.server.port, "failed": failed})
         try:
-            asked = urllib.request.Request(f"{self.server_url}/chain/{self.infohash}?{query}",
+            asked = urllib.request.Request(f"{self.server_url}{CHAIN}/{self.infohash}?{query}",
                                            headers={TOKEN_HEADER: self.token})
             with urllib.request.urlopen(asked, timeout=READ_TIMEOUT) as response:
-                answer = json.loads(response.read(4096))
+                return ChainAnswer.from_json(response.read(4096)).source
         except (OSError, ValueError):
             return None
-        source = answer.get("source") if isinstance(answer, dict) else None
-        return source if isinstance(source, str) else None
 
     def _stream(self, source: str) -> None:
         # The token goes to the server only: another machine has no use for it.

@@ -7,18 +7,17 @@ wait for the pivotal's own files (Swarm shares them then)."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import urllib.request
 
-from boottorrent.pivotal.wire import TOKEN_HEADER, Report
+from boottorrent.pivotal.wire import TOKEN_HEADER, Report, ReportAnswer
 
 FIRST_INTERVAL = 1.0  # seconds, until the server says otherwise
 MAX_INTERVAL = 60.0
 
 
-def send_report(url: str, report: Report, token: str) -> dict | None:
+def send_report(url: str, report: Report, token: str) -> ReportAnswer | None:
     """The server's answer, or None when it did not give one. token: this
     machine's (wire.TOKEN_FILE); a report without the right one is refused."""
     request = urllib.request.Request(url, data=report.to_json(),
@@ -26,14 +25,9 @@ def send_report(url: str, report: Report, token: str) -> dict | None:
                                               TOKEN_HEADER: token})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            answer = json.loads(response.read(4096))
+            return ReportAnswer.from_json(response.read(4096))
     except (OSError, ValueError):
         return None  # the server may be busy; the next report will do
-    return answer if isinstance(answer, dict) else None
-
-
-def count(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Reporter:
@@ -61,10 +55,9 @@ class Reporter:
         answer = send_report(self.url, self.report, self.token)
         if answer is None:
             return
-        interval = answer.get("interval")
-        if isinstance(interval, (int, float)) and not isinstance(interval, bool):
-            self.interval = min(max(float(interval), FIRST_INTERVAL), MAX_INTERVAL)
-        self.coming, self.waiting = (count(answer.get(key)) for key in ("coming", "waiting"))
+        if answer.interval is not None:
+            self.interval = min(max(answer.interval, FIRST_INTERVAL), MAX_INTERVAL)
+        self.coming, self.waiting = answer.coming, answer.waiting
 
     def stop(self) -> None:
         self.stopped.set()

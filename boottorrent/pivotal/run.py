@@ -14,14 +14,10 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from boottorrent.pivotal import ClientError
 from boottorrent.pivotal.console import say
-from boottorrent.pivotal.wire import OUTPUT_TAIL, Report
-
-if TYPE_CHECKING:  # swarm.py loads libtorrent; the server reads the paths below
-    from boottorrent.pivotal.swarm import Image
+from boottorrent.pivotal.wire import OUTPUT_TAIL, ImageSpec, Report
 
 # Where the pivotal finds QEMU and OVMF: where Debian's packages put them on
 # the server, which the QEMU part copies them from (initramfs/qemu.py).
@@ -61,7 +57,7 @@ def vm_memory_mib(setting: str, total: int, available: int) -> int:
     return wanted
 
 
-def check_room(image: Image, work: Path) -> None:
+def check_room(image: ImageSpec, work: Path) -> None:
     """Before the download: CannotRun if the image cannot fit in this
     machine's RAM. The download is held in RAM (work is a tmpfs); while
     kexec_file_load loads a kexec image, the kernel holds two more copies
@@ -69,8 +65,8 @@ def check_room(image: Image, work: Path) -> None:
     MiB image on a 2 GiB machine had kexec killed for want of memory,
     bench/RAM.md), and a qemu image's VM needs its memory besides."""
     total, available = meminfo_mib()
-    size = -(-image.spec.size // (1 << 20))
-    copies = 3 if image.spec.method == "kexec" else 1
+    size = -(-image.size // (1 << 20))
+    copies = 3 if image.method == "kexec" else 1
     needed = copies * size + PIVOTAL_RESERVE_MIB
     held = f"{size} MiB, held in RAM{' three times while kexec loads it' if copies == 3 else ''}"
     if needed > available:
@@ -81,16 +77,16 @@ def check_room(image: Image, work: Path) -> None:
     if size > room.f_bavail * room.f_frsize >> 20:
         raise CannotRun(f"the image ({size} MiB) is larger than {work}, a tmpfs of "
                         f"{room.f_blocks * room.f_frsize >> 20} MiB")
-    if image.spec.method == "qemu":
-        vm_memory_mib(image.spec.vm["memory"], total, available - size)
+    if image.method == "qemu":
+        vm_memory_mib(image.vm["memory"], total, available - size)
 
 
-def vm_command(image: Image, folder: Path, work: Path, memory_mib: int, cpus: int,
+def vm_command(image: ImageSpec, folder: Path, work: Path, memory_mib: int, cpus: int,
                kvm: bool) -> list[str]:
     """QEMU's command line for a qemu image: its disk behind a copy-on-write
     layer (the downloaded file is what this machine seeds: it must not
     change), user-mode networking, the serial port on this console."""
-    vm = image.spec.vm
+    vm = image.vm
     command = [QEMU, "-name", image.name, "-nodefaults", "-no-user-config", "-display", "none",
                "-accel", "kvm" if kvm else "tcg", *(["-cpu", "host"] if kvm else []),
                "-m", str(memory_mib), "-smp", str(vm["cpus"] or cpus),
@@ -153,12 +149,12 @@ class Running:
         return status
 
 
-def start(image: Image, folder: Path, work: Path, report: Report, server: str,
+def start(image: ImageSpec, folder: Path, work: Path, report: Report, server: str,
           kvm_allowed: bool = True) -> Running:
     """Start a qemu or exec image that was downloaded into folder."""
     env = {**os.environ, "BOOTTORRENT_IMAGE": image.name, "BOOTTORRENT_SERVER": server,
            "BOOTTORRENT_MAC": report.mac, "TMPDIR": str(work)}
-    if image.spec.method == "exec":
+    if image.method == "exec":
         program = folder / "program"
         program.chmod(0o755)  # the torrent's files are written without modes
         say(f"{image.name}: running its program")
@@ -166,7 +162,7 @@ def start(image: Image, folder: Path, work: Path, report: Report, server: str,
     if not shutil.which(QEMU):
         raise CannotRun(f"{QEMU} is missing: this pivotal was built without its QEMU part")
     total, available = meminfo_mib()
-    memory = vm_memory_mib(image.spec.vm["memory"], total, available)
+    memory = vm_memory_mib(image.vm["memory"], total, available)
     kvm = kvm_allowed and os.access("/dev/kvm", os.R_OK | os.W_OK)
     if not kvm:
         say("warning: no KVM on this machine (no VT-x or AMD-V, or it is off in the "

@@ -14,7 +14,8 @@ import libtorrent as lt
 
 from boottorrent.pivotal import lan
 from boottorrent.pivotal.console import say
-from boottorrent.pivotal.relay import Relay, RelayServer
+from boottorrent.pivotal.relay import Relay
+from boottorrent.pivotal.relayserver import RelayServer
 from boottorrent.pivotal.wire import PivotalConfig, Report
 
 

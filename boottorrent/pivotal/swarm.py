@@ -6,151 +6,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import libtorrent as lt
 
 from boottorrent.pivotal import ClientError, lan
 from boottorrent.pivotal.console import human_bytes, say
-from boottorrent.pivotal.relay import Relay, RelayServer
+from boottorrent.pivotal.counter import SourceCounter
+from boottorrent.pivotal.gate import ServerGate
+from boottorrent.pivotal.relay import Relay
+from boottorrent.pivotal.relayserver import RelayServer
 from boottorrent.pivotal.report import Reporter
 from boottorrent.pivotal.share import PivotalShare
 from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, Report
 
 
-@dataclass
-class Image:
-    name: str
-    spec: ImageSpec
-
-
-def choose_image(config: PivotalConfig, params: dict[str, str], mac: str) -> Image:
+def choose_image(config: PivotalConfig, params: dict[str, str], mac: str) -> ImageSpec:
     name = params.get("boottorrent.image") or config.mac_images.get(mac) \
         or config.default_image
     if not name:
         raise ClientError("no image registered on the server")
     if name not in config.images:
         raise ClientError(f"image {name!r} is not in this pivotal's configuration")
-    return Image(name, config.images[name])
-
-
-class SourceCounter:
-    """The payload received, split into what the server sent and what peers sent.
-
-    libtorrent counts payload per connection (peer_info.total_download); a
-    connection's counter is gone when it closes and starts again from 0 when
-    the peer reconnects, so the last value of every connection seen is kept
-    and added up. The torrent's own total, read before the connections,
-    only adds bytes from connections that came and went between two updates,
-    which go to the peers. (Taking the peers' share as that total minus the
-    server's, read after the connections, made it jump up and back to 0
-    while only the server was connected: the bytes that arrived in between.)
-    Both figures only grow.
-    """
-
-    def __init__(self, server: str):
-        self.server = server
-        self.connections: dict[tuple, int] = {}  # (remote, local endpoint) -> bytes
-        self.closed = {True: 0, False: 0}  # from the server? -> bytes of closed connections
-        self.from_server = 0
-        self.from_peers = 0
-
-    def update(self, received: int, peers: list[tuple[tuple, tuple, int]]) -> tuple[int, int]:
-        """received: the torrent's payload total, read before peers, the
-        (remote endpoint, local endpoint, bytes received) of each connection."""
-        for remote, local, total in peers:
-            key = (tuple(remote), tuple(local))
-            last = self.connections.get(key, 0)
-            if total < last:  # the same endpoints again: a new connection
-                self.closed[remote[0] == self.server] += last
-            self.connections[key] = total
-        by_source = dict(self.closed)
-        for (remote, _), total in self.connections.items():
-            by_source[remote[0] == self.server] += total
-        self.from_server = max(self.from_server, by_source[True])
-        self.from_peers = max(self.from_peers, by_source[False],
-                              received - self.from_server)
-        return self.from_server, self.from_peers
-
-
-class ServerGate:
-    """The server as a BitTorrent peer only for what it cannot get otherwise.
-
-    The image arrives through the chain (relay.py), which the server
-    feeds once, and BitTorrent fills the gaps from the other machines. The
-    server's address is filtered out of this machine's BitTorrent from the
-    start (its connection closes and it is not dialled), so that
-    libtorrent does not also ask the server for whatever it lacks. The
-    server is let in when a piece this machine misses has been on no
-    connected peer for STALL seconds once the chain brings nothing more,
-    or when nothing arrived for STALL seconds
-    (peers that choke us, or a server without /chain), and then stays in
-    for REOPEN_FOR seconds at least; it is filtered out again while the
-    peers hold, between them, every piece this machine misses.
-    """
-
-    STALL = 3.0
-    REOPEN_FOR = 5.0
-
-    def __init__(self, session: lt.session, server: tuple[str, int]):
-        self.session = session
-        self.server = server
-        self.shut = False
-        self.open_until = 0.0
-        self.last_done, self.last_change = -1, time.monotonic()
-        self.lacking_since: float | None = None
-        self._shut(True, [])
-
-    def hold_open(self) -> None:
-        self.open_until = float("inf")
-        if self.shut:
-            self._shut(False, [])
-
-    def update(self, handles: list[lt.torrent_handle], server_gives: bool,
-               arrived: int) -> None:
-        """server_gives: the chain still brings this machine the image
-        (relay.py); what the peers lack meanwhile comes that way. arrived:
-        the bytes the chain brought so far, which libtorrent does not count."""
-        downloading, lacking, done = False, False, arrived
-        for handle in handles:
-            status = handle.status(lt.status_flags_t.query_pieces)
-            done += status.total_done
-            if status.is_seeding:
-                continue
-            downloading = True
-            missing = {i for i, have in enumerate(status.pieces) if not have}
-            for peer in handle.get_peer_info():
-                if peer.ip[0] != self.server[0]:
-                    missing.difference_update(i for i, has in enumerate(peer.pieces) if has)
-            lacking = lacking or bool(missing)
-        now = time.monotonic()
-        if done != self.last_done:
-            self.last_done, self.last_change = done, now
-        if not downloading:
-            return
-        if lacking and not server_gives:
-            self.lacking_since = self.lacking_since or now
-        else:
-            self.lacking_since = None
-        stalled = now - self.last_change >= self.STALL
-        if self.shut and (stalled or (self.lacking_since is not None
-                                      and now - self.lacking_since >= self.STALL)):
-            self._shut(False, handles)
-            self.open_until = now + self.REOPEN_FOR
-        elif (not self.shut and not stalled and now >= self.open_until
-              and (server_gives or not lacking)):
-            self._shut(True, handles)
-
-    def _shut(self, shut: bool, handles: list[lt.torrent_handle]) -> None:
-        rules = lt.ip_filter()
-        if shut:
-            rules.add_rule(self.server[0], self.server[0], 1)  # 1: blocked
-        self.session.set_ip_filter(rules)
-        self.shut = shut
-        if not shut:  # the filter dropped the server from the peer lists
-            for handle in handles:
-                handle.connect_peer(self.server)
+    return config.images[name]
 
 
 # Seconds libtorrent may take to seed the files handed over (Swarm._hand_over)
@@ -161,7 +39,7 @@ HAND_OVER_MAX = 2.0
 class Swarm:
     """One torrent download, then seeding, with accounting of who sent what."""
 
-    def __init__(self, config: PivotalConfig, image: Image, save_path: Path, listen: str,
+    def __init__(self, config: PivotalConfig, image: ImageSpec, save_path: Path, listen: str,
                  report: Report, server: Reporter | None = None,
                  share_folder: Path | None = None):
         """server: the reporter, whose answers from the server say how many
@@ -178,7 +56,7 @@ class Swarm:
         self.last_error = ""
         # The web seeds are the fallback only: from the start they would
         # make every client pull from the server's HTTP side.
-        params, self.web_seeds = lan.join_params(image.spec.torrent, save_path,
+        params, self.web_seeds = lan.join_params(image.torrent, save_path,
                                                  (config.server, config.seeder_port))
         self.gate = ServerGate(self.session, (config.server, config.seeder_port))
         if self.web_seeds:  # the server offers the chain (relay.py)
@@ -187,7 +65,7 @@ class Swarm:
         self.save_path = save_path
         # What the files must be before they are seeded and booted.
         self.expected = {save_path / image.name / name: digest
-                         for name, digest in image.spec.sha256.items()}
+                         for name, digest in image.sha256.items()}
         self.digests: dict[Path, str] = {}  # the files' SHA-256, once the chain settled
         self.uploaded_before = 0  # by the torrent before it was added again as a seed
         self.last_announce = time.monotonic()
@@ -210,24 +88,39 @@ class Swarm:
             return None
         return answer.coming + ((answer.waiting or 0) if self.share else 0)
 
-    def _count_sources(self, alerts: list[lt.alert]) -> None:
+    def _tick(self, alerts: list[lt.alert]) -> None:
+        """Each turn of the loop: the pivotal's share, the sources' count,
+        the server's gate, and what libtorrent said."""
+        self._share_pivotal()
+        peer_info = self._count_sources()
+        if self.relay:
+            self.relay.use_seeds(peer_info, self.server)
+        relays = [r for r in (self.relay, self.share and self.share.relay) if r]
+        self.gate.update([self.handle] + ([self.share.handle] if self.share else []),
+                         any(not r.done for r in relays), sum(r.position for r in relays))
+        self._say_alerts(alerts)
+
+    def _share_pivotal(self) -> None:
+        """Serve the pivotal's shared parts once the server says machines wait for them."""
         if self.share:
             self.share.poll()
         elif self.share_folder and self.server_answer and self.server_answer.waiting:
             self.share = PivotalShare(self.session, self.config, self.share_folder, self.report,
                                       self.relays)
+
+    def _count_sources(self) -> list[lt.peer_info]:
+        """The report's bytes from the server and from peers (the chain's
+        included); the connections' peer_info, as read for that."""
         # The torrent's total first, then the connections: see SourceCounter.
         received = self.handle.status().total_payload_download
         peer_info = self.handle.get_peer_info()
         peers = [(p.ip, p.local_endpoint, p.total_download) for p in peer_info]
-        if self.relay:
-            self.relay.use_seeds(peer_info, self.server)
         from_server, from_peers = self.sources.update(received, peers)
         self.report.from_server = from_server + (self.relay.from_server if self.relay else 0)
         self.report.from_peers = from_peers + (self.relay.from_peers if self.relay else 0)
-        relays = [r for r in (self.relay, self.share and self.share.relay) if r]
-        self.gate.update([self.handle] + ([self.share.handle] if self.share else []),
-                         any(not r.done for r in relays), sum(r.position for r in relays))
+        return peer_info
+
+    def _say_alerts(self, alerts: list[lt.alert]) -> None:
         for alert in alerts:
             if isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
                                   lt.url_seed_alert)):
@@ -273,7 +166,7 @@ class Swarm:
         completes as a download does, and the tracker hears "completed" and
         counts the machine (libtorrent never says so of a torrent added in
         seed mode). Whether it seeds now."""
-        params, _ = lan.join_params(self.image.spec.torrent, self.save_path,
+        params, _ = lan.join_params(self.image.torrent, self.save_path,
                                     (self.config.server, self.config.seeder_port))
         last = params.ti.num_pieces() - 1
         params.have_pieces = [True] * last + [False]
@@ -300,7 +193,7 @@ class Swarm:
         while True:
             # The chain's end is a moment to check at once (Relay.arrived).
             wake = self.relay.arrived if self.relay and not self.relay.arrived.is_set() else None
-            self._count_sources(lan.alerts_after(self.session, 0.5, wake))
+            self._tick(lan.alerts_after(self.session, 0.5, wake))
             status = self._update_report()
             if self._whole(status):
                 break
@@ -362,7 +255,7 @@ class Swarm:
         or exec image), however long that is."""
         self.report.phase = "running"
         while running():
-            self._count_sources(lan.alerts_after(self.session, 0.5))
+            self._tick(lan.alerts_after(self.session, 0.5))
             self._update_report()
             self._announce_when_due()
 
@@ -385,7 +278,7 @@ class Swarm:
         self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
         self.last_announce = time.monotonic()
         while time.monotonic() - started < self.settings.seed_time_max:
-            self._count_sources(lan.alerts_after(self.session, 0.5))
+            self._tick(lan.alerts_after(self.session, 0.5))
             status = self._update_report()
             on_their_way = self.coming()
             if on_their_way != said_coming and on_their_way is not None:

@@ -3,7 +3,11 @@
 * PivotalConfig: etc/boottorrent/pivotal.json in the pivotal's config part,
   written by the server (render.py) and read by the pivotal;
 * Report: what a pivotal POSTs to the seeder's /report, which the seeder
-  keeps and `boottorrent status`, the demo and the lab show.
+  keeps and `boottorrent status`, the demo and the lab show, and
+  ReportAnswer, the seeder's answer;
+* ChainAnswer: whom a machine streams an image from (GET /chain/...).
+
+Where things are (URL paths, the files of the config part) is paths.py's.
 
 Standard library only: this module ships in the pivotal. VERSION changes
 when a field changes meaning; each side refuses the other's data of another
@@ -17,7 +21,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-VERSION = 4
+from boottorrent.pivotal.paths import TOKEN_FILE
+
+VERSION = 5
 # "pxe" is the server's own: a machine that fetched the boot files and has
 # not reported yet. "running": a qemu or exec image runs on the machine, which
 # seeds it meanwhile; "exited": it ended (Report.exit_status).
@@ -28,7 +34,6 @@ OUTPUT_TAIL = 1000  # characters of an exec image's output that its reports carr
 # the config part it hands that machine, beside pivotal.json; the pivotal
 # (and its /stage) sends it in TOKEN_HEADER with every request to the
 # server's HTTP side, never to another machine.
-TOKEN_FILE = "etc/boottorrent/token"
 TOKEN_HEADER = "BootTorrent-Token"
 
 
@@ -39,8 +44,29 @@ def setting(section: str, check: str, default: int) -> Any:
     return field(default=default, metadata={"section": section, "check": check})
 
 
+class Settings:
+    """Base of the dataclasses whose fields made with setting() are
+    boottorrent.conf keys; their other fields are not."""
+
+    @classmethod
+    def configspec(cls) -> dict[str, list[str]]:
+        """The configspec lines of these settings, by section."""
+        lines: dict[str, list[str]] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if "check" in f.metadata:
+                lines.setdefault(f.metadata["section"], []).append(
+                    f"{f.name} = {f.metadata['check'][:-1]}, default={f.default})")
+        return lines
+
+    @classmethod
+    def from_sections(cls, sections: dict[str, dict[str, Any]]):
+        """The settings from a validated boottorrent.conf, by section."""
+        return cls(**{f.name: sections[f.metadata["section"]][f.name]
+                      for f in fields(cls) if "check" in f.metadata})  # type: ignore
+
+
 @dataclass(frozen=True)
-class SwarmSettings:
+class SwarmSettings(Settings):
     """The settings of the swarm, which the seeder and every pivotal share."""
 
     # opentracker's own interval is 30 minutes; a boot swarm re-announces
@@ -51,26 +77,24 @@ class SwarmSettings:
     seed_idle_time: int = setting("clients", "integer(min=0, max=3600)", 5)
     fallback_after: int = setting("clients", "integer(min=5, max=3600)", 60)
 
-    @classmethod
-    def configspec(cls) -> dict[str, list[str]]:
-        """The configspec lines of these settings, by section."""
-        lines: dict[str, list[str]] = {}
-        for f in fields(cls):
-            check = f.metadata["check"]
-            lines.setdefault(f.metadata["section"], []).append(
-                f"{f.name} = {check[:-1]}, default={f.default})")
-        return lines
 
-    @classmethod
-    def from_sections(cls, sections: dict[str, dict[str, Any]]) -> SwarmSettings:
-        """The settings from a validated boottorrent.conf, by section."""
-        return cls(**{f.name: sections[f.metadata["section"]][f.name] for f in fields(cls)})
+@dataclass(frozen=True)
+class Ports(Settings):
+    """The port of the server's HTTP side, where iPXE, /stage and the
+    pivotal ask (and, on each machine, where its pivotal serves the
+    pivotal's shared parts to others, as the server redirects them)."""
+
+    http_port: int = setting("seeder", "integer(min=1, max=65535)", 6980)
+
+
+HTTP_PORT: int = Ports.http_port  # the default, for lab and bench
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """One image as the pivotal boots it."""
+    """One image as the pivotal boots it (image.ImageRecord.spec())."""
 
+    name: str
     torrent: str  # base64 of the torrent, with the tracker and the web seed in it
     kernel: str   # file names inside the torrent (method kexec; else "" and [])
     initrds: list[str]
@@ -83,7 +107,7 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class PivotalConfig:
-    server: str  # the seeder's address (a BitTorrent peer only when swarm.ServerGate says)
+    server: str  # the seeder's address (a BitTorrent peer only when gate.ServerGate says)
     seeder_port: int
     report_url: str
     swarm: SwarmSettings
@@ -98,7 +122,7 @@ class PivotalConfig:
     # every pivotal fetches from the swarm and serves over HTTP on
     # http_port, where the server sends later machines' iPXE ("": none).
     pivotal_torrent: str = ""
-    http_port: int = 6980
+    http_port: int = HTTP_PORT
     version: int = VERSION
     # This machine's own token (TOKEN_FILE), not pivotal.json's: load() reads it.
     token: str = ""
@@ -132,11 +156,14 @@ class PivotalConfig:
             raise ValueError(f"pivotal configuration of version {found}; this pivotal "
                              f"reads version {VERSION}: rebuild it with `boottorrent generate`")
         try:
-            return cls(**{**data, "swarm": SwarmSettings(**data["swarm"]),
-                          "images": {name: ImageSpec(**spec)
-                                     for name, spec in data["images"].items()}})
+            config = cls(**{**data, "swarm": SwarmSettings(**data["swarm"]),
+                            "images": {name: ImageSpec(**spec)
+                                       for name, spec in data["images"].items()}})
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"pivotal configuration is incomplete: {error}") from None
+        if any(name != spec.name for name, spec in config.images.items()):
+            raise ValueError("pivotal configuration names an image by another's name")
+        return config
 
 
 @dataclass
@@ -192,6 +219,59 @@ class Report:
         if values.get("phase", "pivotal") not in PHASES:
             raise ValueError(f"report phase {values['phase']!r} is none of {', '.join(PHASES)}")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ReportAnswer:
+    """The server's answer to a report: when to report next (seconds), and
+    how many machines are on their way to the swarm (Swarm.seed waits for
+    them) and wait for the pivotal's shared parts (Swarm shares them);
+    None where an answer does not say."""
+
+    interval: float | None
+    coming: int | None = None
+    waiting: int | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, text: bytes) -> ReportAnswer:
+        """ValueError for anything but a JSON object; a value of the wrong
+        type reads as None."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a report's answer is a JSON object")
+        interval = data.get("interval")
+        return cls(interval=float(interval) if _number(interval, (int, float)) else None,
+                   **{key: data[key] if _number(data.get(key), int) else None
+                      for key in ("coming", "waiting")})
+
+
+# The chain's answer's source for the server itself.
+CHAIN_SERVER = ""
+
+
+@dataclass(frozen=True)
+class ChainAnswer:
+    """Whom a machine streams a torrent's bytes from: "ADDRESS:PORT" of
+    another machine's relay, or CHAIN_SERVER."""
+
+    source: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, text: bytes) -> ChainAnswer:
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("source"), str):
+            raise ValueError("a chain's answer is a JSON object with a source")
+        return cls(data["source"])
+
+
+def _number(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 # The numbers a report may carry: byte counts, rates and peers from 0 to

@@ -17,22 +17,23 @@ from boottorrent.pivotal.kexec import image_cmdline, one_initrd
 from boottorrent.pivotal.run import CannotRun, check_room
 from boottorrent.pivotal.spans import FileSpan
 from boottorrent.pivotal.network import bootif_mac, kernel_parameters
-from boottorrent.pivotal.swarm import Image, SourceCounter, choose_image
+from boottorrent.pivotal.counter import SourceCounter
+from boottorrent.pivotal.swarm import choose_image
 from boottorrent.pivotal.wire import ImageSpec, PivotalConfig, SwarmSettings
 
 SERVER = "198.18.0.1"
 
 
-def spec(cmdline: str = "") -> ImageSpec:
-    return ImageSpec(torrent="", kernel="kernel", initrds=[], cmdline=cmdline, size=1,
-                     sha256={})
+def spec(cmdline: str = "", name: str = "compute") -> ImageSpec:
+    return ImageSpec(name=name, torrent="", kernel="kernel", initrds=[], cmdline=cmdline,
+                     size=1, sha256={})
 
 
 CONFIG = PivotalConfig(
     server=SERVER, seeder_port=6881, report_url=f"http://{SERVER}:6980/report",
     swarm=SwarmSettings(), default_image="compute",
     mac_images={"52:54:00:00:00:02": "gpu"},
-    images={"compute": spec("quiet"), "gpu": spec()})
+    images={"compute": spec("quiet"), "gpu": spec(name="gpu")})
 
 
 def test_kernel_parameters():
@@ -61,11 +62,11 @@ def test_image_choice_errors():
 
 
 def test_image_cmdline_names_the_boot_nic():
-    image = Image("compute", spec("quiet"))
+    image = spec("quiet")
     assert image_cmdline(image, "52:54:00:aa:bb:0c") == "quiet BOOTIF=01-52-54-00-aa-bb-0c"
-    assert image_cmdline(Image("x", spec()), "52:54:00:aa:bb:0c") == \
+    assert image_cmdline(spec(name="x"), "52:54:00:aa:bb:0c") == \
         "BOOTIF=01-52-54-00-aa-bb-0c"
-    own = Image("x", spec("BOOTIF=01-00-00-00-00-00-01"))
+    own = spec("BOOTIF=01-00-00-00-00-00-01", name="x")
     assert image_cmdline(own, "52:54:00:aa:bb:0c") == "BOOTIF=01-00-00-00-00-00-01"
     assert image_cmdline(image, "") == "quiet"
     # The machine's own words ([machines]) go between the image's and BOOTIF=.
@@ -115,10 +116,10 @@ def test_bytes_of_unseen_connections_go_to_the_peers_and_nothing_shrinks():
 
 # ---------------------------------------------------------------- methods qemu and exec
 
-def vm_image(**vm) -> Image:
+def vm_image(**vm) -> ImageSpec:
     settings = {"format": "qcow2", "memory": "50%", "cpus": 0, "firmware": "bios",
                 "qemu_args": [], **vm}
-    return Image("lab", dataclasses.replace(spec(), kernel="", method="qemu", vm=settings))
+    return dataclasses.replace(spec(name="lab"), kernel="", method="qemu", vm=settings)
 
 
 @pytest.mark.parametrize("setting, total, available, expected", [
@@ -183,7 +184,7 @@ MIB = 1 << 20
 def test_an_image_too_large_for_the_ram_is_refused_before_the_download(
         method, size_mib, available_mib, refused, monkeypatch, tmp_path):
     monkeypatch.setattr(run, "meminfo_mib", lambda: (4096, available_mib))
-    image = Image("big", dataclasses.replace(spec(), size=size_mib * MIB, method=method))
+    image = dataclasses.replace(spec(name="big"), size=size_mib * MIB, method=method)
     if refused is None:
         check_room(image, tmp_path)
     else:
@@ -194,9 +195,9 @@ def test_an_image_too_large_for_the_ram_is_refused_before_the_download(
 def test_a_qemu_image_needs_room_for_its_disk_and_its_vm(monkeypatch, tmp_path):
     monkeypatch.setattr(run, "meminfo_mib", lambda: (4096, 3000))
     vm = {"memory": "2G", "cpus": 0, "firmware": "bios", "qemu_args": [], "format": "raw"}
-    image = Image("vm", dataclasses.replace(spec(), size=500 * MIB, method="qemu", vm=vm))
+    image = dataclasses.replace(spec(name="vm"), size=500 * MIB, method="qemu", vm=vm)
     check_room(image, tmp_path)
-    bigger = Image("vm", dataclasses.replace(image.spec, size=1000 * MIB))
+    bigger = dataclasses.replace(image, size=1000 * MIB)
     with pytest.raises(CannotRun, match="the VM needs 2048 MiB of RAM"):
         check_room(bigger, tmp_path)
 

@@ -22,7 +22,7 @@ CONFIG = PivotalConfig(
     server="198.18.0.1", seeder_port=6881, report_url="http://198.18.0.1:6980/report",
     swarm=SwarmSettings(fallback_after=30), default_image="compute",
     mac_images={"52:54:00:00:00:02": "compute"},
-    images={"compute": ImageSpec(torrent="ZDEwOmU=", kernel="kernel", initrds=["initrd.0"],
+    images={"compute": ImageSpec(name="compute", torrent="ZDEwOmU=", kernel="kernel", initrds=["initrd.0"],
                                  cmdline="quiet", size=3, sha256={"kernel": "ab"})})
 
 

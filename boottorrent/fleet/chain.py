@@ -14,20 +14,17 @@ A machine whose source failed asks again naming it: the failed machine
 leaves the chain and the asker streams from the one before. A machine
 that asks from the address of a member under another port (it started
 its pivotal again) replaces that member. Machines that
-left the swarm (the server has no recent report from them) are passed
-over, so the first machine of the next boot wave streams from the server.
+left the swarm (the fleet's liveness rule: machines.py) are passed over,
+so the first machine of the next boot wave streams from the server.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-SERVER = ""
-# A machine that asked lately is taken to be alive before its first report.
-NEW_FOR = 10.0  # seconds
+from boottorrent.pivotal.wire import CHAIN_SERVER as SERVER
 
 
 @dataclass
@@ -37,10 +34,10 @@ class Link:
 
 
 class Chains:
-    def __init__(self, in_swarm: Callable[[str], bool],
-                 clock: Callable[[], float] = time.monotonic):
-        """in_swarm(address): the machine reported from its pivotal lately."""
-        self.in_swarm = in_swarm
+    def __init__(self, alive: Callable[[str, float], bool], clock: Callable[[], float]):
+        """alive(address, joined): the machine at address, which joined a
+        chain at that time, is alive (the fleet's rule)."""
+        self.alive = alive
         self.clock = clock
         self._lock = threading.Lock()
         self._chains: dict[str, list[Link]] = {}  # by infohash, in joining order
@@ -72,7 +69,7 @@ class Chains:
             # attempt, or its next boot) is no longer its former self, whose
             # relay is gone: nobody streams from that.
             chain[:] = [link for link in chain if link.member != failed
-                        and (link.member == member or (self._alive(link, now) and
+                        and (link.member == member or (self._alive(link) and
                                                        link.member.rpartition(":")[0] != address))]
             position = next((i for i, link in enumerate(chain) if link.member == member), None)
             if position is None:
@@ -80,8 +77,8 @@ class Chains:
                 position = len(chain) - 1
             return chain[position - 1].member if position else SERVER
 
-    def _alive(self, link: Link, now: float) -> bool:
-        return now - link.joined < NEW_FOR or self.in_swarm(link.member.rpartition(":")[0])
+    def _alive(self, link: Link) -> bool:
+        return self.alive(link.member.rpartition(":")[0], link.joined)
 
     def members(self, infohash: str) -> list[str]:
         with self._lock:
