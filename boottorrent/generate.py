@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 from boottorrent import render, trust
-from boottorrent.initramfs import PivotalError, archive, base, kernel, qemu, stage
 from boottorrent.config import Config
 from boottorrent.configfile import ConfigError
 from boottorrent.fsutil import remove_tree
+from boottorrent.image import ImageRecord
+from boottorrent.initramfs import PivotalError, archive, base, kernel, qemu, stage
 from boottorrent.pivotal import paths
 from boottorrent.pivotal.command import CommandError
 from boottorrent.pivotal.digest import file_sha256
-from boottorrent.image import ImageRecord
 from boottorrent.registry import REGISTRY_FILE, State, registry_json
 
 
@@ -57,9 +57,8 @@ def write_pivotal(config: Config, state: State, torrents_by_name: dict[str, byte
                  "network drivers may ask for firmware this server lacks "
                  "(`boottorrent build-pivotal` names them)")
     target.mkdir(mode=0o755)
-    config_name, modules_name, stage_name = (Path(p).name for p in paths.INITRDS)
     placed = {paths.KERNEL: kernel_part.vmlinuz, paths.BASE: base_part,
-              f"pivotal/{modules_name}": kernel_part.modules, f"pivotal/{stage_name}": stage_part}
+              paths.MODULES_PART: kernel_part.modules, paths.STAGE_PART: stage_part}
     if qemu_part:
         placed[paths.QEMU] = qemu_part
     for path, source in placed.items():
@@ -75,7 +74,7 @@ def write_pivotal(config: Config, state: State, torrents_by_name: dict[str, byte
         paths.CONFIG: pivotal.to_json(),
         paths.STAGE_CONFIG: render.stage_config(
             config, {path: file_sha256(placed[path]) for path in shared}).encode(),
-    }, target / config_name)
+    }, target / Path(paths.CONFIG_PART).name)
 
 
 def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) -> Path:

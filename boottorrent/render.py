@@ -15,9 +15,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from boottorrent import torrents
 from boottorrent.config import Config, default_image, registry_problems
 from boottorrent.configfile import ConfigError
+from boottorrent.image import ImageRecord
 from boottorrent.pivotal import paths
 from boottorrent.pivotal.wire import TOKEN_HEADER, PivotalConfig
-from boottorrent.image import ImageRecord
 from boottorrent.registry import State
 
 IPXE_DIR = Path("/usr/lib/ipxe")

@@ -59,6 +59,8 @@ from boottorrent.pivotal.console import shown
 from boottorrent.pivotal.wire import TOKEN_HEADER, ChainAnswer, Report
 from boottorrent.trust import Trust, token_part
 
+WORKERS = 64
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
 REPORT_MAX_BYTES = 4096  # a report is about 600 bytes: the most the intake reads
 DECIMAL = re.compile(r"[0-9]{1,18}")  # not str.isdigit(): that takes "²" and "٣" too
 # The pivotal's parts that machines serve each other (fleet/rules.py):
@@ -270,10 +272,6 @@ class Handler(Answers):
 
     def counted(self, counted_as: str, count: int) -> None:
         self.server.count_sent(counted_as, count)
-
-
-WORKERS = 64
-LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
 
 
 class WebServer:

@@ -124,16 +124,18 @@ class Fleet:
             infohash = self.pivotal_infohash
             alive = [m for m in self._reporting_in_swarm(now) if m.address != asker
                      and m.report.serving in ("", infohash)] if infohash else []
-            for address in list(self._redirects):
-                self._redirects[address] = [t for t in self._redirects[address]
-                                            if t > now - self.policy.load_window]
+            serving = [m.address for m in alive if m.report.serving == infohash]
+            recently = now - self.policy.load_window
             answer = rules.pivotal_source(
-                self.policy, now, asker, fetch, self._fetches,
-                serving=[m.address for m in alive if m.report.serving == infohash],
-                swarm=bool(alive), load={a: len(t) for a, t in self._redirects.items()},
+                self.policy, now, asker, fetch, self._fetches, serving=serving,
+                swarm=bool(alive), load={a: sum(t > recently for t in self._redirects.get(a, ()))
+                                         for a in serving},
                 last_progress=self._last_progress, streams=self._pivotal_streams)
             fetch.decided(answer, now)
             if answer.via is Via.PEER:
+                for address in list(self._redirects):  # those of load_window s ago go
+                    self._redirects[address] = [t for t in self._redirects[address]
+                                                if t > recently]
                 self._redirects.setdefault(answer.peer, []).append(now)
                 self._redirects_given += 1
                 self._last_progress = now

@@ -8,13 +8,13 @@ import argparse
 import faulthandler
 import json
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from boottorrent.pivotal import ClientError
+from boottorrent.pivotal.command import CommandError
 from boottorrent.pivotal.console import human_bytes, say
 from boottorrent.pivotal.kexec import kexec, kexec_commands, verify
 from boottorrent.pivotal.network import bring_up_network, kernel_parameters
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"cannot run image {report.image}: {error}")
             send_report(config.report_url, report, config.token)
             return 1
-        except (ClientError, OSError, RuntimeError, subprocess.CalledProcessError) as error:
+        except (ClientError, OSError, RuntimeError, CommandError) as error:
             report.phase, report.message = "failed", str(error)
             say(f"attempt {attempt} of {ATTEMPTS} failed: {error}")
             if attempt == ATTEMPTS:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         kexec(commands)
-    except (ClientError, OSError, ValueError, subprocess.CalledProcessError) as error:
+    except (ClientError, OSError, ValueError, CommandError) as error:
         report.phase, report.message = "failed", f"kexec failed: {error}"
         say(f"{report.message}; the image downloaded, but this machine cannot boot it")
         send_report(config.report_url, report, config.token)
