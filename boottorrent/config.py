@@ -21,6 +21,7 @@ from boottorrent.fleet.policy import Policy
 from boottorrent.imagecheck import read_image
 from boottorrent.imageconf import (HOSTNAME_PARAMETER, IMAGES_DIR, check_ipxe_text,
                                    check_machines_cmdline, image_conf_path, image_conf_paths)
+from boottorrent.nodes import TEMPLATES, Node, Templates
 from boottorrent.pivotal.command import run
 from boottorrent.pivotal.wire import SwarmSettings
 
@@ -60,10 +61,16 @@ class Config:
     policy: Policy  # the boot storm's ([seeder] keys)
     default_image: str
     menu_timeout: int
-    mac_images: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)  # the machines [machines] lists
     # Words the pivotal adds to a machine's image command line: its
     # hostname (systemd.hostname=) and its group's cmdline ([machines]).
     mac_cmdline: dict[str, str] = field(default_factory=dict)
+    # The admin's templates of each machine's own files (nodes.py), checked.
+    templates: Templates | None = None
+
+    @property
+    def mac_images(self) -> dict[str, str]:
+        return {mac: node.image for mac, node in self.nodes.items()}
 
     @property
     def tracker_url(self) -> str:
@@ -150,11 +157,12 @@ def unconfigured(config_dir: Path) -> ConfigError | None:
 
 
 def _machines(path: Path, section: dict, problems: list[ConfigError]
-              ) -> tuple[dict[str, str], dict[str, str]]:
-    """[machines]: the image of each MAC, and the words its command line
-    gets (hostname, the group's cmdline); problems are appended."""
-    mac_images: dict[str, str] = {}
+              ) -> tuple[dict[str, Node], dict[str, str]]:
+    """[machines]: each machine listed, by MAC, and the words its command
+    line gets (hostname, the group's cmdline); problems are appended."""
+    nodes: dict[str, Node] = {}
     mac_cmdline: dict[str, str] = {}
+    names: dict[str, str] = {}  # MAC -> hostname
     hostnames: dict[str, str] = {}  # hostname -> the MAC it went to
     for key, value in section.items():
         if isinstance(value, dict):
@@ -179,6 +187,7 @@ def _machines(path: Path, section: dict, problems: list[ConfigError]
                                                     where, "hostname"))
                         break
                     words.insert(0, HOSTNAME_PARAMETER + hostname)
+                    names[mac] = hostname
                 if words:
                     mac_cmdline[mac] = " ".join(words)
         else:
@@ -189,12 +198,12 @@ def _machines(path: Path, section: dict, problems: list[ConfigError]
                 problems.append(ConfigError(path, f"{error}; a machine is `MAC = image`, "
                                             "a group is a [[section]]", ("machines",), key))
                 continue
-        for mac in macs:
-            if mac in mac_images:
+        for index, mac in enumerate(macs, start=1):
+            if mac in nodes:
                 problems.append(ConfigError(path, f"{mac} is mapped twice",
                                             ("machines",) + group, "macs" if group else key))
-            mac_images[mac] = image
-    return mac_images, mac_cmdline
+            nodes[mac] = Node(mac, image, names.get(mac, ""), "".join(group), index)
+    return nodes, mac_cmdline
 
 
 def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]:
@@ -204,7 +213,13 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         return None, problems
     server, dhcp = obj["server"], obj["dhcp"]
 
-    mac_images, mac_cmdline = _machines(path, obj["machines"], problems)
+    nodes, mac_cmdline = _machines(path, obj["machines"], problems)
+    templates = Templates(config_dir / TEMPLATES, {})
+    try:
+        templates = Templates.load(config_dir / TEMPLATES)
+        templates.check(list(nodes.values()))
+    except ConfigError as error:
+        problems.append(error)
 
     interface, address, netmask = server["interface"], server["address"], dhcp["netmask"]
     if not interface:
@@ -271,7 +286,7 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         pivotal_kernel=kernel, pivotal_cmdline=obj["pivotal"]["cmdline"],
         swarm=SwarmSettings.from_sections(obj), policy=Policy.from_sections(obj),
         default_image=obj["boot"]["default_image"], menu_timeout=obj["boot"]["menu_timeout"],
-        mac_images=mac_images, mac_cmdline=mac_cmdline), []
+        nodes=nodes, mac_cmdline=mac_cmdline, templates=templates), []
 
 
 def load_config(config_dir: Path) -> Config:

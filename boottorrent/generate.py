@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from boottorrent import render, trust
+from boottorrent import nodes, render, trust
 from boottorrent.config import Config
 from boottorrent.configfile import ConfigError
 from boottorrent.fsutil import remove_tree
@@ -84,9 +84,16 @@ def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) ->
     removed and the current one stays exactly as it was.
     """
     trust.make_key(state.root)
+    machines = list(config.nodes.values())
+    try:
+        nodes.make_identities(state.root, machines, sys.stderr)
+    except CommandError as error:
+        raise ConfigError(config.path, f"the machines' SSH host keys: {error}",
+                          ("machines",)) from None
     snapshot = state.new_snapshot()
     try:
         (snapshot / REGISTRY_FILE).write_text(registry_json(records))
+        nodes.write_snapshot_file(machines, config.templates, snapshot / nodes.SNAPSHOT_FILE)
         torrents_by_name = render.write_snapshot(config, records, state, snapshot)
         write_pivotal(config, state, torrents_by_name, snapshot, records)
         return state.commit(snapshot)

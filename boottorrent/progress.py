@@ -13,8 +13,10 @@ PLAIN_LINE_EVERY = 5.0  # seconds between lines when not on a terminal
 
 
 class Progress:
-    def __init__(self, label: str, total: int, stream: TextIO | None = None):
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, unit: str = ""):
+        """unit: what is counted ("machines"); bytes when none."""
         self.label = label
+        self.unit = unit
         self.total = max(total, 1)
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -42,8 +44,12 @@ class Progress:
     def _show(self, end: str) -> None:
         fraction = min(self.done / self.total, 1.0)
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = f"{human_bytes(self.done / elapsed)}/s"
-        amounts = f"{human_bytes(self.done)} of {human_bytes(self.total)}"
+        if self.unit:
+            rate = f"{self.done / elapsed:.1f} {self.unit}/s"
+            amounts = f"{self.done} of {self.total} {self.unit}"
+        else:
+            rate = f"{human_bytes(self.done / elapsed)}/s"
+            amounts = f"{human_bytes(self.done)} of {human_bytes(self.total)}"
         if self.tty:
             bar = "#" * int(fraction * 30)
             line = f"{self.label} [{bar:<30}] {fraction:4.0%} {amounts} {rate}"

@@ -47,6 +47,14 @@ class Registered:
     default_image: str | None
 
 
+class OptionError(ConfigError):
+    """A problem with what add-image's options say of a new image: named by
+    the option, since the images.d file it names is not written."""
+
+    def __str__(self) -> str:
+        return f"--{self.key}: {self.message}" if self.key else self.message
+
+
 def _staged_image(conf_path: Path, text: str) -> Image:
     """Validate a new images.d file where nobody can see it yet."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -74,19 +82,24 @@ def add_image(config: Config, config_dir: Path, state: State, name: str,
                 raise ConfigError(conf_path, f"image {name!r} exists already; edit this file "
                                   f"and run `boottorrent-add-image {name}`, or remove the "
                                   "image first")
-            # Before the file is written: configobj cannot quote every value.
-            for problem in text_problems(conf_path, new.description, new.cmdline):
-                raise problem
-            conf_text = image_conf_text(new.kernel, new.initrds, new.cmdline, new.description,
-                                        new.rootfs)
-            image = _staged_image(conf_path, conf_text)
+            try:
+                # Before the file is written: configobj cannot quote every value.
+                for problem in text_problems(conf_path, new.description, new.cmdline):
+                    raise problem
+                conf_text = image_conf_text(new.kernel, new.initrds, new.cmdline,
+                                            new.description, new.rootfs)
+                image = _staged_image(conf_path, conf_text)
+                if image.rootfs:
+                    image = _built_image(image, state, stream)
+            except ConfigError as error:
+                raise OptionError(conf_path, error.message, key=error.key) from None
         else:
             image, problems = read_image(conf_path)
             if problems:
                 raise problems[0]
             assert image
-        if image.rootfs:
-            image = _built_image(image, state, stream)
+            if image.rootfs:
+                image = _built_image(image, state, stream)
 
         registry = state.registry()
         previous = registry.get(name)

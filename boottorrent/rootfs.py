@@ -44,10 +44,15 @@ LIVE_BOOT_SCRIPT = "usr/share/initramfs-tools/scripts/live"
 # zstd: decompresses about three times faster than xz for 10 % more bytes.
 MKSQUASHFS_OPTIONS = ["-comp", "zstd", "-Xcompression-level", "15", "-noappend",
                       "-one-file-system", "-wildcards"]
-# Not packed: what a running system mounts over, and the kernel and
-# initramfs, which the image carries as files of their own.
-EXCLUDED = ["proc/*", "sys/*", "dev/*", "run/*", "tmp/*", "boot/vmlinuz*", "boot/initrd.img*"]
-RECIPE = repr((1, LIVE_BOOT_WORDS, SQUASHFS_NAME, MKSQUASHFS_OPTIONS, EXCLUDED))
+# Not packed: what a running system mounts over, the kernel and initramfs,
+# which the image carries as files of their own, and the tree's identity,
+# which would be every machine's: each gets its own (nodes.py, pivotal/node.py).
+IDENTITY = ["etc/ssh/ssh_host_*", "etc/machine-id"]
+EXCLUDED = ["proc/*", "sys/*", "dev/*", "run/*", "tmp/*", "boot/vmlinuz*", "boot/initrd.img*",
+            *IDENTITY]
+RECIPE = repr((2, LIVE_BOOT_WORDS, SQUASHFS_NAME, MKSQUASHFS_OPTIONS, EXCLUDED))
+# Where the pivotal puts a script of its own (pivotal/node.py).
+LIVE_BOTTOM = "scripts/live-bottom"
 KERNEL, INITRD, ROOTFS = "vmlinuz", "initrd.img", "rootfs.cpio"
 COMPRESSED_MAGIC = {b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"], b"\x1f\x8b": ["gzip", "-dc"],
                     b"\xfd7zXZ": ["xz", "-dc"], b"\x02\x21\x4c\x18": ["lz4", "-dc"]}
@@ -212,10 +217,24 @@ def _aligned(offset: int) -> int:
 
 def check_live_boot(boot: TreeBoot) -> None:
     """TreeError unless the tree's initramfs has live-boot's script: one
-    made before live-boot was installed would look for a root device."""
-    if "scripts/live" not in initramfs_names(boot.initrd):
+    made before live-boot was installed would look for a root device. One
+    with live-bottom scripts of its own is refused too: the pivotal's,
+    which lays each machine's own files over the root, would replace them."""
+    names = initramfs_names(boot.initrd)
+    if "scripts/live" not in names:
         raise TreeError(f"{boot.initrd}: this initramfs has no live-boot (scripts/live): "
                         "run update-initramfs -u in the tree after installing live-boot")
+    if theirs := sorted(name for name in names if name.startswith(f"{LIVE_BOTTOM}/")):
+        raise TreeError(f"{boot.initrd}: this initramfs runs scripts of its own after "
+                        f"live-boot ({', '.join(theirs)}), where BootTorrent lays each "
+                        "machine's own files over the root")
+
+
+def identity_in(tree: Path) -> list[str]:
+    """The tree's own identity files, which the image leaves out."""
+    found = [path for pattern in IDENTITY for path in sorted(tree.glob(pattern))]
+    return [str(path.relative_to(tree)) for path in found
+            if path.is_symlink() or path.is_file() and path.stat().st_size]
 
 
 def _newc_header(name: str, mode: int, size: int, inode: int) -> bytes:
@@ -282,9 +301,13 @@ def build(tree: Path, builds: Path, label: str, stream: TextIO) -> Build:
     boot = tree_boot(tree)
     key, total = fingerprint(tree)
     final = builds / key[:32]
+    if not final.is_dir():
+        check_live_boot(boot)
+    if identity := identity_in(tree):
+        print(f"{label}: warning: the tree's own {', '.join(identity)} would be every "
+              "machine's: left out of the image; each machine gets its own", file=stream)
     if final.is_dir():
         return Build(final)
-    check_live_boot(boot)
     builds.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".new-", dir=builds))
     try:

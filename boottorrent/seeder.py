@@ -25,10 +25,12 @@ from systemd import daemon, journal
 
 from boottorrent import torrents, trust
 from boottorrent.config import Config
+from boottorrent.configfile import ConfigError
 from boottorrent.fleet import Fleet
 from boottorrent.pivotal import lan, paths
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.image import ImageRecord
+from boottorrent.nodes import NodeFiles
 from boottorrent.registry import State, StateError, read_registry
 from boottorrent.web import WebServer
 
@@ -132,6 +134,12 @@ class Seeder:
                 log.info("seeding %s (%s)", record.name, human_bytes(record.size),
                          extra={"IMAGE": record.name, "INFOHASH": infohash})
         self._sync_pivotal(snapshot)
+        try:
+            self.web.node_files = NodeFiles(snapshot, self.state.root)
+        except (OSError, ValueError, KeyError, ConfigError) as error:
+            log.error("the machines' own files: %s; machines get none until this is mended",
+                      error)
+            self.web.node_files = None
 
     def _sync_pivotal(self, snapshot: Path) -> None:
         """Seed the pivotal's shared files, for the pivotals to share them.

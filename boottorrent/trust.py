@@ -14,6 +14,11 @@ only, since the seeder writes nothing there): nothing to store per
 machine, and no table that a flood of forged requests could fill. A token
 works from its own address only, so no source weighs more than one
 machine.
+
+The MAC in the config part's query is whatever the asker says; a
+machine's own files (nodes.py), its secrets, go only to the MAC the
+kernel's neighbour table holds for the asking address (neighbour_mac):
+the one its packets come from.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import os
 import re
 import secrets
 import threading
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from boottorrent.fsutil import write_atomic
+from boottorrent.pivotal import newc
 from boottorrent.pivotal.wire import TOKEN_FILE
 
 KEY_FILE = "token.key"
@@ -37,6 +43,9 @@ TOKEN = re.compile(r"([0-9a-f]{12})-([0-9a-f]{32})")
 # Sources whose refused request was logged: each is logged once (while it
 # is among the last LOGGED_MAX such sources).
 LOGGED_MAX = 4096
+# The kernel's IPv4 neighbour table, and its flag of an entry with a MAC.
+ARP_TABLE = Path("/proc/net/arp")
+ARP_COMPLETE = 0x2
 
 
 SEEDER_GROUP = "boottorrent"  # the seeder's (debian/boottorrent.postinst)
@@ -98,20 +107,23 @@ class Trust:
 
 def token_part(token: str) -> bytes:
     """The part that carries a machine's token to its pivotal (TOKEN_FILE,
-    root's alone), with its folders (it comes before the config part): an
-    uncompressed newc cpio. Written here rather than by cpio(1), since the
-    seeder makes one for each machine while it answers."""
-    out = bytearray()
-    folders = [str(parent) for parent in reversed(PurePosixPath(TOKEN_FILE).parents)
-               if str(parent) != "."]
-    entries = [*((folder, b"", 0o40755) for folder in folders),
-               (TOKEN_FILE, f"{token}\n".encode(), 0o100600), ("TRAILER!!!", b"", 0)]
-    for number, (name, data, mode) in enumerate(entries, 1):
-        encoded = name.encode() + b"\0"
-        # ino, mode, uid, gid, nlink, mtime, size, dev and rdev (major,
-        # minor), name size, check; one link: nothing for the kernel to join.
-        fields = (number, mode, 0, 0, 2 if mode & 0o40000 else 1, 0, len(data), 0, 0, 0, 0,
-                  len(encoded), 0)
-        out += b"070701" + b"".join(b"%08x" % value for value in fields) + encoded
-        out += b"\0" * (-len(out) % 4) + data + b"\0" * (-len(data) % 4)
-    return bytes(out + b"\0" * (-len(out) % 512))
+    root's alone), with its folders (it comes before the config part)."""
+    return newc.archive({TOKEN_FILE: (f"{token}\n".encode(), 0o600)}, block=512)
+
+
+def neighbour_mac(address: str, table: Path = ARP_TABLE) -> str | None:
+    """The MAC the kernel's neighbour table holds for an IPv4 address on a
+    link of this host (lower-case, with colons), or None. A host that
+    talks TCP with this one from the address has answered its ARP, so this
+    is the MAC its packets come from: a MAC it claims in a request's query
+    is another's unless it takes that MAC on the wire too."""
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        # IP address, HW type, flags, HW address, mask, device
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == address and int(fields[2], 16) & ARP_COMPLETE:
+            return fields[3].lower()
+    return None

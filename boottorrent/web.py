@@ -51,13 +51,15 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from boottorrent.answers import IDLE_TIMEOUT, Answers, SocketWriter
+from boottorrent.configfile import ConfigError
 from boottorrent.fleet import Fleet, Via
 from boottorrent.intake import Intake, Request
 from boottorrent.nics import INDEX, ServedIndex
+from boottorrent.nodes import NodeFiles
 from boottorrent.pivotal import paths
 from boottorrent.pivotal.console import shown
 from boottorrent.pivotal.wire import TOKEN_HEADER, ChainAnswer, Report
-from boottorrent.trust import Trust, token_part
+from boottorrent.trust import Trust, neighbour_mac, token_part
 
 WORKERS = 64
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
@@ -235,13 +237,15 @@ class Handler(Answers):
     def _send_config_part(self, path: Path, asked: dict[str, list[str]]) -> None:
         """The config part, and before it, for a machine that names its MAC
         (iPXE's ${netX/mac}), a part with its token (trust.py): it is then
-        on its way to the swarm."""
+        on its way to the swarm; and for a machine [machines] lists, its
+        own files (nodes.py)."""
         address = self.client_address[0]
         mac = asked.get("mac", [""])[0][:17].lower()
         token = self.server.trust.token(address, mac)
         own = token_part(token) if token else b""
         if token:
             self.server.fleet.on_its_way(address, mac, asked.get("image", [""])[0][:64])
+            own += self._node_part(address, mac)
         with path.open("rb") as file:
             size = os.fstat(file.fileno()).st_size
             self.send_response(HTTPStatus.OK)
@@ -250,6 +254,26 @@ class Handler(Answers):
             self.end_headers()
             self.wfile.write(own)
             self._send_range(file, 0, size, CONFIG_PART)
+
+    def _node_part(self, address: str, mac: str) -> bytes:
+        """The machine's own files: only over its own connection (this one,
+        from iPXE), to the MAC its packets come from, never through a peer."""
+        nodes = self.server.node_files
+        if nodes is None or mac not in nodes.nodes:
+            return b""
+        sender = neighbour_mac(address)
+        if sender != mac:
+            if self.server.trust.first_refusal(f"{address} {mac}"):
+                self.server.log_bad_request(
+                    f"{address} asked for the own files of {mac} from a host whose MAC is "
+                    f"{sender or 'unknown'}: refused, sent none (further ones are not logged)")
+            return b""
+        try:
+            return nodes.part(mac, address)
+        except (OSError, ConfigError) as error:
+            if self.server.trust.first_refusal(f"{address} {mac}"):
+                self.server.log_bad_request(f"{mac}'s own files cannot be made: {error}")
+            return b""
 
     def _machine(self) -> str | None:
         """The MAC of the machine the server booted that sent this request
@@ -288,6 +312,7 @@ class WebServer:
         self.streams: dict[str, list[tuple[Path, int]]] = {}
         self.sent_by_path: dict[str, int] = {}
         self.nic_index = ServedIndex()
+        self.node_files: NodeFiles | None = None  # the seeder's, from the current snapshot
         self._sent_lock = threading.Lock()
         self.socket = socket.create_server(address, backlog=LISTEN_BACKLOG)
         self.server_port = self.socket.getsockname()[1]

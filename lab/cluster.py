@@ -304,7 +304,9 @@ class Cluster:
                 if value is None:  # back to the product's default
                     config.get(section, {}).pop(key, None)
                 else:
-                    config.setdefault(section, {})[key] = str(value)
+                    # A dict is a subsection: a [machines] group.
+                    config.setdefault(section, {})[key] = (value if isinstance(value, dict)
+                                                          else str(value))
         (self.config_dir / "boottorrent.conf").write_text("\n".join(config.write()) + "\n")
 
     def add_image(self, name: str, sizes: dict[str, int],
@@ -441,8 +443,8 @@ class Cluster:
 
     # ------------------------------------------------------------ clients
 
-    def add_host(self, name: str, address: str | None = "auto") -> Host:
-        host = self.lab.add_host(name, address=address)
+    def add_host(self, name: str, address: str | None = "auto", mac: str | None = None) -> Host:
+        host = self.lab.add_host(name, address=address, mac=mac)
         if self.rate_mbit:
             host.shape(self.rate_mbit)
         return host

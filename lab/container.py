@@ -37,7 +37,9 @@ How apt installs a local .deb and its dependencies without any network:
 ``stage_debs()`` copies the .debs into the root file system and runs, in a
 plain chroot that uses the host's network (in a private mount and pid
 namespace), ``apt-get update`` and
-``apt-get install --download-only ./x.deb``. This resolves the dependencies
+``apt-get install --download-only ./x.deb`` (both with
+``--no-install-recommends``, as a lean server installs: what the package
+needs is in its Depends). This resolves the dependencies
 against the container's own dpkg database, so exactly the archives the
 container lacks land in its ``/var/cache/apt/archives``. Inside the booted
 container ``install_debs()`` then runs ``apt-get install ./x.deb``, which
@@ -80,6 +82,8 @@ PACKAGES = ["systemd", "systemd-sysv", "dbus", "apt", "iproute2", "procps", "ca-
 # Bump when the way the cached root file system is made changes.
 RECIPE_VERSION = 3
 
+# Installs take only what a package depends on, as a lean server does.
+NO_RECOMMENDS = ["--no-install-recommends"]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINER_ENV = {
     "PATH": PATH,
@@ -629,8 +633,8 @@ class SystemdContainer:
         shutil.copyfile("/etc/resolv.conf", resolv)
         try:
             _run(_chroot_command(root, ["apt-get", "update", "-q"]), timeout=600)
-            _run(_chroot_command(root, ["apt-get", "install", "-q", "-y", "--download-only"]
-                                 + inside), timeout=1200)
+            _run(_chroot_command(root, ["apt-get", "install", "-q", "-y", "--download-only",
+                                        *NO_RECOMMENDS] + inside), timeout=1200)
         finally:
             resolv.unlink(missing_ok=True)
             resolv.write_bytes(saved)
@@ -644,7 +648,7 @@ class SystemdContainer:
         # Not --no-download: with it apt (2.6) leaves a local .deb's path
         # relative and fails ("Pathname to install is not absolute"). The
         # archives are all in place, and the container has no route out.
-        return self.run(["apt-get", "install", "-q", "-y", *extra, *debs])
+        return self.run(["apt-get", "install", "-q", "-y", *NO_RECOMMENDS, *extra, *debs])
 
 
 def _die_with_parent() -> None:

@@ -8,7 +8,10 @@ media, sound, InfiniBand and staging drivers are left out (dpkg
 path-exclude), which a VM does not need: the tree is about 470 MB and its
 squashfs about 100 MB. A unit of its own prints GREETING to the serial
 console once multi-user.target is reached, with the hostname, the target's
-state, the root file system's type and the RAM (total and available).
+state, the root file system's type, the RAM (total and available), and what
+makes the machine itself: /etc/hostname, its /etc/hosts line, its machine
+ID, whether sshd runs and its ed25519 host key's fingerprint, and /etc/motd's
+first line.
 
 Built once into ``.cache/node-tree-<key>/`` (``<key>`` hashes the recipe and
 the apt sources), under a lock, in a temporary folder renamed into place
@@ -27,7 +30,8 @@ from pathlib import Path
 from lab.container import SUITE, _remove_tree, debian_sources, mmdebstrap
 from lab.kernel import CACHE
 
-PACKAGES = ["systemd-sysv", "linux-image-amd64", "initramfs-tools", "live-boot"]
+PACKAGES = ["systemd-sysv", "linux-image-amd64", "initramfs-tools", "live-boot",
+            "openssh-server"]
 EXCLUDED = ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*",
             *(f"/lib/modules/*/kernel/{folder}/*"
               for folder in ("drivers/gpu", "drivers/net/wireless", "drivers/media", "sound",
@@ -38,7 +42,13 @@ meminfo() {{ awk -v key="$1:" '$1 == key {{ print $2 }}' /proc/meminfo; }}
 echo "{GREETING} hostname=$(hostname)" \\
     "multi-user=$(systemctl is-active multi-user.target)" \\
     "root=$(findmnt -no FSTYPE /)" \\
-    "mem_total_kib=$(meminfo MemTotal) mem_available_kib=$(meminfo MemAvailable)" > /dev/ttyS0
+    "mem_total_kib=$(meminfo MemTotal) mem_available_kib=$(meminfo MemAvailable)" \\
+    "etc_hostname=$(cat /etc/hostname)" \\
+    "hosts=$(awk -v name="$(hostname)" '$2 == name {{ print $1 }}' /etc/hosts)" \\
+    "machine_id=$(cat /etc/machine-id)" \\
+    "ssh=$(systemctl is-active ssh.service)" \\
+    "ssh_key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)" \\
+    "motd=[$(head -n 1 /etc/motd)]" > /dev/ttyS0
 """
 GREETING_UNIT = """[Unit]
 Description=Say on the serial console which machine reached multi-user.target
@@ -59,7 +69,7 @@ CUSTOMIZE_HOOKS = [
     '"$1/etc/systemd/system/multi-user.target.wants/node-greeting.service"',
     'echo node > "$1/etc/hostname"',
 ]
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 def node_tree(cache: Path = CACHE) -> Path:

@@ -1,6 +1,7 @@
 """A machine's token (boottorrent/trust.py), got as its iPXE gets it: the
 config part, asked for with the machine's MAC, begins with a part that
-holds it (wire.TOKEN_FILE)."""
+holds it (wire.TOKEN_FILE), then, for a machine [machines] lists, a part
+with its own files (paths.NODE)."""
 
 from __future__ import annotations
 
@@ -31,22 +32,33 @@ def config_url(boot_url: str, mac: str, image: str = "") -> str:
     return initrd_url(boot_url, paths.CONFIG_PART, mac, image)
 
 
-def token_in(config_part: bytes) -> str:
-    """The token in the part at the start of a config part ("" when there
-    is none): the newc entries up to the first trailer."""
+def newc_files(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """The files of the newc archives at the start of data, one after the
+    other as the kernel reads them (NULs between them skipped), by name:
+    mode and bytes. Stops at the first bytes that are no archive."""
+    files: dict[str, tuple[int, bytes]] = {}
     offset = 0
-    while config_part[offset:offset + 6] == b"070701":
-        fields = [int(config_part[offset + 6 + 8 * i:offset + 14 + 8 * i], 16)
-                  for i in range(13)]
-        size, name_size = fields[6], fields[11]
-        name = config_part[offset + HEADER:offset + HEADER + name_size - 1].decode("latin-1")
+    while True:
+        while data[offset:offset + 1] == b"\0":
+            offset += 1
+        if data[offset:offset + 6] != b"070701":
+            return files
+        try:
+            fields = [int(data[offset + 6 + 8 * i:offset + 14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            return files
+        mode, size, name_size = fields[1], fields[6], fields[11]
+        name = data[offset + HEADER:offset + HEADER + name_size - 1].decode("latin-1")
         start = offset + HEADER + name_size + (-(HEADER + name_size) % 4)
-        if name == TOKEN_FILE:
-            return config_part[start:start + size].decode().strip()
-        if name == "TRAILER!!!":
-            break
+        if name != "TRAILER!!!":
+            files[name] = (mode, data[start:start + size])
         offset = start + size + (-size % 4)
-    return ""
+
+
+def token_in(config_part: bytes) -> str:
+    """The token in the parts at the start of a config part ("" when there
+    is none)."""
+    return newc_files(config_part).get(TOKEN_FILE, (0, b""))[1].decode().strip()
 
 
 def fetch_token(boot_url: str, mac: str, image: str = "") -> str:

@@ -34,6 +34,15 @@ def refused(result: subprocess.CompletedProcess, path: Path, expected: str,
     assert tuple(tree(t) for t in trees_now) == trees_before
 
 
+def option_refused(result: subprocess.CompletedProcess, option: str, expected: str,
+                   trees_before: tuple, *trees_now: Path) -> None:
+    """add-image's options refused: one line naming the option and
+    expected, not the images.d file it did not write; exit 2, nothing
+    changed."""
+    refused(result, f": --{option}: ", expected, trees_before, *trees_now)
+    assert "images.d/" not in result.stderr, result.stderr
+
+
 # ---------------------------------------------------------------- 1. the iPXE script
 
 def image_conf_refused(name: str, settings: str, expected: str, image_files: dict,
@@ -68,8 +77,7 @@ def test_description_option_is_checked_the_same_way(image_files, config_dir, sta
     result = cli("add-image", "evil", "--kernel", image_files["vmlinuz"],
                  "--description", "x || chain http://198.18.9.9/", config_dir=config_dir,
                  state_dir=state_dir)
-    refused(result, config_dir / "images.d" / "evil.conf", "description:", before,
-            config_dir, state_dir)
+    option_refused(result, "description", "must be one line", before, config_dir, state_dir)
 
 
 def image_text_refused(name: str, text: str, expected: str, image_files: dict,
@@ -154,9 +162,8 @@ def test_cmdline_longer_than_the_kernel_takes(image_files, config_dir, state_dir
     before = tree(config_dir), tree(state_dir)
     result = cli("add-image", "long", "--kernel", image_files["vmlinuz"],
                  "--cmdline", longest + "x", config_dir=config_dir, state_dir=state_dir)
-    refused(result, config_dir / "images.d" / "long.conf",
-            "cmdline: is 1682 bytes; the kernel takes at most 1681 here", before,
-            config_dir, state_dir)
+    option_refused(result, "cmdline", "is 1682 bytes; the kernel takes at most 1681 here",
+                   before, config_dir, state_dir)
     result = cli("add-image", "long", "--kernel", image_files["vmlinuz"], "--cmdline", longest,
                  config_dir=config_dir, state_dir=state_dir)
     assert result.returncode == 0, result.stderr
@@ -181,8 +188,8 @@ def test_kernel_that_is_not_a_kernel(config_dir, state_dir, tmp_path):
     text.write_text("not a kernel\n")
     before = tree(config_dir), tree(state_dir)
     result = cli("add-image", "x", "--kernel", text, config_dir=config_dir, state_dir=state_dir)
-    refused(result, config_dir / "images.d" / "x.conf",
-            f"kernel: {text}: not an x86 Linux kernel (bzImage)", before, config_dir, state_dir)
+    option_refused(result, "kernel", f"{text}: not an x86 Linux kernel (bzImage)", before,
+                   config_dir, state_dir)
 
 
 # ---------------------------------------------------------------- 5. the default image
@@ -215,8 +222,8 @@ def test_fifo_as_kernel_initrd_or_description(image_files, config_dir, state_dir
     before = tree(config_dir), tree(state_dir)
     result = cli("add-image", "x", "--kernel", fifo, config_dir=config_dir,
                  state_dir=state_dir, timeout=60)
-    refused(result, config_dir / "images.d" / "x.conf", f"kernel: {fifo}: cannot read: not a "
-            "regular file", before, config_dir, state_dir)
+    option_refused(result, "kernel", f"{fifo}: cannot read: not a regular file", before,
+                   config_dir, state_dir)
     conf = config_dir / "images.d" / "y.conf"
     conf.write_text(f"kernel = {image_files['vmlinuz']}\ninitrd = {fifo},\n")
     before = tree(config_dir), tree(state_dir)
@@ -394,17 +401,16 @@ def test_current_naming_a_missing_snapshot_changes_nothing(image_files, config_d
 # ---------------------------------------------------------------- 4. careless admins, third round
 
 @pytest.mark.parametrize("cmdline, expected", [
-    ("a=''' b=\"\"\"", "cmdline: holds both ''' and \"\"\""),
-    ("a\u2028b", "cmdline: the kernel command line must be one line without control"),
-    ("a\u0085b", "cmdline: the kernel command line must be one line without control"),
+    ("a=''' b=\"\"\"", "holds both ''' and \"\"\""),
+    ("a\u2028b", "the kernel command line must be one line without control"),
+    ("a\u0085b", "the kernel command line must be one line without control"),
 ])
 def test_cmdline_an_images_d_file_cannot_hold(cmdline, expected, image_files, config_dir,
                                               state_dir):
     before = tree(config_dir), tree(state_dir)
     result = cli("add-image", "odd", "--kernel", image_files["vmlinuz"], "--cmdline", cmdline,
                  config_dir=config_dir, state_dir=state_dir)
-    refused(result, config_dir / "images.d" / "odd.conf", expected, before, config_dir,
-            state_dir)
+    option_refused(result, "cmdline", expected, before, config_dir, state_dir)
 
 
 def test_line_separators_in_a_file_are_no_line_ends(image_files, config_dir, state_dir):

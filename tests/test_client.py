@@ -103,7 +103,9 @@ def test_seeds_while_the_server_counts_machines_on_their_way(cluster):
     late = cluster.start_client("late", "compute", late_host)
     assert late.wait(120) == 0, late.log()
     assert (late.folder() / "kernel").read_bytes() == files["kernel"].read_bytes()
-    assert late.summary()["from_peers"] > 2 * MIB, late.summary()
+    summary = late.summary()
+    assert summary["from_peers"] > 2 * MIB, summary
+    assert summary["from_server"] + summary["from_peers"] == 8 * MIB, summary  # each byte once
     # Nobody else on the way: the first leaves.
     assert first.wait(60) == 0, first.log()
     assert "the server counts 0 machines on their way" in first.log()

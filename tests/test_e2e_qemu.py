@@ -297,43 +297,82 @@ exit 7
 @pytest.mark.qemu
 def test_two_vms_boot_a_debian_tree_through_the_swarm_to_multi_user(tmp_path, config_dir,
                                                                     state_dir):
-    """Issue 13: a real bookworm tree (minbase, systemd, Debian's kernel,
-    live-boot; lab/nodetree.py) registered with --rootfs, booted on two
-    machines through the swarm: each reaches multi-user.target running the
-    tree from a squashfs in RAM, with its hostname from [machines]."""
+    """Issues 13 and 37: a real bookworm tree (minbase, systemd, Debian's
+    kernel, live-boot, openssh-server; lab/nodetree.py) registered with
+    --rootfs, booted on two machines through the swarm: each reaches
+    multi-user.target running the tree from a squashfs in RAM, as itself:
+    its hostname from [machines] in the kernel and in /etc/hostname and
+    /etc/hosts, its own machine ID and SSH host keys (the server's for its
+    MAC, not the tree's), the admin's /etc/motd rendered for it; the same
+    keys again after a reboot."""
     node_tree = nodetree.node_tree()
     conf = config_dir / "boottorrent.conf"
     conf.write_text(conf.read_text()
                     + "[machines]\n[[rack]]\nimage = node\n"
                     + "macs = 52:54:00:e2:e1:01, 52:54:00:e2:e1:02\nhostname = rack-{index:02}\n")
+    (config_dir / "node-files/etc").mkdir(parents=True)
+    (config_dir / "node-files/etc/motd").write_text(
+        "{{ name }} runs {{ image }} ({{ mac }}, {{ group }} #{{ index }})\n")
     with Lab() as lab:
         server = Server(lab.add_server(), config_dir, state_dir, tmp_path / "logs")
         added = server.boottorrent("add-image", "node", "--rootfs", str(node_tree),
                                    "--cmdline", "console=ttyS0 panic=-1")
         print(added.stdout)
+        # The tree's own identity stays out of the image, and add-image says so.
+        assert "warning: the tree's own etc/ssh/ssh_host_ecdsa_key" in added.stderr, \
+            added.stderr
         server.host.shape(40)
         server.start()
         vms = [VM(lab, f"vm{n}", tmp_path, mac=f"52:54:00:e2:e1:0{n}", memory_mib=1536).start()
                for n in (1, 2)]
-        times, memory = {}, {}
+        times, memory, booted = {}, {}, {}
         for number, vm in enumerate(vms, start=1):
-            # Its own hostname, multi-user.target reached, and the root an
-            # overlay: live-boot runs the tree from the squashfs in RAM.
-            greeting = (f"{nodetree.GREETING} hostname=rack-0{number} multi-user=active "
-                        r"root=overlay mem_total_kib=(\d+) mem_available_kib=(\d+)")
-            times[vm.name] = vm.wait_for(greeting, timeout=900)
-            total, available = re.search(greeting, vm.console()).groups()
-            memory[vm.name] = {"total_mib": int(total) // 1024,
-                               "available_mib": int(available) // 1024}
+            times[vm.name], memory[vm.name], booted[vm.name] = greeted(vm, number)
         reports = {r["mac"]: r for r in server.status()["clients"]}
+        # A reboot: the same machine, the same keys and machine ID.
+        vms[0].stop()
+        vms[0].start()
+        _, _, again = greeted(vms[0], 1)
+        assert again == booted["vm1"], (again, booted)
     record = json.loads((state_dir / "current" / "registry.json").read_text())["images"]["node"]
+    size = sum(f["size"] for f in record["files"])
+    for number, vm in enumerate(vms, start=1):
+        identity = state_dir / "nodes" / vm.mac.replace(":", "")
+        fingerprint = subprocess.run(
+            ["ssh-keygen", "-lf", identity / "ssh_host_ed25519_key.pub"], capture_output=True,
+            text=True, check=True).stdout.split()[1]
+        machine_id = (identity / "machine-id").read_text().strip()
+        assert booted[vm.name] == (machine_id, fingerprint), (vm.name, booted)
+    assert booted["vm1"] != booted["vm2"]
+    tree_key = node_tree / "etc/ssh/ssh_host_ed25519_key.pub"
+    assert fingerprint != subprocess.run(["ssh-keygen", "-lf", tree_key], capture_output=True,
+                                         text=True, check=True).stdout.split()[1]
     first, second = sorted(reports.values(), key=lambda r: r["started"])
     assert first["phase"] == second["phase"] == "kexec", reports
     assert second["from_peers"] > 0 or first["from_peers"] > 0, reports
-    figures = {"image_mib": round(sum(f["size"] for f in record["files"]) / MIB, 1),
+    for report in reports.values():  # each of the image's bytes counted once
+        assert report["from_server"] + report["from_peers"] <= size, report
+    figures = {"image_mib": round(size / MIB, 1),
                "files_mib": {f["name"]: round(f["size"] / MIB, 1) for f in record["files"]},
                "power_on_to_multi_user_s": {name: round(t, 1) for name, t in times.items()},
                "memory_at_multi_user": memory,
                "from_peers_mib": {mac: round(r["from_peers"] / MIB, 1)
                                   for mac, r in reports.items()}}
     print(json.dumps(figures, indent=1))
+
+
+def greeted(vm: VM, number: int) -> tuple[float, dict, tuple[str, str]]:
+    """Wait for the node's greeting (lab/nodetree.py) as rack-0NUMBER, itself
+    in every file and running sshd, the root an overlay (live-boot runs the
+    tree from the squashfs in RAM): seconds since power-on, its memory, and
+    its (machine ID, ed25519 host key fingerprint)."""
+    name = f"rack-0{number}"
+    greeting = (f"{nodetree.GREETING} hostname={name} multi-user=active root=overlay "
+                r"mem_total_kib=(\d+) mem_available_kib=(\d+) "
+                f"etc_hostname={name} hosts=127.0.1.1 "
+                r"machine_id=([0-9a-f]{32}) ssh=active ssh_key=(SHA256:\S+) "
+                + re.escape(f"motd=[{name} runs node ({vm.mac}, rack #{number})]"))
+    seconds = vm.wait_for(greeting, timeout=900)
+    total, available, machine_id, fingerprint = re.search(greeting, vm.console()).groups()
+    return (seconds, {"total_mib": int(total) // 1024, "available_mib": int(available) // 1024},
+            (machine_id, fingerprint))

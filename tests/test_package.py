@@ -25,10 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from boottorrent.pivotal import paths  # noqa: E402
 from lab.cluster import stamp_bzimage_header  # noqa: E402
 from lab.container import SystemdContainer  # noqa: E402
 from lab.kernel import kernel_deb  # noqa: E402
 from lab.netns import SERVER_ADDRESS, Lab  # noqa: E402
+from lab.token import newc_files  # noqa: E402
+from test_rootfs import make_tree  # noqa: E402
 
 CACHE = REPO / ".cache"
 PACKAGE = "boottorrent"
@@ -115,6 +118,7 @@ def test_package_contents(built):
                  "/usr/share/boottorrent/pivotal/init",
                  "/etc/kernel/postinst.d/zz-boottorrent", "/etc/kernel/postrm.d/zz-boottorrent",
                  "/etc/boottorrent/boottorrent.conf", "/etc/boottorrent/images.d/",
+                 "/etc/boottorrent/node-files/",
                  "/lib/systemd/system-preset/50-boottorrent.preset",
                  "/usr/share/doc/boottorrent/examples/example.conf.example",
                  "/usr/share/man/man8/boottorrent.8.gz",
@@ -317,7 +321,10 @@ def test_configured_server_serves_the_lan(built, tmp_path):
     3. systemctl start boottorrent,
     4. a client namespace gets a PXE answer from the container's dnsmasq,
     5. a client downloads the image through the tracker and the seeder,
-    then purge the used installation.
+    6. a --rootfs tree is registered, and the client, listed in
+       [machines], gets its own files,
+    then a security update, an upgrade, and a purge of the used
+    installation. Installed without recommends throughout.
 
     The client of step 5 is the installed pivotal's own client (its
     python, libtorrent and busybox, in a chroot of the unpacked base plus
@@ -432,7 +439,40 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         assert any(c.get("mac") == client.mac and c["phase"] != "pxe"
                    for c in status["clients"]), status
 
-        # 6. A security update of a package the pivotal is built from: the
+        # 6. README's flow for a root file system tree (mksquashfs, which a
+        # server installed without recommends has too), and a machine
+        # [machines] lists: boottorrent.service (root) makes its identity,
+        # readable by the seeder's group only, and the seeder (its own
+        # user) sends it, with the admin's template rendered, to that
+        # machine alone.
+        make_tree(ct.path("/srv/trees/node"))
+        added = ct.run(["boottorrent-add-image", "node", "--rootfs", "/srv/trees/node"],
+                       check=False)
+        assert added.returncode == 0 and "node: registered" in added.stdout, \
+            added.stdout + added.stderr
+        conf = ct.path("/etc/boottorrent/boottorrent.conf")
+        plain = conf.read_text()
+        conf.write_text(plain + f"[machines]\n[[rack]]\nimage = test\nmacs = {client.mac}\n"
+                        "hostname = rack-{index:02}\n")
+        ct.path("/etc/boottorrent/node-files/etc").mkdir()
+        ct.path("/etc/boottorrent/node-files/etc/motd").write_text("{{ name }} runs {{ image }}\n")
+        ct.run(["systemctl", "reload", "boottorrent.service"])
+        wait_for(lambda: no_jobs(ct), "the reload done", ct)
+        identity = f"/var/lib/boottorrent/nodes/{client.mac.replace(':', '')}"
+        assert ct.run(["stat", "-c", "%U:%G %a", f"{identity}/ssh_host_ed25519_key"]
+                      ).stdout.strip() == "root:boottorrent 640"
+        own = newc_files(fetch(client, f"http://{SERVER_ADDRESS}:6980/boot/pivotal/"
+                                       f"config.cpio?mac={client.mac}&image=test"))
+        assert own[f"{paths.NODE}/etc/hostname"][1] == b"rack-01\n", list(own)
+        assert own[f"{paths.NODE}/etc/motd"][1] == b"rack-01 runs test\n"
+        assert own[f"{paths.NODE}/etc/ssh/ssh_host_ed25519_key"][1] == \
+            ct.path(f"{identity}/ssh_host_ed25519_key").read_bytes()
+        ct.run(["boottorrent", "remove-image", "node"])
+        conf.write_text(plain)
+        ct.run(["systemctl", "reload", "boottorrent.service"])
+        wait_for(lambda: no_jobs(ct), "the reload done", ct)
+
+        # 7. A security update of a package the pivotal is built from: the
         # package's dpkg trigger rebuilds the base, and the next client runs
         # the updated busybox.
         def busybox(root: Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, cli, stamp_bzimage_header, tree, wait_for
-from test_bad_input import refused
+from test_bad_input import option_refused, refused
 from test_registry import registry
 
 from lab.testimage import CpioWriter
@@ -37,12 +37,18 @@ def newc(entries: dict[str, bytes]) -> bytes:
 
 
 def make_tree(root: Path, *, kernel: bool = True, modules: bool = True, initrd: bool = True,
-              live_boot: bool = True, initrd_live: bool = True, payload: int = 0) -> Path:
+              live_boot: bool = True, initrd_live: bool = True, live_bottom: bool = False,
+              payload: int = 0) -> Path:
     """A tree as mmdebstrap leaves one, small: what the checks and the
     build look at, and payload bytes of random data (slow to pack)."""
     for folder in ("usr/bin", "etc", "boot", "proc/1", "tmp"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "etc/hostname").write_text("node\n")
+    # The tree's identity, as openssh-server's postinst and systemd leave it.
+    (root / "etc/ssh").mkdir()
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("the tree's key\n")
+    (root / "etc/ssh/sshd_config").write_text("# sshd\n")
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     (root / "usr/bin/hello").write_text("#!/bin/sh\necho hello\n")
     (root / "proc/1/status").write_text("not packed\n")
     if payload:
@@ -63,6 +69,8 @@ def make_tree(root: Path, *, kernel: bool = True, modules: bool = True, initrd: 
         main = {"init": b"#!/bin/sh\n", "scripts/local": b""}
         if initrd_live:
             main["scripts/live"] = b"# live-boot\n"
+        if live_bottom:
+            main["scripts/live-bottom/ORDER"] = b"/scripts/live-bottom/theirs\n"
         early = newc({"kernel/x86/microcode/AuthenticAMD.bin": b"microcode"})
         (root / f"boot/initrd.img-{VERSION}").write_bytes(
             early + gzip.compress(newc(main), mtime=0))
@@ -91,6 +99,8 @@ def test_a_tree_is_built_registered_and_rebuilt_only_when_it_changes(config_dir,
     first = add_rootfs(root, config_dir, state_dir)
     assert first.returncode == 0, first.stderr
     assert "node: packing the tree (mksquashfs): 100%" in first.stderr
+    assert "node: warning: the tree's own etc/ssh/ssh_host_ed25519_key, etc/machine-id would " \
+        "be every machine's: left out of the image" in first.stderr, first.stderr
     assert f"rootfs = {root}" in (config_dir / "images.d/node.conf").read_text()
     record = registry(state_dir)["node"]
     assert record["cmdline"] == f"{LIVE_WORDS} quiet"
@@ -99,7 +109,9 @@ def test_a_tree_is_built_registered_and_rebuilt_only_when_it_changes(config_dir,
     assert (files / "kernel").read_bytes() == (root / f"boot/vmlinuz-{VERSION}").read_bytes()
     assert (files / "initrd.1").read_bytes() == (root / f"boot/initrd.img-{VERSION}").read_bytes()
     listing = squashfs_listing(files / "initrd.0", tmp_path)
-    assert {"etc/hostname", "usr/bin/hello", "proc", "tmp"} <= set(listing), listing
+    assert {"etc/hostname", "usr/bin/hello", "proc", "tmp", "etc/ssh/sshd_config"} \
+        <= set(listing), listing
+    assert not {"etc/ssh/ssh_host_ed25519_key", "etc/machine-id"} & set(listing), listing
     assert not [p for p in listing if p.startswith(("proc/", "boot/vmlinuz", "boot/initrd"))]
 
     # Unchanged: nothing is packed, copied or hashed again.
@@ -122,14 +134,15 @@ def test_a_tree_is_built_registered_and_rebuilt_only_when_it_changes(config_dir,
     ({"live_boot": False}, "no live-boot (usr/share/initramfs-tools/scripts/live)"),
     ({"initrd_live": False}, "this initramfs has no live-boot (scripts/live): run "
                              "update-initramfs -u in the tree"),
+    ({"live_bottom": True}, "this initramfs runs scripts of its own after live-boot "
+                            "(scripts/live-bottom/ORDER), where BootTorrent lays"),
 ])
 def test_a_tree_that_cannot_boot_is_refused(tree_args, expected, config_dir, state_dir,
                                              tmp_path):
     root = make_tree(tmp_path / "tree", **tree_args)
     before = tree(config_dir), tree(state_dir)
     result = add_rootfs(root, config_dir, state_dir)
-    refused(result, config_dir / "images.d/node.conf", f"rootfs: {root}", before,
-            config_dir, state_dir)
+    option_refused(result, "rootfs", f"{root}", before, config_dir, state_dir)
     assert expected in result.stderr, result.stderr
 
 
@@ -176,8 +189,7 @@ def test_a_tree_cannot_make_the_server_serve_its_own_files(tamper, expected, con
     tamper(root)
     before = tree(config_dir), tree(state_dir)
     result = add_rootfs(root, config_dir, state_dir)
-    refused(result, config_dir / "images.d/node.conf", f"rootfs: {root}", before,
-            config_dir, state_dir)
+    option_refused(result, "rootfs", f"{root}", before, config_dir, state_dir)
     assert expected in result.stderr, result.stderr
 
 

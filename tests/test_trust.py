@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+from boottorrent.pivotal import paths
 from boottorrent.pivotal.wire import TOKEN_HEADER
-from conftest import MIB, PYTHON, REPO
+from conftest import CLIENTS, MIB, PYTHON, REPO
+from lab.token import config_url, newc_files
 
 BOOT_URL = "http://198.18.0.1:6980/boot"
 SEEDING = {"image": "compute", "phase": "seeding", "progress": 1.0}
@@ -65,3 +67,37 @@ def test_ten_thousand_forged_sources_evict_no_machine(cluster):
     assert [c["address"] for c in clients] == [machine.address], len(clients)
     assert clients[0]["mac"] == machine.mac
     assert machine.address in cluster.server.boottorrent("status").stdout
+
+
+def test_a_machines_own_files_go_to_that_machine_alone(make_cluster):
+    """A machine [machines] lists gets its own files (its name, identity and
+    the admin's templates) with its config part, the same each boot; another
+    host asking with that machine's MAC gets none, and the server logs it once."""
+    mac = "52:54:00:e3:00:01"
+    cluster = make_cluster(conf={"clients": CLIENTS, "machines": {"rack": {
+        "image": "compute", "macs": mac, "hostname": "rack-{index:02}"}}})
+    (cluster.config_dir / "node-files/etc").mkdir(parents=True)
+    (cluster.config_dir / "node-files/etc/motd").write_text("{{ name }} at {{ address }}\n")
+    cluster.add_image("compute", {"kernel": MIB})
+    cluster.start(("seeder",))
+    cluster.server.wait_for_seeder()
+    machine = cluster.add_host("machine", mac=mac)
+    thief = cluster.add_host("thief")
+
+    def own_files(host) -> dict[str, bytes]:
+        part = host.run(["curl", "-sf", config_url(BOOT_URL, mac, "compute")], text=False).stdout
+        return {name.removeprefix(f"{paths.NODE}/"): data
+                for name, (_, data) in newc_files(part).items()
+                if name.startswith(f"{paths.NODE}/")}
+
+    mine = own_files(machine)
+    assert mine["etc/hostname"] == b"rack-01\n"
+    assert mine["etc/motd"] == f"rack-01 at {machine.address}\n".encode()
+    key = mine["etc/ssh/ssh_host_ed25519_key"]
+    assert b"OPENSSH PRIVATE KEY" in key
+    assert own_files(machine)["etc/ssh/ssh_host_ed25519_key"] == key  # each boot the same
+    for _ in range(2):
+        assert own_files(thief) == {}
+    lines = [line for line in cluster.server.log("seeder").splitlines()
+             if thief.address in line and mac in line]
+    assert len(lines) == 1 and f"whose MAC is {thief.mac}: refused" in lines[0], lines

@@ -11,9 +11,9 @@ import socket
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from boottorrent.pivotal import ClientError
+from boottorrent.pivotal import ClientError, node, paths
 from boottorrent.pivotal.command import CommandError
 from boottorrent.pivotal.console import human_bytes, say
 from boottorrent.pivotal.kexec import kexec, kexec_commands, verify
@@ -70,8 +70,9 @@ def boot(args: argparse.Namespace, config: PivotalConfig,
         swarm.seed()
         swarm.leave()
         report.phase = "kexec"
+        own = node.image_part(image, args.config.parent / PurePosixPath(paths.NODE).name)
         commands = kexec_commands(image, folder, report.mac,
-                                  config.mac_cmdline.get(report.mac, ""))
+                                  config.mac_cmdline.get(report.mac, ""), own)
         (args.work_dir / "summary.json").write_text(json.dumps(asdict(report), indent=1))
     finally:
         reporter.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from boottorrent.pivotal import ClientError
+from boottorrent.pivotal import ClientError, node
 from boottorrent.pivotal.command import CommandError, run
 from boottorrent.pivotal.console import say
 from boottorrent.pivotal.digest import file_sha256
@@ -32,15 +32,21 @@ def image_cmdline(image: ImageSpec, mac: str, machine_words: str = "") -> str:
     return cmdline
 
 
-def kexec_commands(image: ImageSpec, folder: Path, mac: str,
-                   machine_words: str = "") -> list[list[str]]:
-    """The kexec command lines that boot the image, with its one initrd."""
+def kexec_commands(image: ImageSpec, folder: Path, mac: str, machine_words: str = "",
+                   own_files: bytes = b"") -> list[list[str]]:
+    """The kexec command lines that boot the image, with its one initrd, to
+    which the machine's own files (node.image_part) are appended."""
     kernel = folder / image.kernel
     cmdline = image_cmdline(image, mac, machine_words)
     load = ["kexec", "-s", "-l", str(kernel), f"--command-line={cmdline}"]
     initrds = [folder / name for name in image.initrds]
     if initrds:
-        load.insert(4, f"--initrd={one_initrd(initrds)}")
+        initrd = one_initrd(initrds)
+        if own_files:
+            node.append(initrd, own_files)
+        load.insert(4, f"--initrd={initrd}")
+    elif own_files:
+        say(f"{image.name} has no initrd: this machine's own files stay here")
     return [load, ["kexec", "-e"]]
 
 

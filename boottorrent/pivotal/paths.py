@@ -45,6 +45,9 @@ TORRENT = "pivotal.torrent"  # of the shared parts (BASE, QEMU), beside them
 CONFIG = "etc/boottorrent/pivotal.json"  # wire.PivotalConfig
 STAGE_CONFIG = "etc/boottorrent/stage"  # shell variables: what /stage fetches
 TOKEN_FILE = "etc/boottorrent/token"  # the machine's own token (wire.TOKEN_HEADER)
+# The machine's own files (the server's nodes.py), as they go into the
+# image's root (pivotal/node.py); root's alone.
+NODE = "etc/boottorrent/node"
 
 # /stage's try of a shared part, in its URL's query: "try=x" its first,
 # "try=xx" its second (x's: its shell counts them with ${#tries}). Without

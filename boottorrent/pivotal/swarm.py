@@ -116,8 +116,15 @@ class Swarm:
         peer_info = self.handle.get_peer_info()
         peers = [(p.ip, p.local_endpoint, p.total_download) for p in peer_info]
         from_server, from_peers = self.sources.update(received, peers)
-        self.report.from_server = from_server + (self.relay.from_server if self.relay else 0)
-        self.report.from_peers = from_peers + (self.relay.from_peers if self.relay else 0)
+        from_server += self.relay.from_server if self.relay else 0
+        from_peers += self.relay.from_peers if self.relay else 0
+        # The image's bytes by where they came from: what arrived again for
+        # a piece already here counts once. libtorrent downloads the chain's
+        # last piece again when it takes the files over (relay.py: so that
+        # the tracker hears "completed"), and in its end game asks two peers
+        # for the same block.
+        self.report.from_server = min(from_server, self.image.size)
+        self.report.from_peers = min(from_peers, self.image.size - self.report.from_server)
         return peer_info
 
     def _say_alerts(self, alerts: list[lt.alert]) -> None:
