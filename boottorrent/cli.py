@@ -96,7 +96,8 @@ initrd of its own, and the tree's initramfs. The machine runs the tree from
 RAM: live-boot mounts the squashfs under a tmpfs overlay (--cmdline adds to
 "boot=live live-media=/boottorrent"). /proc, /sys, /dev, /run, /tmp and
 /boot's kernels and initramfs files are left out, and so are other file
-systems mounted in the tree. The build is kept under the tree's
+systems mounted in the tree and the tree's SSH host keys and machine ID:
+each machine gets its own (boottorrent.conf(5), [machines]). The build is kept under the tree's
 fingerprint (every entry's path, type, mode, owner, size, mtime and link
 target): registering an unchanged tree again only walks it, and a changed
 one gets a new build and a new torrent.
