@@ -214,10 +214,11 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
     server, dhcp = obj["server"], obj["dhcp"]
 
     nodes, mac_cmdline = _machines(path, obj["machines"], problems)
-    templates = Templates(config_dir / TEMPLATES, {})
+    templates = None
     try:
-        templates = Templates.load(config_dir / TEMPLATES)
-        templates.check(list(nodes.values()))
+        loaded = Templates.load(config_dir / TEMPLATES)
+        loaded.check(list(nodes.values()))
+        templates = loaded
     except ConfigError as error:
         problems.append(error)
 

@@ -19,13 +19,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from boottorrent.pivotal.node import LIVE_BOOT
 from boottorrent.pivotal.wire import ImageSpec
 
 # A rootfs image boots live-boot from the squashfs the server builds of its
 # tree (rootfs.py), in this folder of its initramfs; these words come first
 # on its command line.
 LIVE_BOOT_MEDIUM = "boottorrent"
-LIVE_BOOT_WORDS = f"boot=live live-media=/{LIVE_BOOT_MEDIUM}"
+LIVE_BOOT_WORDS = f"{LIVE_BOOT} live-media=/{LIVE_BOOT_MEDIUM}"
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ MACHINE_ID = "machine-id"
 # Rendered for every listed machine when generate checks the templates:
 # the address it will boot with is known only then (RFC 5737's).
 CHECK_ADDRESS = "192.0.2.1"
-TEMPLATE_MAX = 1 << 20  # bytes of one template, and of one machine's files
+TEMPLATE_MAX = 1 << 20  # bytes of one template
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,6 @@ class Templates:
         """Render every template for every machine; ConfigError on the first that fails."""
         for node in nodes:
             self.render(node, CHECK_ADDRESS)
-
 
 
 def write_snapshot_file(machines: list[Node], templates: Templates | None, path: Path) -> None:

@@ -36,6 +36,7 @@ from boottorrent import bzimage
 from boottorrent.fsutil import remove_tree
 from boottorrent.image import LIVE_BOOT_MEDIUM as MEDIUM, LIVE_BOOT_WORDS
 from boottorrent.pivotal.command import run
+from boottorrent.pivotal.node import LIVE_BOTTOM
 from boottorrent.progress import Progress
 
 SQUASHFS_NAME = f"{MEDIUM}/live/filesystem.squashfs"
@@ -51,8 +52,6 @@ IDENTITY = ["etc/ssh/ssh_host_*", "etc/machine-id"]
 EXCLUDED = ["proc/*", "sys/*", "dev/*", "run/*", "tmp/*", "boot/vmlinuz*", "boot/initrd.img*",
             *IDENTITY]
 RECIPE = repr((2, LIVE_BOOT_WORDS, SQUASHFS_NAME, MKSQUASHFS_OPTIONS, EXCLUDED))
-# Where the pivotal puts a script of its own (pivotal/node.py).
-LIVE_BOTTOM = "scripts/live-bottom"
 KERNEL, INITRD, ROOTFS = "vmlinuz", "initrd.img", "rootfs.cpio"
 COMPRESSED_MAGIC = {b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"], b"\x1f\x8b": ["gzip", "-dc"],
                     b"\xfd7zXZ": ["xz", "-dc"], b"\x02\x21\x4c\x18": ["lz4", "-dc"]}

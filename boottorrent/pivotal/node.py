@@ -30,12 +30,14 @@ from pathlib import Path
 from boottorrent.pivotal import newc
 from boottorrent.pivotal.wire import ImageSpec
 
-LIVE_BOOT = "boot=live"
+LIVE_BOOT = "boot=live"  # the word of an image that boots with live-boot
 NODE_IN_IMAGE = "boottorrent/node"
-# Sourced by initramfs-tools' run_scripts; the tree's initramfs has none
-# (rootfs.py refuses one that has scripts of its own there).
-LIVE_BOTTOM_ORDER = "scripts/live-bottom/ORDER"
-LIVE_BOTTOM_SCRIPT = "scripts/live-bottom/boottorrent"
+# What initramfs-tools runs once live-boot mounted the root: its ORDER,
+# sourced by run_scripts. The tree's initramfs has none (rootfs.py refuses
+# one that has scripts of its own there).
+LIVE_BOTTOM = "scripts/live-bottom"
+LIVE_BOTTOM_ORDER = f"{LIVE_BOTTOM}/ORDER"
+LIVE_BOTTOM_SCRIPT = f"{LIVE_BOTTOM}/boottorrent"
 HOST_KEYS_UNIT = "boottorrent/boottorrent-host-keys.service"
 ORDER = f"""/{LIVE_BOTTOM_SCRIPT} "$@"
 [ -e /conf/param.conf ] && . /conf/param.conf
