@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from boottorrent import render
+from boottorrent import render, secureboot
 from boottorrent.config import Config, all_problems, default_image, load_config, unconfigured
 from boottorrent.generate import regenerate
 from boottorrent.imageconf import check_image_name
@@ -109,7 +109,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    registered = list(State(args.state_dir).registry())
+    state = State(args.state_dir)
+    records = state.registry()
+    registered = list(records)
     config, problems, described = all_problems(args.config_dir, registered)
     for problem in problems:
         print(f"boottorrent: {problem}", file=sys.stderr)
@@ -118,6 +120,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     assert config
     print(f"configuration OK: {len(described)} images described, {len(registered)} registered")
     print(_default_line(config, default_image(config, registered)))
+    for line in secureboot.check_lines(config.secure_boot, config.pivotal_kernel, records,
+                                       render.kernel_signers(state, records)):
+        print(line)
     return 0
 
 

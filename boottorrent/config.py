@@ -15,7 +15,7 @@ from pathlib import Path
 
 from validate import ValidateError
 
-from boottorrent import bzimage
+from boottorrent import bzimage, secureboot
 from boottorrent.configfile import SERVER_SPEC, ConfigError, check_mac, read_file
 from boottorrent.fleet.policy import Policy
 from boottorrent.imagecheck import read_image
@@ -61,6 +61,7 @@ class Config:
     policy: Policy  # the boot storm's ([seeder] keys)
     default_image: str
     menu_timeout: int
+    secure_boot: bool  # UEFI machines boot Debian's signed shim and GRUB (secureboot.py)
     nodes: dict[str, Node] = field(default_factory=dict)  # the machines [machines] lists
     # Words the pivotal adds to a machine's image command line: its
     # hostname (systemd.hostname=) and its group's cmdline ([machines]).
@@ -264,6 +265,9 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
     if problem := bzimage.kernel_or_package_problem(kernel):
         problems.append(ConfigError(path, problem, ("pivotal",), "kernel"))
 
+    if obj["boot"]["secure_boot"] and (missing := secureboot.missing()):
+        problems.append(ConfigError(path, missing, ("boot",), "secure_boot"))
+
     if dhcp["mode"] == "full":
         for key in ("range_start", "range_end"):
             if dhcp[key] is None:
@@ -287,6 +291,7 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         pivotal_kernel=kernel, pivotal_cmdline=obj["pivotal"]["cmdline"],
         swarm=SwarmSettings.from_sections(obj), policy=Policy.from_sections(obj),
         default_image=obj["boot"]["default_image"], menu_timeout=obj["boot"]["menu_timeout"],
+        secure_boot=obj["boot"]["secure_boot"],
         nodes=nodes, mac_cmdline=mac_cmdline, templates=templates), []
 
 

@@ -69,7 +69,8 @@ def write_pivotal(config: Config, state: State, torrents_by_name: dict[str, byte
         _place(source, nic_parts / source.name)
     shared = render.pivotal_shared(records)
     pivotal = render.pivotal_config(config, records, torrents_by_name,
-                                    render.write_pivotal_torrent(config, snapshot, shared))
+                                    render.write_pivotal_torrent(config, snapshot, shared),
+                                    render.kernel_signers(state, records))
     archive.build_config_part({
         paths.CONFIG: pivotal.to_json(),
         paths.STAGE_CONFIG: render.stage_config(

@@ -129,13 +129,14 @@ class ImageRecord:
                    piece_size=piece_size, conf_sha256=conf_sha256, files=files,
                    vm=image.vm.to_json() if image.vm else {})
 
-    def spec(self, torrent: bytes) -> ImageSpec:
+    def spec(self, torrent: bytes, kernel_signer: str = "") -> ImageSpec:
         """The image as the pivotal boots it (wire.ImageSpec), with its
-        torrent (trackers and web seed in it)."""
+        torrent (trackers and web seed in it) and its kernel's signer
+        (signature.kernel_signer)."""
         kexec = self.method == "kexec"
         return ImageSpec(
             name=self.name, torrent=base64.b64encode(torrent).decode(),
             kernel=self.kernel.name if kexec else "",
             initrds=[f.name for f in self.initrds] if kexec else [],
             cmdline=self.cmdline, size=self.size, sha256={f.name: f.sha256 for f in self.files},
-            method=self.method, vm=self.vm)
+            method=self.method, vm=self.vm, kernel_signer=kernel_signer if kexec else "")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from boottorrent import torrents
+from boottorrent import secureboot, signature, torrents
 from boottorrent.config import Config, default_image, registry_problems
 from boottorrent.configfile import ConfigError
 from boottorrent.image import ImageRecord
@@ -79,6 +79,8 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
         "default_image": default or "",
         "menu_timeout": config.menu_timeout,
         "mac_images": dict(sorted(config.mac_images.items())),
+        "secure_boot": config.secure_boot,
+        "shim": secureboot.SHIM_NAME,
     }
 
 
@@ -99,8 +101,23 @@ def full_torrent(config: Config, state: State, record: ImageRecord) -> bytes:
     return torrents.with_urls(info, config.tracker_url, web_seed(config, record))
 
 
+def kernel_signers(state: State, records: dict[str, ImageRecord]) -> dict[str, str | None]:
+    """Whose signature each kexec image's kernel carries, by image ("":
+    none; None: no EFI stub, so no place for one)."""
+    signers: dict[str, str | None] = {}
+    for record in records.values():
+        if record.method == "kexec":
+            try:
+                signers[record.name] = signature.kernel_signer(
+                    state.content_dir(record.infohash) / record.name / record.kernel.name)
+            except ValueError:
+                signers[record.name] = None
+    return signers
+
+
 def pivotal_config(config: Config, records: dict[str, ImageRecord],
-                   torrents_by_name: dict[str, bytes], pivotal_torrent: bytes) -> PivotalConfig:
+                   torrents_by_name: dict[str, bytes], pivotal_torrent: bytes,
+                   signers: dict[str, str | None]) -> PivotalConfig:
     """What the pivotal needs to know; shipped as etc/boottorrent/pivotal.json."""
     return PivotalConfig(
         server=config.address,
@@ -110,7 +127,7 @@ def pivotal_config(config: Config, records: dict[str, ImageRecord],
         default_image=default_image(config, list(records)),
         mac_images=dict(sorted(config.mac_images.items())),
         mac_cmdline=dict(sorted(config.mac_cmdline.items())),
-        images={r.name: r.spec(torrents_by_name[r.name])
+        images={r.name: r.spec(torrents_by_name[r.name], signers.get(r.name) or "")
                 for r in sorted(records.values(), key=lambda r: r.name)},
         pivotal_torrent=base64.b64encode(pivotal_torrent).decode(),
         http_port=config.http_port)
@@ -131,6 +148,8 @@ def write_snapshot(config: Config, records: dict[str, ImageRecord], state: State
     (boot / "boot.ipxe").write_text(render("boot.ipxe.j2", **context))
     for binary in IPXE_BINARIES:
         shutil.copyfile(IPXE_DIR / binary, boot / binary)
+    if config.secure_boot:
+        secureboot.place(boot, render("grub.cfg.j2", **context))
 
     tracker = snapshot / "tracker"
     tracker.mkdir(mode=0o755)
@@ -154,7 +173,8 @@ def stage_config(config: Config, sha256: dict[str, str]) -> str:
     parts = " ".join(f"{path}={digest}" for path, digest in sha256.items())
     return ("# Written by BootTorrent: what the pivotal's /stage fetches and checks.\n"
             f"BOOT_URL={config.http_url}{paths.BOOT}\nPARTS=\"{parts}\"\n"
-            f"TOKEN_FILE={paths.TOKEN_FILE}\nTOKEN_HEADER={TOKEN_HEADER}\nTRY={paths.TRY}\n")
+            f"TOKEN_FILE={paths.TOKEN_FILE}\nTOKEN_HEADER={TOKEN_HEADER}\nTRY={paths.TRY}\n"
+            f"CONFIG_PART={paths.CONFIG_PART}\n")
 
 
 def write_pivotal_torrent(config: Config, snapshot: Path, shared: list[str]) -> bytes:

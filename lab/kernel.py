@@ -7,6 +7,7 @@ the same package an admin would give BootTorrent as its pivotal kernel.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -57,3 +58,23 @@ def kernel_tree(cache: Path = CACHE) -> Path:
 def vmlinuz(cache: Path = CACHE) -> Path:
     (path,) = (kernel_tree(cache) / "boot").glob("vmlinuz-*")
     return path
+
+
+def unsigned_vmlinuz(cache: Path = CACHE) -> Path:
+    """Debian's kernel with its Secure Boot signature taken off (the
+    certificate table cut and its directory entry zeroed, as sbattach
+    --remove does): a kernel as an admin's own build would be, unsigned."""
+    signed = vmlinuz(cache)
+    target = cache / (signed.name + ".unsigned")
+    if not target.exists():
+        data = bytearray(signed.read_bytes())
+        pe, = struct.unpack_from("<I", data, 0x3C)
+        magic, = struct.unpack_from("<H", data, pe + 24)
+        entry = pe + 24 + (112 if magic == 0x20B else 96) + 8 * 4  # the certificate table's
+        offset, size = struct.unpack_from("<II", data, entry)
+        assert size and offset + size == len(data), "the signature is not at the end"
+        struct.pack_into("<II", data, entry, 0, 0)
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(bytes(data[:offset]))
+        partial.rename(target)
+    return target

@@ -69,6 +69,8 @@ def make_context(root: Path, mode: str, **overrides) -> dict:
         "default_image": "debian",
         "menu_timeout": 5,
         "mac_images": {},
+        "secure_boot": False,
+        "shim": "shimx64.efi",
     }
     context.update(overrides)
     return context
@@ -169,10 +171,11 @@ EXPECTED_FILE = {
 # --- (a) the templates render, and dnsmasq accepts them ------------------------
 
 @pytest.mark.parametrize("mode", ["full", "proxy"])
-@pytest.mark.parametrize("router,dns", [
-    (None, []), ("198.18.0.254", ["198.18.0.253", "198.18.0.252"])])
-def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns):
-    conf = write_config(root, make_context(root, mode, router=router, dns_servers=dns))
+@pytest.mark.parametrize("router,dns,secure_boot", [
+    (None, [], False), ("198.18.0.254", ["198.18.0.253", "198.18.0.252"], True)])
+def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns, secure_boot):
+    conf = write_config(root, make_context(root, mode, router=router, dns_servers=dns,
+                                           secure_boot=secure_boot))
     text = conf.read_text()
     result = subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"],
                             capture_output=True, text=True)
@@ -186,6 +189,14 @@ def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns):
     assert f"dhcp-leasefile={root / 'dnsmasq.leases'}" in lines
     assert "dhcp-authoritative" not in lines
     assert f"dhcp-boot=tag:ipxe,{HTTP_URL}/boot/boot.ipxe,,{SERVER_ADDRESS}" in lines
+    # UEFI machines get shim with [boot] secure_boot, iPXE without; BIOS iPXE.
+    uefi = "shimx64.efi" if secure_boot else "snponly.efi"
+    if mode == "proxy":
+        assert f'pxe-service=tag:!ipxe,X86-64_EFI,"BootTorrent (UEFI)",{uefi}' in lines
+        assert 'pxe-service=tag:!ipxe,x86PC,"BootTorrent (BIOS)",undionly.kpxe' in lines
+    else:
+        assert f"dhcp-boot=tag:!ipxe,tag:efi64,{uefi}" in lines
+        assert "dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe" in lines
     if mode == "proxy":
         assert "dhcp-range=198.18.0.0,proxy,255.255.255.0" in lines
         assert any(line.startswith("pxe-service=") for line in lines)
@@ -199,6 +210,25 @@ def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns):
         else:
             assert "dhcp-option=option:router" in lines
             assert "dhcp-option=option:dns-server" in lines
+
+
+def test_grub_config_boots_the_pivotal_by_mac_or_menu(root):
+    """What Debian's GRUB runs ([boot] secure_boot): the same choices as
+    the iPXE script, the pivotal's files from the server GRUB came from."""
+    text = render("grub.cfg.j2", make_context(root, "full", secure_boot=True, mac_images={
+        "52:54:00:AA:BB:01": "debian"}))
+    assert "{{" not in text and "{%" not in text
+    lines = [line.strip() for line in text.splitlines() if line and not line.startswith("#")]
+    assert 'if [ "$net_default_mac" = "52:54:00:aa:bb:01" ]; then boottorrent debian; fi' in lines
+    linux = next(line for line in lines if line.startswith("linux "))
+    assert linux.startswith(f"linux /{PIVOTAL['kernel']} ")
+    assert "boottorrent.image=$1 BOOTIF=01-$bt_1-$bt_2-$bt_3-$bt_4-$bt_5-$bt_6" in linux
+    assert "boottorrent.netmask=255.255.255.0" in linux
+    initrd = next(line for line in lines if line.startswith("initrd "))
+    assert initrd.split()[1:] == [f"/{i['path']}" for i in PIVOTAL["initrds"]]
+    # More than one image: a menu, the default after the timeout.
+    assert "set default=debian" in lines and "set timeout=5" in lines
+    assert sum(line.startswith("menuentry ") for line in lines) == len(IMAGES)
 
 
 def ipxe_lines(context: dict) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from boottorrent.pivotal import ClientError, node, paths
 from boottorrent.pivotal.command import CommandError
 from boottorrent.pivotal.console import human_bytes, say
-from boottorrent.pivotal.kexec import kexec, kexec_commands, verify
+from boottorrent.pivotal.kexec import kexec, kexec_commands, secure_boot_refusal, verify
 from boottorrent.pivotal.network import bring_up_network, kernel_parameters
 from boottorrent.pivotal.report import Reporter, send_report
 from boottorrent.pivotal.run import CannotRun, check_room, start
@@ -53,6 +53,8 @@ def boot(args: argparse.Namespace, config: PivotalConfig,
     bring_up_network(params.get("BOOTIF"), report, args.work_dir)
     image = choose_image(config, params, report.mac)
     report.image = image.name
+    if reason := secure_boot_refusal(image):
+        raise CannotRun(reason)
     check_room(image, args.work_dir)
     reporter = Reporter(config.report_url, report, config.token)
     try:

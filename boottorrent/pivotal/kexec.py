@@ -13,6 +13,30 @@ from boottorrent.pivotal.run import meminfo_mib
 from boottorrent.pivotal.wire import ImageSpec
 
 
+LOCKDOWN = Path("/sys/kernel/security/lockdown")  # "[none] integrity confidentiality"
+
+
+def locked_down() -> bool:
+    """Whether this kernel is locked down, as Debian's is when the firmware
+    booted it with UEFI Secure Boot on: kexec_load is refused then, and
+    kexec_file_load takes only a kernel signed by a key the kernel trusts
+    (its own, the firmware's db, shim's MOK)."""
+    try:
+        return "[none]" not in LOCKDOWN.read_text()
+    except OSError:
+        return False
+
+
+def secure_boot_refusal(image: ImageSpec) -> str | None:
+    """Why this machine cannot kexec the image, known before it is
+    downloaded: an unsigned kernel on a locked-down machine."""
+    if image.method != "kexec" or image.kernel_signer or not locked_down():
+        return None
+    return ("its kernel is not signed, and this machine boots with UEFI Secure Boot "
+            "(its kernel is locked down and kexecs signed kernels only): sign the image's "
+            "kernel with a key enrolled in MOK, or boot it with method = qemu")
+
+
 def verify(image: ImageSpec, folder: Path, known: dict[Path, str]) -> None:
     """Check the files against the registry's SHA-256; known: digests of
     files already computed from the bytes written (Swarm.digests)."""

@@ -103,6 +103,9 @@ class ImageSpec:
     sha256: dict[str, str]  # file name -> digest, checked before the image is booted
     method: str = "kexec"  # or qemu (its file "disk"), or exec (its file "program")
     vm: dict = field(default_factory=dict)  # qemu: format, memory, cpus, firmware, qemu_args
+    # Whose signature the kernel carries ("": none), which a machine with
+    # UEFI Secure Boot needs: its locked-down kernel kexecs signed kernels only.
+    kernel_signer: str = ""
 
 
 @dataclass(frozen=True)
