@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 DEPS := python3-libtorrent python3-configobj python3-systemd python3-jinja2 \
 	python3-debian python3-pytest python3-setuptools python3-all \
 	python3-matplotlib dnsmasq-base opentracker ipxe busybox-static \
-	kexec-tools kmod qemu-system-x86 ovmf shim-signed grub-efi-amd64-signed mmdebstrap squashfs-tools zstd xz-utils cpio iproute2 \
+	kexec-tools kmod qemu-system-x86 ovmf shim-signed grub-efi-amd64-signed mtools xorriso mmdebstrap squashfs-tools zstd xz-utils cpio iproute2 \
 	udpcast systemd lintian debhelper dh-python devscripts fakeroot \
 	build-essential help2man man-db git curl
 

@@ -265,8 +265,11 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
     if problem := bzimage.kernel_or_package_problem(kernel):
         problems.append(ConfigError(path, problem, ("pivotal",), "kernel"))
 
-    if obj["boot"]["secure_boot"] and (missing := secureboot.missing()):
-        problems.append(ConfigError(path, missing, ("boot",), "secure_boot"))
+    if obj["boot"]["secure_boot"]:
+        if missing := secureboot.missing():
+            problems.append(ConfigError(path, missing, ("boot",), "secure_boot"))
+        elif dhcp["mode"] == "proxy":
+            problems.append(ConfigError(path, secureboot.PROXY_MODE, ("boot",), "secure_boot"))
 
     if dhcp["mode"] == "full":
         for key in ("range_start", "range_end"):

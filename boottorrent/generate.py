@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from boottorrent import nodes, render, trust
+from boottorrent import nodes, render, secureboot, trust
 from boottorrent.config import Config
 from boottorrent.configfile import ConfigError
 from boottorrent.fsutil import remove_tree
@@ -76,6 +76,8 @@ def write_pivotal(config: Config, state: State, torrents_by_name: dict[str, byte
         paths.STAGE_CONFIG: render.stage_config(
             config, {path: file_sha256(placed[path]) for path in shared}).encode(),
     }, target / Path(paths.CONFIG_PART).name)
+    if config.secure_boot:
+        secureboot.ram_disk(snapshot / "boot")
 
 
 def regenerate(config: Config, state: State, records: dict[str, ImageRecord]) -> Path:

@@ -81,6 +81,7 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
         "mac_images": dict(sorted(config.mac_images.items())),
         "secure_boot": config.secure_boot,
         "shim": secureboot.SHIM_NAME,
+        "ram_disk": secureboot.RAM_DISK,
     }
 
 

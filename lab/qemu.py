@@ -49,6 +49,7 @@ class VM:
     # "bios", "uefi" (OVMF, package ovmf) or "secure-boot": OVMF with
     # Secure Boot on and Microsoft's keys enrolled, as servers ship.
     firmware: str = "bios"
+    http_boot: bool = False  # UEFI: boot over HTTP only, never PXE and TFTP
     # NIC option ROM: None keeps QEMU's own (iPXE); "" gives the NIC none, so
     # OVMF boots with its own virtio-net driver and PXE client, as real UEFI
     # machines do.
@@ -71,6 +72,10 @@ class VM:
             argv += ["-bios", "/usr/share/ovmf/OVMF.fd"]
         elif self.firmware == "secure-boot":
             argv += secure_boot_firmware(self.log_dir / f"{self.name}.vars.fd")
+        if self.http_boot:
+            # No PXE (TFTP) boot option: the firmware's HTTP boot is its
+            # only way to the network.
+            argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]
         if self.network:
             self.tap = self.tap or self.lab.add_tap(self.name)
             argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",

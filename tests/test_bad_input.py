@@ -251,6 +251,19 @@ def test_port_shared_with_the_tracker(section, key, image_files, config_dir, sta
                 config_dir, state_dir)
 
 
+def test_secure_boot_in_proxy_mode_is_refused(image_files, config_dir, state_dir):
+    """Debian's signed GRUB never takes a proxy DHCP answer: a server set up
+    so would send Secure Boot machines to a GRUB prompt."""
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace("mode = full", "mode = proxy")
+                    .replace("[boot]\n", "[boot]\nsecure_boot = yes\n"))
+    before = tree(config_dir), tree(state_dir)
+    for command in ("check", "generate"):
+        refused(cli(command, config_dir=config_dir, state_dir=state_dir), conf,
+                "[boot] secure_boot: needs [dhcp] mode = full", before, config_dir, state_dir)
+
+
 # ---------------------------------------------------------------- 9. check does not lie
 
 def test_check_and_generate_agree_on_unregistered_default(image_files, config_dir, state_dir):

@@ -71,6 +71,7 @@ def make_context(root: Path, mode: str, **overrides) -> dict:
         "mac_images": {},
         "secure_boot": False,
         "shim": "shimx64.efi",
+        "ram_disk": "secureboot.iso",
     }
     context.update(overrides)
     return context
@@ -196,6 +197,9 @@ def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns, secure_boot
         assert 'pxe-service=tag:!ipxe,x86PC,"BootTorrent (BIOS)",undionly.kpxe' in lines
     else:
         assert f"dhcp-boot=tag:!ipxe,tag:efi64,{uefi}" in lines
+        # UEFI HTTP boot (client architecture 16) with secure_boot: the RAM disk's URL.
+        assert (f"dhcp-boot=tag:efi64http,{HTTP_URL}/boot/secureboot.iso" in lines) \
+            == secure_boot
         assert "dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe" in lines
     if mode == "proxy":
         assert "dhcp-range=198.18.0.0,proxy,255.255.255.0" in lines

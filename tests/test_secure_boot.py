@@ -1,7 +1,8 @@
 """UEFI Secure Boot: machines whose firmware runs signed code only (OVMF
-with Microsoft's keys enrolled) PXE-boot shim, Debian's GRUB and the
-pivotal, and kexec a signed image; an image whose kernel is not signed is
-refused there before a byte of it is fetched."""
+with Microsoft's keys enrolled) boot shim, Debian's GRUB and the pivotal,
+over PXE and over UEFI HTTP boot (no TFTP at all), and kexec a signed
+image; an image whose kernel is not signed is refused there before a byte
+of it is fetched."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from lab.testimage import MARKER_PREFIX, build_test_image
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "booted-with-secure-boot"
-SIGNED, UNSIGNED = "52:54:00:5b:00:01", "52:54:00:5b:00:03"
+SIGNED, HTTP, UNSIGNED = "52:54:00:5b:00:01", "52:54:00:5b:00:02", "52:54:00:5b:00:03"
 SECURE_BOOT_ON = "EFI stub: UEFI Secure Boot is enabled."  # the pivotal's kernel says so
 
 
@@ -34,7 +35,7 @@ def test_secure_boot_machines_boot_signed_images_and_refuse_unsigned_ones(
             server.boottorrent("add-image", name, "--kernel", str(kernel),
                                "--initrd", str(image["initrd"]),
                                "--cmdline", "console=ttyS0 panic=-1")
-        conf.write_text(conf.read_text() + f"[machines]\n{SIGNED} = signed\n"
+        conf.write_text(conf.read_text() + f"[machines]\n{SIGNED} = signed\n{HTTP} = signed\n"
                         f"{UNSIGNED} = unsigned\n")
         server.boottorrent("generate")
         check = server.boottorrent("check").stdout
@@ -44,13 +45,14 @@ def test_secure_boot_machines_boot_signed_images_and_refuse_unsigned_ones(
                "not signed" in check, check
         server.start()
         machines = {mac: VM(lab, name, tmp_path, mac=mac, memory_mib=1024,
-                            firmware="secure-boot", romfile="").start()
-                    for name, mac in (("signed", SIGNED), ("unsigned", UNSIGNED))}
+                            firmware="secure-boot", romfile="", http_boot=mac == HTTP).start()
+                    for name, mac in (("signed", SIGNED), ("http", HTTP), ("unsigned", UNSIGNED))}
 
         refused = machines[UNSIGNED]
         refused.wait_for("cannot run image unsigned: its kernel is not signed, and this machine "
                          "boots with UEFI Secure Boot", timeout=900)
-        machines[SIGNED].wait_for(MARKER_PREFIX + MARKER, timeout=900)
+        for mac in (SIGNED, HTTP):
+            machines[mac].wait_for(MARKER_PREFIX + MARKER, timeout=900)
         reports = {r["mac"]: r for r in server.status()["clients"]}
         dnsmasq = server.log("dnsmasq")
 
@@ -58,20 +60,28 @@ def test_secure_boot_machines_boot_signed_images_and_refuse_unsigned_ones(
         console = vm.console()
         assert SECURE_BOOT_ON in console, console[-3000:]
         assert "Kernel is locked down from EFI Secure Boot" in console
-        # shim loaded GRUB, GRUB the pivotal.
-        assert re.search(r"BootTorrent: booting \S+ on [0-9a-f:]+ \(198\.18\.0\.\d+\) "
-                         "through GRUB", console), console[-3000:]
+        assert "through GRUB" in console, console[-3000:]  # shim loaded GRUB, GRUB the pivotal
     # shim came over TFTP, then GRUB; the image's kernel through kexec_file_load.
     signed = machines[SIGNED].console()
     assert "kexec_file_load failed" not in signed
     assert signed.index("Fetching Netboot Image grubx64.efi") < signed.index("through GRUB")
     address = reports[SIGNED]["address"]
     assert re.search(rf"sent \S+/shimx64\.efi to {re.escape(address)}", dnsmasq), dnsmasq
-    # The machine fetched its token itself (the stage), so the server
+    assert re.search(r"BootTorrent: booting signed on 52:54:00:5b:00:01 \(198\.18\.0\.\d+\) "
+                     "through GRUB", signed), signed[-3000:]
+    # Over UEFI HTTP boot: the RAM disk over HTTP, and no TFTP at all.
+    http = machines[HTTP].console()
+    assert "UEFI HTTPv4" in http and "from the RAM disk through GRUB" in http, http[-3000:]
+    http_addresses = set(re.findall(rf"DHCPACK\(\S+\) (\S+) {HTTP}", dnsmasq))
+    assert http_addresses, dnsmasq
+    tftp_addresses = set(re.findall(r"^dnsmasq-tftp.* (\S+)$", dnsmasq, re.M))
+    assert tftp_addresses and not tftp_addresses & http_addresses, dnsmasq
+    # Each machine fetched its token itself (the stage), so the server
     # believed its reports: the whole image, counted once.
-    report = reports[SIGNED]
-    assert report["phase"] == "kexec", report
-    assert report["from_server"] + report["from_peers"] == report["size"], report
+    for mac in (SIGNED, HTTP):
+        report = reports[mac]
+        assert report["phase"] == "kexec", report
+        assert report["from_server"] + report["from_peers"] == report["size"], report
     # The unsigned image: refused before its download, said to the server.
     report = reports[UNSIGNED]
     assert report["phase"] == "failed" and "not signed" in report["message"], report
