@@ -80,11 +80,21 @@ def format_status(status: dict, now: float | None = None) -> str:
                         human_bytes(report.from_server), human_bytes(report.from_peers),
                         f"{now - entry.get('received', now):.0f}s ago"))
     lines += table(clients) if len(clients) > 1 else ["no client has reported yet"]
+    lines += failed([report for report, _ in reports])
     lines += ran_here([report for report, _ in reports])
     if problems := status.get("problems"):
         lines += ["", "not served as configured (`boottorrent check`):"]
         lines += [f"  {shown(problem)}" for problem in problems]
     return "\n".join(lines)
+
+
+def failed(reports: list[Report]) -> list[str]:
+    """Why each machine that failed did: its pivotal's one line (an image
+    that cannot fit, a kernel a Secure Boot machine refuses, ...)."""
+    lines = [f"{shown(report.mac or report.address)}: image {shown(report.image)}: "
+             f"{shown(report.message)}"
+             for report in reports if report.phase == "failed" and report.message]
+    return ["", "failed:"] + lines if lines else []
 
 
 def ran_here(reports: list[Report], output_lines: int = 5) -> list[str]:

@@ -54,6 +54,7 @@ def test_secure_boot_machines_boot_signed_images_and_refuse_unsigned_ones(
         for mac in (SIGNED, HTTP):
             machines[mac].wait_for(MARKER_PREFIX + MARKER, timeout=900)
         reports = {r["mac"]: r for r in server.status()["clients"]}
+        status = server.boottorrent("status").stdout
         dnsmasq = server.log("dnsmasq")
 
     for vm in machines.values():
@@ -86,4 +87,5 @@ def test_secure_boot_machines_boot_signed_images_and_refuse_unsigned_ones(
     report = reports[UNSIGNED]
     assert report["phase"] == "failed" and "not signed" in report["message"], report
     assert report["from_server"] == report["from_peers"] == 0, report
+    assert f"{UNSIGNED}: image unsigned: its kernel is not signed" in status, status
     assert MARKER not in refused.console()

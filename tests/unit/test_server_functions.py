@@ -89,6 +89,13 @@ def test_status_text():
                                 "1.0", "KiB/s"]
     assert "[##########..........]   50%" in lines[4]
     assert lines[4].endswith("3.0 MiB      5.0 MiB     10s ago")
+    # A machine that failed says why, as text (shown() escapes what it sent).
+    refused = {"mac": "52:54:00:00:00:02", "address": "198.18.0.101", "image": "custom",
+               "phase": "failed", "message": "its kernel is not signed\x1b[2J",
+               "received": 990.0}
+    text = format_status({"clients": [refused]}, now=1000.0)
+    assert "52:54:00:00:00:02: image custom: its kernel is not signed" in text
+    assert "\x1b" not in text
     assert format_status({}, now=1.0).splitlines() == [
         "no images are being seeded", "", "no client has reported yet"]
 
