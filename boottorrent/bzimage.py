@@ -35,6 +35,12 @@ def version(data: bytes) -> str:
     return text.split()[0]
 
 
+def is_package(path: Path) -> bool:
+    """Whether path starts as a .deb does (a kernel package, for the pivotal)."""
+    with open_regular(path) as file:
+        return file.read(len(DEB_MAGIC)) == DEB_MAGIC
+
+
 def kernel_or_package_problem(path: Path) -> str | None:
     """Why path is neither a vmlinuz nor a .deb, from its first bytes, or
     None (`check` says it at once; the pivotal's build looks closer)."""

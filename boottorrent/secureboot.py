@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from boottorrent import signature
-from boottorrent.bzimage import DEB_MAGIC
+from boottorrent.bzimage import is_package
 from boottorrent.image import ImageRecord
 from boottorrent.pivotal import paths
 from boottorrent.pivotal.command import run
@@ -110,9 +110,7 @@ def check_lines(enabled: bool, pivotal_kernel: Path, records: dict[str, ImageRec
         return ["UEFI Secure Boot: off ([boot] secure_boot): machines with Secure Boot on "
                 "refuse iPXE and boot nothing here"]
     lines = ["UEFI Secure Boot: on; UEFI machines boot shim, then GRUB, then the pivotal"]
-    with pivotal_kernel.open("rb") as file:
-        package = file.read(len(DEB_MAGIC)) == DEB_MAGIC  # the pivotal's build reads those
-    if not package:
+    if not is_package(pivotal_kernel):  # a package's kernel: the pivotal's build reads it
         try:
             if not signature.kernel_signer(pivotal_kernel):
                 lines.append(f"UEFI Secure Boot: the pivotal's kernel {pivotal_kernel} is not "

@@ -20,19 +20,25 @@ COMMON_NAME = bytes([0x06, 0x03, 0x55, 0x04, 0x03])  # DER of the OID 2.5.4.3
 TABLE_MAX = 1 << 20  # a certificate table beyond this is not a kernel's
 
 
+def certificate_entry(head: bytes) -> int:
+    """Where in a PE/COFF file (its first bytes, head) the data directory
+    entry of its certificate table lies: offset and size, 4 bytes each.
+    ValueError when it is no PE file at all."""
+    if len(head) < PE_POINTER + 4 or head[:2] != b"MZ":
+        raise ValueError("no EFI stub (not a PE file)")
+    pe, = struct.unpack_from("<I", head, PE_POINTER)
+    if head[pe:pe + 4] != b"PE\0\0":
+        raise ValueError("no EFI stub (no PE header)")
+    magic, = struct.unpack_from("<H", head, pe + 24)
+    return pe + 24 + (112 if magic == PE32_PLUS else 96) + 8 * SECURITY_DIRECTORY
+
+
 def kernel_signer(path: Path) -> str:
     """The common name of whoever signed the kernel at path ("" when it
     carries no signature); ValueError when it is no PE file at all."""
     with open_regular(path) as file:
         head = file.read(4096)
-        if len(head) < PE_POINTER + 4 or head[:2] != b"MZ":
-            raise ValueError("no EFI stub (not a PE file)")
-        pe, = struct.unpack_from("<I", head, PE_POINTER)
-        if head[pe:pe + 4] != b"PE\0\0":
-            raise ValueError("no EFI stub (no PE header)")
-        magic, = struct.unpack_from("<H", head, pe + 24)
-        directories = pe + 24 + (112 if magic == PE32_PLUS else 96)
-        offset, size = struct.unpack_from("<II", head, directories + 8 * SECURITY_DIRECTORY)
+        offset, size = struct.unpack_from("<II", head, certificate_entry(head))
         if not size:
             return ""
         if size > TABLE_MAX:

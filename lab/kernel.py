@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from boottorrent.signature import certificate_entry
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("BOOTTORRENT_LAB_CACHE", REPO / ".cache"))
 
@@ -68,9 +70,7 @@ def unsigned_vmlinuz(cache: Path = CACHE) -> Path:
     target = cache / (signed.name + ".unsigned")
     if not target.exists():
         data = bytearray(signed.read_bytes())
-        pe, = struct.unpack_from("<I", data, 0x3C)
-        magic, = struct.unpack_from("<H", data, pe + 24)
-        entry = pe + 24 + (112 if magic == 0x20B else 96) + 8 * 4  # the certificate table's
+        entry = certificate_entry(data)
         offset, size = struct.unpack_from("<II", data, entry)
         assert size and offset + size == len(data), "the signature is not at the end"
         struct.pack_into("<II", data, entry, 0, 0)

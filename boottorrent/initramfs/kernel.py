@@ -95,9 +95,7 @@ def _unpacked(kernel: Path) -> Iterator[tuple[Path, Path]]:
     """(vmlinuz, module directory) of a linux-image-*.deb unpacked by
     dpkg-deb, or of a bare vmlinuz whose modules are on disk: beside it
     (<root>/boot/vmlinuz-* with <root>/lib/modules/<version>) or installed."""
-    with open(kernel, "rb") as f:
-        is_deb = f.read(len(bzimage.DEB_MAGIC)) == bzimage.DEB_MAGIC
-    if not is_deb:
+    if not bzimage.is_package(kernel):
         yield kernel, _installed_modules(kernel)
         return
     _check_kernel_package(kernel)
