@@ -9,6 +9,7 @@ DEPS := python3-libtorrent python3-configobj python3-systemd python3-jinja2 \
 	python3-matplotlib dnsmasq-base opentracker ipxe busybox-static \
 	kexec-tools kmod qemu-system-x86 ovmf shim-signed grub-efi-amd64-signed mtools xorriso mmdebstrap squashfs-tools zstd xz-utils cpio iproute2 \
 	udpcast systemd lintian debhelper dh-python devscripts fakeroot \
+	chromium chromium-driver python3-selenium \
 	build-essential help2man man-db git curl
 
 .PHONY: all deps test test-fast test-qemu bench demo deb clean
@@ -43,6 +44,7 @@ bench: deps
 	$(PYTHON) -m bench.storm
 	$(PYTHON) -m bench.bigimage
 	$(PYTHON) -m bench.ram
+	$(PYTHON) -m bench.page
 
 demo: deps
 	$(PYTHON) -m demo

@@ -199,7 +199,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     # one, which sync-images skipped.
     _, problems, _ = all_problems(args.config_dir, list(State(args.state_dir).registry()))
     current["problems"] = [str(problem) for problem in problems]
-    print(json.dumps(current, indent=1) if args.json else status.format_status(current))
+    if args.json:
+        print(json.dumps(current, indent=1))
+    else:
+        print(status.format_status(current))
+        if config.page_url:
+            print(f"\nlive in a browser: {config.page_url}")
     return 0
 
 

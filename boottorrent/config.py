@@ -62,6 +62,9 @@ class Config:
     default_image: str
     menu_timeout: int
     secure_boot: bool  # UEFI machines boot Debian's signed shim and GRUB (secureboot.py)
+    page: bool  # the status page is served (page.py)
+    # Where: (address, port) of a listener of its own; None: at / of http_port.
+    page_address: tuple[str, int] | None
     nodes: dict[str, Node] = field(default_factory=dict)  # the machines [machines] lists
     # Words the pivotal adds to a machine's image command line: its
     # hostname (systemd.hostname=) and its group's cmdline ([machines]).
@@ -82,6 +85,14 @@ class Config:
         return f"http://{self.address}:{self.http_port}"
 
     @property
+    def page_url(self) -> str:
+        """The status page's URL; "" when it is off."""
+        if not self.page:
+            return ""
+        host, port = self.page_address or (self.address, self.http_port)
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    @property
     def network_address(self) -> str:
         return str(ipaddress.ip_network(f"{self.address}/{self.netmask}", strict=False)
                    .network_address)
@@ -96,6 +107,25 @@ def interface_ipv4(interface: str) -> ipaddress.IPv4Interface | None:
         for info in link.get("addr_info", []):
             return ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}")
     return None
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """ADDRESS:PORT ([ADDRESS]:PORT for IPv6) as (address, port);
+    ValueError says what is wrong."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address without its brackets
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if not colon or address is None or not (port.isascii() and port.isdigit()
+                                            and 0 < int(port) < 65536):
+        raise ValueError(f"{text!r} is not ADDRESS:PORT (e.g. 192.0.2.10:8080, "
+                         "0.0.0.0:8080 or [::]:8080)")
+    return str(address), int(port)
 
 
 def machine_hostname(pattern: str, index: int, mac: str) -> str:
@@ -256,6 +286,21 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
                                         (section,), key))
         owners.setdefault(port, (section, key))
 
+    page_address = None
+    if obj["seeder"]["page_address"]:
+        try:
+            page_address = listen_address(obj["seeder"]["page_address"])
+        except ValueError as error:
+            problems.append(ConfigError(path, str(error), ("seeder",), "page_address"))
+        else:
+            wildcard = ipaddress.ip_address(page_address[0]).is_unspecified
+            if page_address[1] in owners and (wildcard or page_address[0] == address):
+                other = owners[page_address[1]]
+                problems.append(ConfigError(
+                    path, f"port {page_address[1]} is [{other[0]}] {other[1]} on the server's "
+                    "address already; the page needs a port of its own",
+                    ("seeder",), "page_address"))
+
     try:
         check_ipxe_text(obj["pivotal"]["cmdline"], PIVOTAL_CMDLINE_MAX)
     except ValueError as error:
@@ -295,6 +340,7 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         swarm=SwarmSettings.from_sections(obj), policy=Policy.from_sections(obj),
         default_image=obj["boot"]["default_image"], menu_timeout=obj["boot"]["menu_timeout"],
         secure_boot=obj["boot"]["secure_boot"],
+        page=obj["seeder"]["page"], page_address=page_address,
         nodes=nodes, mac_cmdline=mac_cmdline, templates=templates), []
 
 

@@ -31,7 +31,9 @@ from boottorrent.pivotal import lan, paths
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.image import ImageRecord
 from boottorrent.nodes import NodeFiles
+from boottorrent.page import Page, PageServer
 from boottorrent.registry import State, StateError, read_registry
+from boottorrent.throughput import Throughput
 from boottorrent.web import WebServer
 
 log = logging.getLogger("boottorrent.seeder")
@@ -92,14 +94,27 @@ class Seeder:
             # run's own (the tokens it hands out end with it).
             log.warning("no token key (%s): `boottorrent generate` makes one", error)
             key = secrets.token_bytes(trust.KEY_BYTES)
+        page = Page() if config.page else None
         try:
             self.web = WebServer((config.address, config.http_port), state.root,
                                  self.status, lambda line: log.debug("http: %s", line),
                                  lambda line: log.warning("http: %s", line),
-                                 self.fleet, trust.Trust(key))
+                                 self.fleet, trust.Trust(key),
+                                 None if config.page_address else page)
         except OSError as error:
             raise ListenError(f"cannot listen on {config.address}:{config.http_port} "
                               f"({config.path}: [seeder] http_port): {error.strerror}") from None
+        self.page: PageServer | None = None
+        if page and config.page_address:
+            try:
+                self.page = PageServer(config.page_address, page, self.status,
+                                       lambda line: log.debug("page: %s", line),
+                                       lambda line: log.warning("page: %s", line))
+            except OSError as error:
+                raise ListenError(f"cannot listen on {config.page_address[0]}:"
+                                  f"{config.page_address[1]} ({config.path}: [seeder] "
+                                  f"page_address): {error.strerror}") from None
+        self.throughput = Throughput()
         self._status: dict = {"images": [], "peers": []}
         self.reload_requested = False
         self.stop_requested = False
@@ -199,7 +214,8 @@ class Seeder:
     # ------------------------------------------------------------ status
 
     def status(self) -> dict:
-        return {**self._status, "clients": self.fleet.all()}
+        return {**self._status, "clients": self.fleet.all(),
+                "throughput": self.throughput.rates()}
 
     def _collect_status(self) -> None:
         images, peers = [], []
@@ -230,8 +246,12 @@ class Seeder:
                        # each part's bytes over HTTP, by its path under /boot/pivotal/
                        http_sent_by_part=self.web.sent_by_part(parts),
                        redirects=self.fleet.redirects_given())
-        self._status = {"images": images, "peers": peers, "pivotal": pivotal,
-                        "time": time.time()}
+        now = time.time()
+        # Every byte the seeder sent: over HTTP, and over BitTorrent.
+        self.throughput.sample(now, self.web.sent_under("") + pivotal["uploaded"]
+                               + sum(image["uploaded"] for image in images),
+                               self.fleet.from_peers())
+        self._status = {"images": images, "peers": peers, "pivotal": pivotal, "time": now}
 
     def _status_line(self) -> str:
         images = self._status["images"]
@@ -256,10 +276,14 @@ class Seeder:
             signal.signal(stop, lambda *_: setattr(self, "stop_requested", True))
         self.sync()
         self.web.start()
+        if self.page:
+            self.page.start()
         self._collect_status()
         daemon.notify(f"READY=1\nSTATUS={self._status_line()}")
-        log.info("seeder ready on %s:%d, HTTP on port %d", self.config.address,
-                 self.config.seeder_port, self.config.http_port)
+        log.info("seeder ready on %s:%d, HTTP on port %d; %s", self.config.address,
+                 self.config.seeder_port, self.config.http_port,
+                 f"status page at {self.config.page_url}" if self.config.page_url
+                 else "no status page ([seeder] page = no)")
         watchdog = "WATCHDOG_USEC" in os.environ
         while not self.stop_requested:
             if self.reload_requested:
@@ -275,6 +299,8 @@ class Seeder:
         # Not web.shutdown(): that waits for a worker to take the next
         # waiting connection; the threads end with the process.
         self.web.server_close()
+        if self.page:
+            self.page.server_close()
         log.info("seeder stopped")
 
 

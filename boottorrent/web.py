@@ -17,6 +17,8 @@ and the status endpoint that pivotals report to.
     POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report);
                                        the answer: wire.ReportAnswer
     GET  /status                       the seeder's and the machines' state, JSON
+    GET  /, /page.js, /page.css        the status page (page.py), unless [seeder]
+                                       page is off or page_address puts it elsewhere
 
 The paths are paths.py's, the decisions the fleet's (fleet/); answers.py
 sends the bytes. A bad request gets an error status and one log line.
@@ -26,10 +28,10 @@ answers to reports and /status need the seeder's live state, and a Debian
 web server package would start its own site on port 80 when installed.
 
 Built for a boot storm (hundreds of machines powered on within seconds)
-and for a LAN with hostile hosts: the kernel holds up to LISTEN_BACKLOG
-connections; one thread reads every connection's request within a
-deadline and caps what each source address holds (intake.py); a fixed pool
-of WORKERS threads answers whole requests only, and a kept-alive
+and for a LAN with hostile hosts (listener.py): the kernel holds up to
+LISTEN_BACKLOG connections; one thread reads every connection's request
+within a deadline and caps what each source address holds (intake.py); a
+fixed pool of WORKERS threads answers whole requests only, and a kept-alive
 connection goes back to the intake after its answer (and is closed after
 it while others wait). `make bench` measures it (bench/RESULTS.md, "HTTP
 storm").
@@ -37,32 +39,26 @@ storm").
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import queue
 import re
-import socket
-import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from boottorrent.answers import IDLE_TIMEOUT, Answers, SocketWriter
 from boottorrent.configfile import ConfigError
 from boottorrent.fleet import Fleet, Via
-from boottorrent.intake import Intake, Request
+from boottorrent.listener import Listener, Served
 from boottorrent.nics import INDEX, ServedIndex
 from boottorrent.nodes import NodeFiles
+from boottorrent.page import Page
 from boottorrent.pivotal import paths
-from boottorrent.pivotal.console import shown
 from boottorrent.pivotal.wire import TOKEN_HEADER, ChainAnswer, Report
 from boottorrent.trust import Trust, neighbour_mac, token_part
 
 WORKERS = 64
-LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
 REPORT_MAX_BYTES = 4096  # a report is about 600 bytes: the most the intake reads
 DECIMAL = re.compile(r"[0-9]{1,18}")  # not str.isdigit(): that takes "²" and "٣" too
 # The pivotal's parts that machines serve each other (fleet/rules.py):
@@ -72,48 +68,19 @@ CONFIG_PART = f"{paths.BOOT}/{paths.CONFIG_PART}"  # with each machine's token (
 MODULES_PART = f"{paths.BOOT}/{paths.MODULES_PART}"  # or its NIC's part (nics.py)
 
 
-class Handler(Answers):
-    """One whole request (intake.Request: read by the intake), answered."""
+class Handler(Served):
+    """The machines' requests, and the status page's (page.py) when it is
+    served here."""
 
-    request: Request
     server: "WebServer"
-    protocol_version = "HTTP/1.1"
-    # What an error answer to a request line that is not HTTP is sent as
-    # (the standard library's HTTP/0.9 would send it with no status line).
-    default_request_version = "HTTP/1.0"
-
-    def setup(self) -> None:
-        self.connection = self.request.connection.sock
-        self.connection.settimeout(IDLE_TIMEOUT)  # a client that stops reading
-        self.rfile = io.BytesIO(self.request.data)
-        self.wfile = SocketWriter(self.connection)
-
-    def handle(self) -> None:
-        # One request: a kept-alive connection waits for its next one in the intake.
-        self.handle_one_request()
-
-    def finish(self) -> None:
-        pass  # the intake closes the connection, or keeps it for the next request
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
-        self.server.log_request_line(f"{self.client_address[0]} {shown(format % args)}")
-
-    def log_error(self, format: str, *args) -> None:  # noqa: A002
-        # send_error's line: one per bad request, with what was asked.
-        self.server.log_bad_request(f"{self.client_address[0]} {shown(format % args)} "
-                                    f"({self.requestline[:200]!r})")
-
-    def end_headers(self) -> None:
-        # While connections wait for a worker, this one does not keep its
-        # worker waiting for a next request.
-        if self.server.busy() and not self.close_connection:
-            self.send_header("Connection", "close")
-        super().end_headers()
 
     def do_HEAD(self) -> None:
-        self._serve_file(head=True)
+        if not (self.server.page and self.server.page.answer(self)):
+            self._serve_file(head=True)
 
     def do_GET(self) -> None:
+        if self.server.page and self.server.page.answer(self):
+            return
         if self.path == paths.STATUS:
             self._send_json(json.dumps(self.server.status()).encode())
         elif self.path.startswith(f"{paths.CHAIN}/"):
@@ -298,48 +265,24 @@ class Handler(Answers):
         self.server.count_sent(counted_as, count)
 
 
-class WebServer:
+class WebServer(Listener):
     def __init__(self, address: tuple[str, int], state_root: Path,
                  status: Callable[[], dict], log_request_line: Callable[[str], None],
-                 log_bad_request: Callable[[str], None], fleet: Fleet, trust: Trust):
+                 log_bad_request: Callable[[str], None], fleet: Fleet, trust: Trust,
+                 page: Page | None):
+        super().__init__(address, Handler, WORKERS, REPORT_MAX_BYTES, log_request_line,
+                         log_bad_request)
         self.state_root = state_root
         self.fleet = fleet
         self.trust = trust
         self.status = status
-        self.log_request_line = log_request_line
-        self.log_bad_request = log_bad_request
+        self.page = page  # the status page, when it is served here
         # The files of each torrent offered for streaming, in torrent order.
         self.streams: dict[str, list[tuple[Path, int]]] = {}
         self.sent_by_path: dict[str, int] = {}
         self.nic_index = ServedIndex()
         self.node_files: NodeFiles | None = None  # the seeder's, from the current snapshot
         self._sent_lock = threading.Lock()
-        self.socket = socket.create_server(address, backlog=LISTEN_BACKLOG)
-        self.server_port = self.socket.getsockname()[1]
-        # Whole requests waiting for a worker (the intake caps them).
-        self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
-        self.intake = Intake(self.socket, self._requests.put, REPORT_MAX_BYTES, log_bad_request)
-
-    def busy(self) -> bool:
-        return not self._requests.empty()
-
-    def _work(self) -> None:
-        while True:
-            request = self._requests.get()
-            keep = False
-            try:
-                keep = not Handler(request, (request.connection.address,), self).close_connection
-            except Exception:
-                self.handle_error(request.connection.address)
-            finally:
-                self.intake.done(request, keep)
-
-    def handle_error(self, address: str) -> None:
-        """One line, not a traceback: a client that went away or stalled
-        is no fault of ours."""
-        kind, error, _ = sys.exc_info()
-        self.log_request_line(f"{address} connection ended: "
-                              f"{kind.__name__ if kind else '?'}: {error}")
 
     def resolve(self, url_path: str) -> Path | None:
         """The file a URL names, or None; nothing outside the two trees."""
@@ -388,11 +331,3 @@ class WebServer:
         """Bytes sent of the files whose URL path starts with prefix."""
         with self._sent_lock:
             return sum(n for path, n in self.sent_by_path.items() if path.startswith(prefix))
-
-    def start(self) -> None:
-        for number in range(WORKERS):
-            threading.Thread(target=self._work, name=f"http-{number}", daemon=True).start()
-        threading.Thread(target=self.intake.run, name="http-intake", daemon=True).start()
-
-    def server_close(self) -> None:
-        self.socket.close()

@@ -18,10 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from boottorrent.fleet.state import BOOTED
 from boottorrent.pivotal.console import human_bytes
-from boottorrent.pivotal.wire import Report
+from boottorrent.pivotal.wire import HTTP_PORT, Report
 from boottorrent.status import bar, table
 from demo.image import GREETING, build_demo_image
+from lab.browser import Browser
+from lab.forward import forward
 from lab.kernel import kernel_deb
 from lab.netns import Lab
 from lab.qemu import VM
@@ -110,6 +113,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
         say(f"starting dnsmasq, opentracker and the seeder (server link {args.server_mbit} "
             "Mbit/s)")
         server.start()
+        # The page is the seeder's, in the lab; a port of this host's
+        # loopback leads there.
+        page = f"http://127.0.0.1:{forward(server.host, server.host.address, HTTP_PORT)}/"
+        say(f"the status page: {page} (open it in a browser on this machine)")
 
         machines = []
         for index in range(1, args.vms + 1):
@@ -130,6 +137,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
                 machine.update()
             status = server.status()
             reports = {r.get("mac"): r for r in status.get("clients", [])}
+            if args.screenshot and any(r.get("phase") in BOOTED for r in reports.values()):
+                screenshot(page, args.screenshot)
+                args.screenshot = None
             if tty or time.monotonic() - last_drawn >= 10:
                 draw(table(rows(machines, reports)), time.monotonic() - started, tty)
                 last_drawn = time.monotonic()
@@ -138,6 +148,18 @@ def run(args: argparse.Namespace, work: Path) -> int:
             machine.update()
         draw(table(rows(machines, reports)), time.monotonic() - started, tty)
         return summary(machines, reports, status)
+
+
+def screenshot(page: str, path: Path) -> None:
+    """The status page as headless Chromium shows it, once it drew /status."""
+    with Browser(width=1280, height=1100) as browser:
+        browser.open(page)
+        deadline = time.monotonic() + 30
+        while (browser.run("return document.getElementById('summary').textContent")
+               .startswith("Waiting") and time.monotonic() < deadline):
+            time.sleep(0.2)
+        browser.screenshot(path)
+    say(f"screenshot of the status page: {path}")
 
 
 def summary(machines: list[Machine], reports: dict[str, dict], status: dict) -> int:
@@ -179,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-mbit", type=int, default=100,
                         help="the server's link speed in Mbit/s (default 100)")
     parser.add_argument("--timeout", type=int, default=900, help="give up after (s)")
+    parser.add_argument("--screenshot", type=Path, metavar="PNG",
+                        help="when the first machine has booted, save the status page as "
+                        "headless Chromium shows it (README's picture)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root: the demo creates network namespaces")

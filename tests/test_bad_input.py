@@ -251,6 +251,23 @@ def test_port_shared_with_the_tracker(section, key, image_files, config_dir, sta
                 config_dir, state_dir)
 
 
+@pytest.mark.parametrize("value, expected", [
+    ("8080", "'8080' is not ADDRESS:PORT (e.g. 192.0.2.10:8080"),
+    ("page.example:8080", "'page.example:8080' is not ADDRESS:PORT"),
+    ("10.0.0.5:80800", "'10.0.0.5:80800' is not ADDRESS:PORT"),
+    ("0.0.0.0:6980", "port 6980 is [seeder] http_port on the server's address already"),
+])
+def test_a_status_page_address_that_cannot_be(value, expected, image_files, config_dir,
+                                              state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text() + f"[seeder]\npage_address = {value}\n")
+    before = tree(config_dir), tree(state_dir)
+    for command in ("check", "generate"):
+        refused(cli(command, config_dir=config_dir, state_dir=state_dir), conf,
+                f"[seeder] page_address: {expected}", before, config_dir, state_dir)
+
+
 def test_secure_boot_in_proxy_mode_is_refused(image_files, config_dir, state_dir):
     """Debian's signed GRUB never takes a proxy DHCP answer: a server set up
     so would send Secure Boot machines to a GRUB prompt."""

@@ -38,6 +38,9 @@ class Fleet:
         self._fetches: dict[str, PivotalFetch] = {}  # by the fetching machine's address
         self._redirects: dict[str, list[float]] = {}  # when each was sent a machine
         self._redirects_given = 0
+        # Bytes the machines reported getting from each other, summed over
+        # their reports since the seeder started (the status page's chart).
+        self._from_peers = 0
         # When the swarm last moved towards serving the pivotal's parts to
         # the machines held, and the server's streams of them in flight.
         self._last_progress = 0.0
@@ -66,6 +69,9 @@ class Fleet:
         with self._lock:
             previous = self._reporting.get(address)
             self._put(self._reporting, Machine(address, report, now))
+            before = (previous.report.from_peers
+                      if previous and previous.report.image == report.image else 0)
+            self._from_peers += max(report.from_peers - before, 0)
             if self._fetches.pop(address, None):  # it runs its pivotal: it has the parts
                 self._last_progress = now
             if report.serving and (previous is None or previous.report.serving != report.serving):
@@ -164,6 +170,10 @@ class Fleet:
 
     def redirects_given(self) -> int:
         return self._redirects_given
+
+    def from_peers(self) -> int:
+        """Bytes the machines got from each other, as they reported them."""
+        return self._from_peers
 
     def all(self) -> list[dict]:
         """Every machine's entry in /status, by address."""

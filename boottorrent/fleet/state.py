@@ -27,6 +27,9 @@ COMING = frozenset({"pxe", "pivotal", "dhcp"})
 IN_SWARM = frozenset({"downloading", "seeding", "running", "exited"})
 # The rest ("kexec", "failed") left the swarm; every entry is gone
 # Policy.forget_machines_after s after the server last heard from it.
+# Booted: its image runs, or ran (what `boottorrent status` and the status
+# page call "booted").
+BOOTED = frozenset({"kexec", "running", "exited"})
 
 
 @dataclass

@@ -335,3 +335,25 @@ def test_readme_names_every_number_of_the_policy_with_its_default():
 
 def fields_of(policy: Policy) -> dict[str, float]:
     return {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
+
+
+def test_the_chart_counts_what_the_machines_got_from_each_other():
+    """The status page's line of bytes between machines (Fleet.from_peers,
+    throughput.py): each report adds what its machine got since its last,
+    a machine that started again adds nothing for its fall, and the rates
+    follow the samples."""
+    from boottorrent.throughput import Throughput
+
+    clock = Clock()
+    fleet = Fleet(POLICY, clock)
+    chart = Throughput()
+    chart.sample(clock.now, 0, fleet.from_peers())
+    for got, server in ((10, 100), (30, 150), (5, 150), (25, 160)):
+        clock.now += 2
+        fleet.add(Report(image="a", phase="downloading", from_peers=got), "198.18.0.2")
+        chart.sample(clock.now, server, fleet.from_peers())
+    assert fleet.from_peers() == 10 + 20 + 0 + 20
+    assert chart.rates() == {"time": [1002.0, 1004.0, 1006.0, 1008.0],
+                             "server": [50, 25, 0, 5], "peers": [5, 10, 0, 10]}
+    chart.sample(clock.now + 0.5, 999, 999)  # within SAMPLE_EVERY of the last: not kept
+    assert len(chart.rates()["time"]) == 4
