@@ -49,6 +49,7 @@ def test_demo_boots_two_machines_and_sums_up():
                              "--timeout", "600"],
                             cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert re.search(r"demo: the status page: http://127\.0\.0\.1:\d+/ ", result.stdout)
     summary = result.stdout[result.stdout.index("Summary:"):]
     assert re.search(r"Summary: image 'demo', [\d.]+ MiB, 2 machines", summary), summary
     for n in (1, 2):

@@ -379,6 +379,13 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         wait_for(lambda: problem in ct.journal("boottorrent.service", 40), "bad.conf named", ct)
         status = ct.run(["boottorrent", "status"]).stdout
         assert problem in status, status
+        # The status page, its files as the package installed them.
+        assert f"live in a browser: http://{SERVER_ADDRESS}:6980/" in status, status
+        page = ct.run(["python3", "-c", "import sys, urllib.request\nfor path in sys.argv[1:]: "
+                       "print(urllib.request.urlopen(path, timeout=10).read().decode())",
+                       f"http://{SERVER_ADDRESS}:6980/", f"http://{SERVER_ADDRESS}:6980/page.js"]
+                      ).stdout
+        assert '<script src="page.js" defer></script>' in page and "function poll()" in page
         wait_for(lambda: no_jobs(ct), "the reload done", ct)
         assert served() == ["test"]
         assert ct.run(["systemctl", "is-active", "boottorrent.service"]).stdout.strip() == "active"
@@ -461,8 +468,16 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         identity = f"/var/lib/boottorrent/nodes/{client.mac.replace(':', '')}"
         assert ct.run(["stat", "-c", "%U:%G %a", f"{identity}/ssh_host_ed25519_key"]
                       ).stdout.strip() == "root:boottorrent 640"
-        own = newc_files(fetch(client, f"http://{SERVER_ADDRESS}:6980/boot/pivotal/"
-                                       f"config.cpio?mac={client.mac}&image=test"))
+        own: dict = {}
+
+        def own_files() -> bool:
+            # `systemctl reload` returns once the seeder has its SIGHUP; it
+            # takes the new snapshot in its next round, up to a second later.
+            own.update(newc_files(fetch(client, f"http://{SERVER_ADDRESS}:6980/boot/pivotal/"
+                                               f"config.cpio?mac={client.mac}&image=test")))
+            return f"{paths.NODE}/etc/hostname" in own
+
+        wait_for(own_files, "the seeder to send rack-01 its own files", ct)
         assert own[f"{paths.NODE}/etc/hostname"][1] == b"rack-01\n", list(own)
         assert own[f"{paths.NODE}/etc/motd"][1] == b"rack-01 runs test\n"
         assert own[f"{paths.NODE}/etc/ssh/ssh_host_ed25519_key"][1] == \
