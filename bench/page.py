@@ -35,11 +35,20 @@ WINDOW = 20.0  # seconds of each measurement
 SETTLE = 5.0  # seconds for every machine's first report
 
 
-def seeder_share(pid: int, seconds: float) -> float:
-    """The share of one core the seeder used in the next seconds."""
-    before, started = process_cpu(pid), time.monotonic()
-    time.sleep(seconds)
-    return round((process_cpu(pid) - before) / (time.monotonic() - started), 3)
+class CoreShare:
+    """The share of one core a process used within the with block (share)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.share = 0.0
+
+    def __enter__(self) -> "CoreShare":
+        self.before, self.started = process_cpu(self.pid), time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.share = round((process_cpu(self.pid) - self.before)
+                           / (time.monotonic() - self.started), 3)
 
 
 def measure(count: int) -> dict:
@@ -56,18 +65,18 @@ def measure(count: int) -> dict:
         wait_for(lambda: len(cluster.server.status()["clients"]) == count, 60,
                  f"{count} machines to report")
         time.sleep(SETTLE)
-        without_page = seeder_share(seeder, WINDOW)
+        with CoreShare(seeder) as without_page:
+            time.sleep(WINDOW)
         page = f"http://127.0.0.1:{forward(cluster.server_host, SERVER_ADDRESS, HTTP_PORT)}/"
         with Browser() as browser:
             browser.open(page)
             wait_for(lambda: browser.run("return document.getElementById('shown').textContent")
                      == f"{count} of {count} machines shown", 60, "the page to list them")
             draws: list[float] = []
-            before, started = process_cpu(seeder), time.monotonic()
-            while time.monotonic() - started < WINDOW:
-                draws.append(browser.run("return view.drawMs"))
-                time.sleep(1)
-            with_page = round((process_cpu(seeder) - before) / (time.monotonic() - started), 3)
+            with CoreShare(seeder) as with_page:
+                while time.monotonic() - with_page.started < WINDOW:
+                    draws.append(browser.run("return view.drawMs"))
+                    time.sleep(1)
         answers = []
         for _ in range(10):
             asked = time.monotonic()
@@ -80,7 +89,8 @@ def measure(count: int) -> dict:
             "status_answer_ms_median": round(statistics.median(answers) * 1000, 1),
             "redraw_ms_median": round(statistics.median(draws), 1),
             "redraw_ms_max": round(max(draws), 1),
-            "seeder_cpu_without_page": without_page, "seeder_cpu_with_page": with_page,
+            "seeder_cpu_without_page": without_page.share,
+            "seeder_cpu_with_page": with_page.share,
             "reports_failed": reports["failed"], "report_interval_s": reports["interval"]}
 
 

@@ -24,6 +24,7 @@ from boottorrent.pivotal.wire import HTTP_PORT, Report
 from boottorrent.status import bar, table
 from demo.image import GREETING, build_demo_image
 from lab.browser import Browser
+from lab.cluster import wait_for
 from lab.forward import forward
 from lab.kernel import kernel_deb
 from lab.netns import Lab
@@ -154,10 +155,9 @@ def screenshot(page: str, path: Path) -> None:
     """The status page as headless Chromium shows it, once it drew /status."""
     with Browser(width=1280, height=1100) as browser:
         browser.open(page)
-        deadline = time.monotonic() + 30
-        while (browser.run("return document.getElementById('summary').textContent")
-               .startswith("Waiting") and time.monotonic() < deadline):
-            time.sleep(0.2)
+        wait_for(lambda: not browser.run("return document.getElementById('summary')"
+                                         ".textContent").startswith("Waiting"),
+                 30, "the status page to draw /status")
         browser.screenshot(path)
     say(f"screenshot of the status page: {path}")
 

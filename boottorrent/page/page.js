@@ -49,6 +49,14 @@ function isBooted(machine) {
   return BOOTED.has(machine.phase);
 }
 
+// What machines got from the server and from each other, and the peers' share.
+function carried(machines) {
+  const fromServer = machines.reduce((sum, m) => sum + m.from_server, 0);
+  const fromPeers = machines.reduce((sum, m) => sum + m.from_peers, 0);
+  const total = fromServer + fromPeers;
+  return { fromServer, fromPeers, share: total ? percent(fromPeers / total) : "" };
+}
+
 // ---------------------------------------------------------------- summary
 
 function summaryText(status) {
@@ -59,13 +67,11 @@ function summaryText(status) {
     counts[phase] = (counts[phase] || 0) + 1;
   }
   const phases = Object.keys(counts).sort().map((phase) => `${counts[phase]} ${phase}`);
-  const fromServer = machines.reduce((sum, m) => sum + m.from_server, 0);
-  const fromPeers = machines.reduce((sum, m) => sum + m.from_peers, 0);
-  const total = fromServer + fromPeers;
+  const bytes = carried(machines);
   return `${machines.length} machines` + (phases.length ? `: ${phases.join(", ")}` : "") +
-    ` \u00b7 they got ${humanBytes(fromServer)} from the server and ` +
-    `${humanBytes(fromPeers)} from each other` +
-    (total ? ` (peers carried ${percent(fromPeers / total)})` : "") +
+    ` \u00b7 they got ${humanBytes(bytes.fromServer)} from the server and ` +
+    `${humanBytes(bytes.fromPeers)} from each other` +
+    (bytes.share ? ` (peers carried ${bytes.share})` : "") +
     ` \u00b7 updated ${clock(status.time)}`;
 }
 
@@ -79,9 +85,7 @@ function drawImages(status) {
   }
   for (const [name, image] of names) {
     const machines = status.clients.filter((m) => m.image === name);
-    const fromServer = machines.reduce((sum, m) => sum + m.from_server, 0);
-    const fromPeers = machines.reduce((sum, m) => sum + m.from_peers, 0);
-    const total = fromServer + fromPeers;
+    const bytes = carried(machines);
     const tr = document.createElement("tr");
     tr.dataset.image = name;
     tr.append(
@@ -89,9 +93,9 @@ function drawImages(status) {
       image ? bytesCell(image.size) : cell("not registered", "number"),
       cell(String(machines.length), "number"),
       cell(String(machines.filter(isBooted).length), "number"),
-      bytesCell(fromServer),
-      bytesCell(fromPeers),
-      cell(total ? percent(fromPeers / total) : "", "number"),
+      bytesCell(bytes.fromServer),
+      bytesCell(bytes.fromPeers),
+      cell(bytes.share, "number"),
       image ? bytesCell(image.uploaded + image.http_sent) : cell("", "number"));
     rows.push(tr);
   }
