@@ -11,9 +11,9 @@ from pathlib import Path
 
 from boottorrent import __version__
 from boottorrent.commands import (EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, cmd_add_image,
-                                  cmd_build_pivotal, cmd_check, cmd_configured, cmd_generate,
-                                  cmd_list, cmd_remove_image, cmd_seeder, cmd_status,
-                                  cmd_sync_images)
+                                  cmd_build_pivotal, cmd_check, cmd_configured, cmd_follow,
+                                  cmd_generate, cmd_list, cmd_remove_image, cmd_seeder,
+                                  cmd_status, cmd_sync_images)
 from boottorrent.configfile import ConfigError
 from boottorrent.pivotal.command import CommandError
 from boottorrent.registry import StateError
@@ -178,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
              as it was, and the other files are synced (exit status 2).
              boottorrent.service runs this at each start and reload, and
              boottorrent-images.path reloads it whenever images.d/ changes: by hand,
-             `systemctl reload boottorrent` does the same and reloads the services.""")
+             `systemctl reload boottorrent` does the same and reloads the services.
+             On a follower ([follow] primary) images.d/ is not read: this registers
+             instead, in one new snapshot, the primary's images that `boottorrent
+             follow` fetched and checked (and unregisters those the primary removed),
+             as its /var/lib/boottorrent/mirror/registry.json lists them.""")
 
     _command(commands, "list", cmd_list, "list registered images",
              "List registered images: name, size, infohash, registration time.")
@@ -194,13 +198,30 @@ def build_parser() -> argparse.ArgumentParser:
              """Validate boottorrent.conf and every images.d file; print every
              problem, one line each; exit 2 if there is any.""")
 
-    _command(commands, "configured", cmd_configured,
-             "exit 1 if the server is not configured (ExecCondition=)",
-             """Exit 1, with one line saying so, if [server] interface is not set (the
-             server as installed, which is meant to serve nothing); else exit 0, also
-             for a configuration with mistakes, which generate and check name. The
-             units' ExecCondition= runs this, so that an unconfigured server is a
-             skipped unit ("condition failed") rather than a failed one.""")
+    configured = _command(
+        commands, "configured", cmd_configured,
+        "exit 1 if the server is not configured (ExecCondition=)",
+        """Exit 1, with one line saying so, if [server] interface is not set (the
+        server as installed, which is meant to serve nothing); else exit 0, also
+        for a configuration with mistakes, which generate and check name. The
+        units' ExecCondition= runs this, so that an unconfigured server is a
+        skipped unit ("condition failed") rather than a failed one.""")
+    configured.add_argument("--follower", action="store_true",
+                            help="exit 1 also unless [follow] primary is set "
+                                 "(boottorrent-follow.service)")
+
+    _command(commands, "follow", cmd_follow,
+             "mirror the primary's images (boottorrent-follow.service)",
+             """On a follower ([follow] primary = URL): every 2 seconds, ask the primary
+             for its registry; fetch each new image through the primary's swarm (from
+             the other followers first, from the primary what none of them has), check
+             every file against the registry's SHA-256, and write the registry this
+             server should have to /var/lib/boottorrent/mirror/registry.json, which
+             boottorrent-images.path sees: the server reloads, and `sync-images`
+             registers it. While the primary cannot be reached, nothing changes: this
+             server keeps booting its machines with what it holds. Meant to run under
+             systemd (Type=notify), as the seeder's user.""")
+
 
     _command(commands, "build-pivotal", cmd_build_pivotal,
              "build the pivotal and show its size",

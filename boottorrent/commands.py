@@ -10,12 +10,14 @@ from pathlib import Path
 
 from boottorrent import render, secureboot
 from boottorrent.config import Config, all_problems, default_image, load_config, unconfigured
+from boottorrent.configfile import ConfigError
 from boottorrent.generate import regenerate
 from boottorrent.imageconf import check_image_name
 from boottorrent.initramfs import kernel
 from boottorrent.pivotal import command, paths
 from boottorrent.pivotal.console import human_bytes
-from boottorrent.registration import NewImage, add_image, remove_image, sync_images
+from boottorrent.registration import (NewImage, add_image, remove_image, sync_images,
+                                      sync_mirror)
 from boottorrent.registry import State
 
 EXIT_FAILURE = 1  # the work failed (disk full, a service error)
@@ -26,8 +28,16 @@ class BadInput(Exception):
     """A mistake on the command line, reported like a configuration error."""
 
 
+def _not_a_follower(config: Config) -> None:
+    """Refuse to register or remove an image on a follower (mirror.py)."""
+    if config.primary:
+        raise ConfigError(config.path, f"this server follows {config.primary}: its images are "
+                          "the primary's; register or remove them there", ("follow",), "primary")
+
+
 def cmd_add_image(args: argparse.Namespace) -> int:
     config = load_config(args.config_dir)
+    _not_a_follower(config)
     try:
         name = check_image_name(args.name)
     except ValueError as error:
@@ -65,6 +75,7 @@ def _default_line(config: Config, image: str | None) -> str:
 
 def cmd_remove_image(args: argparse.Namespace) -> int:
     config = load_config(args.config_dir)
+    _not_a_follower(config)
     state = State(args.state_dir)
     remove_image(config, args.config_dir, state, args.name)
     print(f"{args.name}: removed")
@@ -75,6 +86,12 @@ def cmd_remove_image(args: argparse.Namespace) -> int:
 
 def cmd_sync_images(args: argparse.Namespace) -> int:
     config = load_config(args.config_dir)
+    if config.primary:
+        print(f"this server follows {config.primary}: its images come from there "
+              "(boottorrent-follow.service); images.d/ is not read")
+        for line in sync_mirror(config, State(args.state_dir)):
+            print(line)
+        return 0
     synced = sync_images(config, args.config_dir, State(args.state_dir), sys.stderr)
     for line in synced.changes:
         print(line)
@@ -127,11 +144,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_configured(args: argparse.Namespace) -> int:
-    reason = unconfigured(args.config_dir)
+    reason = unconfigured(args.config_dir, args.follower)
     if reason is None:
         return 0
     print(f"boottorrent: {reason}", file=sys.stderr)
     return EXIT_FAILURE
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    from boottorrent import mirror, seeder
+
+    config = load_config(args.config_dir)
+    if not config.primary:
+        raise ConfigError(config.path, "not set: name the server to follow, "
+                          "http://ADDRESS:PORT", ("follow",), "primary")
+    seeder.setup_logging("boottorrent-follow")
+    return mirror.run(config, State(args.state_dir))
 
 
 def cmd_build_pivotal(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import re
 import string
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from boottorrent.imageconf import (HOSTNAME_PARAMETER, IMAGES_DIR, check_ipxe_te
 from boottorrent.nodes import TEMPLATES, Node, Templates
 from boottorrent.pivotal.command import run
 from boottorrent.pivotal.wire import SwarmSettings
+from boottorrent.subnets import RelayedSubnet, relayed_subnets
 
 CONFIG_FILE = "boottorrent.conf"
 # A Linux interface name (IFNAMSIZ is 16 with the NUL), without the
@@ -65,6 +67,12 @@ class Config:
     page: bool  # the status page is served (page.py)
     # Where: (address, port) of a listener of its own; None: at / of http_port.
     page_address: tuple[str, int] | None
+    # Subnets behind DHCP relays, served too ([dhcp] subsections).
+    relayed: tuple[RelayedSubnet, ...] = ()
+    # The primary this server follows (mirror.py), its HTTP side's URL; "": none.
+    primary: str = ""
+    # The followers of this one whose machines it lists (followers.py).
+    followers: tuple[str, ...] = ()
     nodes: dict[str, Node] = field(default_factory=dict)  # the machines [machines] lists
     # Words the pivotal adds to a machine's image command line: its
     # hostname (systemd.hostname=) and its group's cmdline ([machines]).
@@ -128,6 +136,22 @@ def listen_address(text: str) -> tuple[str, int]:
     return str(address), int(port)
 
 
+def server_url(text: str) -> str:
+    """Another BootTorrent server's HTTP side, http://ADDRESS:PORT (its
+    [seeder] http_port); ValueError says what is wrong."""
+    parsed = urllib.parse.urlsplit(text)
+    try:
+        ipaddress.ip_address(parsed.hostname or "")
+        port = parsed.port
+    except ValueError:
+        port = None
+    if (parsed.scheme != "http" or port is None or parsed.path.strip("/")
+            or parsed.query or parsed.fragment or parsed.username):
+        raise ValueError(f"{text!r} is not a server's http://ADDRESS:PORT (e.g. "
+                         "http://192.0.2.1:6980, its [seeder] http_port)")
+    return text.rstrip("/")
+
+
 def machine_hostname(pattern: str, index: int, mac: str) -> str:
     """The hostname of the index-th machine (from 1) of a [machines] group:
     its pattern with {index} (e.g. node-{index:03}) and {mac} (as
@@ -173,18 +197,25 @@ def _interface_unset(path: Path) -> ConfigError:
                        "(BootTorrent serves nothing until then)", ("server",), "interface")
 
 
-def unconfigured(config_dir: Path) -> ConfigError | None:
+def unconfigured(config_dir: Path, follower: bool = False) -> ConfigError | None:
     """Why the server is not meant to run yet ([server] interface unset, as
     installed), or None. A configuration that is set but wrong is not
-    "unconfigured": generate's own error says what is wrong with it."""
+    "unconfigured": generate's own error says what is wrong with it.
+    follower: also why it does not follow a primary ([follow] primary
+    unset), for boottorrent-follow.service."""
     path = config_dir / CONFIG_FILE
     try:
         obj, problems = read_file(path, SERVER_SPEC)
     except ConfigError:
         return None
-    if problems or obj["server"]["interface"]:
+    if problems:
         return None
-    return _interface_unset(path)
+    if not obj["server"]["interface"]:
+        return _interface_unset(path)
+    if follower and not obj["follow"]["primary"]:
+        return ConfigError(path, "not set: this server follows no primary", ("follow",),
+                           "primary")
+    return None
 
 
 def _machines(path: Path, section: dict, problems: list[ConfigError]
@@ -326,6 +357,20 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
                 if ipaddress.ip_address(dhcp[key]) not in network:
                     problems.append(ConfigError(path, f"{dhcp[key]} is outside the server's "
                                                 f"network {network}", ("dhcp",), key))
+    local = (ipaddress.ip_network(f"{address}/{netmask}", strict=False)
+             if address and netmask else None)
+    relayed = relayed_subnets(path, dhcp, local, problems)
+    follow = obj["follow"]
+    for key, urls in (("primary", [follow["primary"]] if follow["primary"] else []),
+                      ("followers", follow["followers"])):
+        for url in urls:
+            try:
+                server_url(url)
+            except ValueError as error:
+                problems.append(ConfigError(path, str(error), ("follow",), key))
+    if follow["primary"] and follow["followers"]:
+        problems.append(ConfigError(path, "a follower has no followers of its own: its "
+                                    "primary lists them", ("follow",), "followers"))
     if problems:
         return None, problems
 
@@ -340,7 +385,9 @@ def config_problems(config_dir: Path) -> tuple[Config | None, list[ConfigError]]
         swarm=SwarmSettings.from_sections(obj), policy=Policy.from_sections(obj),
         default_image=obj["boot"]["default_image"], menu_timeout=obj["boot"]["menu_timeout"],
         secure_boot=obj["boot"]["secure_boot"],
-        page=obj["seeder"]["page"], page_address=page_address,
+        page=obj["seeder"]["page"], page_address=page_address, relayed=relayed,
+        primary=follow["primary"].rstrip("/"),
+        followers=tuple(url.rstrip("/") for url in follow["followers"]),
         nodes=nodes, mac_cmdline=mac_cmdline, templates=templates), []
 
 

@@ -80,7 +80,18 @@ def _ip_addr_list(value) -> list[str]:
     return addresses
 
 
-VALIDATOR = Validator({"mac_list": _mac_list, "ip_addr_list": _ip_addr_list})
+def _ipv4_network(value) -> ipaddress.IPv4Network:
+    if not isinstance(value, str):
+        raise VdtTypeError(value)
+    try:
+        return ipaddress.IPv4Network(value)
+    except ValueError as error:
+        raise ValidateError(f"{value!r} is not an IPv4 network like 192.0.2.0/24 ({error})"
+                            ) from None
+
+
+VALIDATOR = Validator({"mac_list": _mac_list, "ip_addr_list": _ip_addr_list,
+                       "ipv4_network": _ipv4_network})
 
 
 def check_mac(mac: str) -> str:

@@ -10,14 +10,15 @@ generated files and images.d stay as they were.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from boottorrent import rootfs
-from boottorrent.config import Config, default_image
+from boottorrent import rootfs, torrents
+from boottorrent.config import Config, default_image, registry_problems
 from boottorrent.configfile import ConfigError
 from boottorrent.fsutil import remove_tree
 from boottorrent.generate import regenerate
@@ -26,7 +27,7 @@ from boottorrent.imagecheck import read_image
 from boottorrent.imageconf import (image_conf_path, image_conf_paths, image_conf_text,
                                    text_problems, written_by_add_image)
 from boottorrent.images import is_unchanged, store
-from boottorrent.registry import State
+from boottorrent.registry import TORRENT_FILE, State, read_registry
 
 
 @dataclass(frozen=True)
@@ -207,3 +208,57 @@ def sync_images(config: Config, config_dir: Path, state: State, stream: TextIO) 
                 continue
             synced.changes.append(f"{name}: removed, {image_conf_path(config_dir, name)} is gone")
     return synced
+
+
+def sync_mirror(config: Config, state: State) -> list[str]:
+    """On a follower: make the registry the one its mirror wrote
+    (mirror.py: its primary's images that it holds), in one transaction;
+    lines for the journal. Each image's folder is hard links to the
+    mirror's checked files, and its torrent. Nothing is changed when the
+    mirror wrote nothing yet, or what it wrote cannot be read."""
+    if not state.mirror_registry.exists():
+        return []
+    with state.transaction():
+        wanted = read_registry(state.mirror)
+        registered = state.registry()
+        if list(wanted.items()) == list(registered.items()):
+            return []
+        for problem in registry_problems(config, list(wanted)):
+            raise problem
+        created = [_place_mirrored(state, record) for record in wanted.values()]
+        try:
+            regenerate(config, state, wanted)
+        except BaseException:
+            for folder in created:
+                if folder:
+                    remove_tree(folder)
+            raise
+    return ([f"{name}: registered from the primary, infohash {record.infohash}"
+             for name, record in wanted.items() if registered.get(name) != record]
+            + [f"{name}: removed, the primary has it no more"
+               for name in registered if name not in wanted])
+
+
+def _place_mirrored(state: State, record: ImageRecord) -> Path | None:
+    """images/INFOHASH/ of a mirrored image, unless it is there: links to
+    the mirror's files; the folder if this made it."""
+    final = state.content_dir(record.infohash)
+    if final.is_dir():
+        return None
+    source = state.mirror / record.infohash
+    state.images.mkdir(parents=True, exist_ok=True)
+    # .new-*: the next transaction removes it if this one dies (registry.py).
+    work = Path(tempfile.mkdtemp(prefix=".new-", dir=state.images))
+    try:
+        (work / record.name).mkdir()
+        for file in record.files:
+            os.link(source / record.name / file.name, work / record.name / file.name)
+        os.link(source / TORRENT_FILE, work / TORRENT_FILE)
+        torrents.read_checked(work / TORRENT_FILE, record.infohash)
+        work.chmod(0o755)
+        os.rename(work, final)
+    except (OSError, ValueError) as error:
+        remove_tree(work)
+        raise ConfigError(state.mirror_registry, f"image {record.name!r}: its mirrored copy "
+                          f"is incomplete ({error})") from None
+    return final

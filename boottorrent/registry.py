@@ -10,6 +10,9 @@ Layout of the state directory:
     cache/                                         pivotal parts, reusable (*)
     cache/rootfs/<fingerprint>/                    images built from trees (*)
     pending-conf.json                              an images.d file being added
+    mirror/INFOHASH/NAME/FILE, mirror/INFOHASH/torrent
+                                                   a follower's: its primary's images
+    mirror/registry.json                           ... and the registry they make (mirror.py)
 
 (*) The system's state folder, /var/lib/boottorrent, keeps its cache in
 /var/cache/boottorrent instead (FHS: files that can be rebuilt). The
@@ -62,6 +65,10 @@ class State:
         self.cache = SYSTEM_CACHE if root.absolute() == SYSTEM_STATE else root / "cache"
         self.rootfs_builds = self.cache / "rootfs"  # images built from trees (rootfs.py)
         self.pending_conf = root / "pending-conf.json"
+        # A follower's (mirror.py): written by boottorrent-follow.service,
+        # registered by `sync-images` (registration.sync_mirror).
+        self.mirror = root / "mirror"
+        self.mirror_registry = self.mirror / REGISTRY_FILE
 
     def content_dir(self, infohash: str) -> Path:
         return self.images / infohash

@@ -69,6 +69,7 @@ def boot_context(config: Config, records: dict[str, ImageRecord], state: State,
         "lease_time": f"{config.lease_time}s",
         "router": config.router,
         "dns_servers": list(config.dns_servers),
+        "relayed": list(config.relayed),  # subnets.RelayedSubnet
         "tftp_root": str(state.current / "boot"),
         "lease_file": str(state.root / "dnsmasq" / "leases"),
         "http_url": config.http_url,

@@ -27,6 +27,7 @@ from boottorrent import torrents, trust
 from boottorrent.config import Config
 from boottorrent.configfile import ConfigError
 from boottorrent.fleet import Fleet
+from boottorrent.followers import Followers
 from boottorrent.pivotal import lan, paths
 from boottorrent.pivotal.console import human_bytes
 from boottorrent.image import ImageRecord
@@ -115,6 +116,8 @@ class Seeder:
                                   f"{config.page_address[1]} ({config.path}: [seeder] "
                                   f"page_address): {error.strerror}") from None
         self.throughput = Throughput()
+        # The machines of the servers that follow this one (followers.py).
+        self.followers = Followers(config.followers, config.policy.forget_machines_after)
         self._status: dict = {"images": [], "peers": []}
         self.reload_requested = False
         self.stop_requested = False
@@ -214,8 +217,9 @@ class Seeder:
     # ------------------------------------------------------------ status
 
     def status(self) -> dict:
-        return {**self._status, "clients": self.fleet.all(),
-                "throughput": self.throughput.rates()}
+        followers = {"followers": self.followers.summary()} if self.followers.urls else {}
+        return {**self._status, "clients": self.fleet.all() + self.followers.clients(),
+                "throughput": self.throughput.rates(), **followers}
 
     def _collect_status(self) -> None:
         images, peers = [], []
@@ -278,6 +282,7 @@ class Seeder:
         self.web.start()
         if self.page:
             self.page.start()
+        self.followers.start()
         self._collect_status()
         daemon.notify(f"READY=1\nSTATUS={self._status_line()}")
         log.info("seeder ready on %s:%d, HTTP on port %d; %s", self.config.address,
@@ -304,9 +309,9 @@ class Seeder:
         log.info("seeder stopped")
 
 
-def setup_logging() -> None:
+def setup_logging(identifier: str = "boottorrent-seeder") -> None:
     if os.environ.get("JOURNAL_STREAM"):
-        handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="boottorrent-seeder")
+        handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER=identifier)
     else:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

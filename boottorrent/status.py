@@ -10,12 +10,18 @@ import urllib.request
 
 import libtorrent as lt
 
+from boottorrent.asking import get
+from boottorrent.pivotal import paths
 from boottorrent.pivotal.console import human_bytes, shown
 from boottorrent.pivotal.wire import Report
 
+# /status holds about 450 bytes a machine.
+STATUS_MAX = 64 << 20
+
+
 def fetch(http_url: str, timeout: float = 3.0) -> dict:
-    with urllib.request.urlopen(f"{http_url}/status", timeout=timeout) as response:
-        return json.load(response)
+    """A seeder's /status."""
+    return json.loads(get(f"{http_url}{paths.STATUS}", STATUS_MAX, timeout))
 
 
 def scrape(tracker_url: str, infohashes: list[str], timeout: float = 3.0) -> dict[str, dict]:
@@ -70,16 +76,24 @@ def format_status(status: dict, now: float | None = None) -> str:
                      f"and {human_bytes(pivotal['uploaded'])} of its torrent; "
                      f"{pivotal['redirects']} requests sent to machines that serve it")
     lines.append("")
-    clients = [("MAC", "ADDRESS", "IMAGE", "PHASE", "PROGRESS", "", "PEERS", "FROM SERVER",
-                "FROM PEERS", "SEEN")]
     reports = [(Report.from_dict(entry), entry) for entry in status.get("clients", [])]
+    # A primary lists its followers' machines too, each with the server it
+    # booted from (followers.py).
+    servers = any("server" in entry for _, entry in reports)
+    clients = [("MAC", "ADDRESS", "IMAGE", "PHASE", "PROGRESS", "", "PEERS", "FROM SERVER",
+                "FROM PEERS", "SEEN") + (("SERVER",) if servers else ())]
     for report, entry in reports:
         clients.append((shown(report.mac) or "?", shown(report.address),
                         shown(report.image) or "?", report.phase,
                         bar(report.progress), f"{report.progress:4.0%}", str(report.peers),
                         human_bytes(report.from_server), human_bytes(report.from_peers),
-                        f"{now - entry.get('received', now):.0f}s ago"))
+                        f"{now - entry.get('received', now):.0f}s ago")
+                       + ((shown(str(entry.get("server", "this one"))),) if servers else ()))
     lines += table(clients) if len(clients) > 1 else ["no client has reported yet"]
+    for follower in status.get("followers", []):
+        if not follower["reachable"]:
+            lines.append(f"follower {shown(follower['url'])} does not answer; its machines "
+                         "as it last listed them")
     lines += failed([report for report, _ in reports])
     lines += ran_here([report for report, _ in reports])
     if problems := status.get("problems"):

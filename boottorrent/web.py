@@ -16,6 +16,8 @@ and the status endpoint that pivotals report to.
                                        of the chain
     POST /report                       a pivotal's state, JSON (pivotal/wire.py: Report);
                                        the answer: wire.ReportAnswer
+    GET  /follow/registry.json         the registry, and each image's torrent, for the
+    GET  /follow/torrents/NAME.torrent servers that follow this one (mirror.py)
     GET  /status                       the seeder's and the machines' state, JSON
     GET  /, /page.js, /page.css        the status page (page.py), unless [seeder]
                                        page is off or page_address puts it elsewhere
@@ -56,6 +58,7 @@ from boottorrent.nodes import NodeFiles
 from boottorrent.page import Page
 from boottorrent.pivotal import paths
 from boottorrent.pivotal.wire import TOKEN_HEADER, ChainAnswer, Report
+from boottorrent.registry import REGISTRY_FILE
 from boottorrent.trust import Trust, neighbour_mac, token_part
 
 WORKERS = 64
@@ -285,7 +288,8 @@ class WebServer(Listener):
         self._sent_lock = threading.Lock()
 
     def resolve(self, url_path: str) -> Path | None:
-        """The file a URL names, or None; nothing outside the two trees."""
+        """The file a URL names, or None; nothing outside the boot files,
+        the images and, for followers, the registry and the torrents."""
         parts = [p for p in url_path.split("/") if p]
         if len(parts) < 2 or any(p in (".", "..") for p in parts):
             return None
@@ -293,6 +297,9 @@ class WebServer(Listener):
             root = (self.state_root / "current" / "boot").resolve()
         elif parts[0] == paths.IMAGES.strip("/"):
             root = (self.state_root / "images").resolve()
+        elif parts[0] == paths.FOLLOW.strip("/") and (
+                parts[1:] == [REGISTRY_FILE] or (parts[1] == "torrents" and len(parts) == 3)):
+            root = (self.state_root / "current").resolve()
         else:
             return None
         path = root.joinpath(*parts[1:])

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from boottorrent.pivotal import paths
 from boottorrent.pivotal.wire import HTTP_PORT, TOKEN_FILE, TOKEN_HEADER
-from lab.netns import SERVER_ADDRESS, Host, Lab
+from lab.netns import SERVER_ADDRESS, Host, Lab, Subnet
 from lab.token import config_url, token_in
 from lab.server import PYTHON, REPO, Server, environment, lab_config
 
@@ -119,6 +119,18 @@ def sha256(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def follower_conf(subnet: Subnet, primary: str) -> dict[str, dict[str, object]]:
+    """boottorrent.conf settings of a follower of primary (a URL) on subnet
+    (Lab.add_subnet, made without a DHCP relay): its server is the
+    subnet's first host (.10), its machines get .100 to .199 and the
+    subnet's router as their gateway."""
+    network = subnet.network.network_address
+    return {"server": {"address": str(network + subnet.next_address)},
+            "dhcp": {"range_start": str(network + 100), "range_end": str(network + 199),
+                     "router": subnet.gateway},
+            "follow": {"primary": primary}}
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str,
@@ -254,6 +266,9 @@ class Cluster:
     # boottorrent.conf settings over the lab's (None: the product's default)
     conf: dict[str, dict[str, object]] = field(default_factory=dict)
     cache: Path | None = None
+    # A follower's: on this subnet of another cluster's lab (follower_conf).
+    subnet: Subnet | None = None
+    lab: Lab | None = None
 
     def __post_init__(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -268,8 +283,15 @@ class Cluster:
         self.ram = Path(tempfile.mkdtemp(prefix="boottorrent-lab-", dir="/dev/shm"))
         subprocess.run(["cp", "-al", str(self.cache or pivotal_cache()),
                         str(self.state_dir / "cache")], check=True)
-        self.lab = Lab()
-        self.server_host = self.lab.add_server()
+        self.owns_lab = self.lab is None
+        if self.lab is None:
+            self.lab = Lab()
+            self.server_host = self.lab.add_server()
+        else:
+            self.server_host = self.lab.add_host(f"server{self.subnet.number}", subnet=self.subnet)
+        self.address = self.server_host.address
+        self.http_url = f"http://{self.address}:{HTTP_PORT}"
+        self.boot_url = f"{self.http_url}{paths.BOOT}"
         if self.rate_mbit:
             self.server_host.shape(self.rate_mbit)
         self.server = Server(self.server_host, self.config_dir, self.state_dir,
@@ -286,7 +308,11 @@ class Cluster:
         self.close()
 
     def close(self) -> None:
-        self.lab.close()
+        if self.owns_lab:
+            self.lab.close()
+        else:  # the lab's owner closes it; this server's services stop now
+            for service in list(self.server.processes):
+                self.server.stop_service(service)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         shutil.rmtree(self.ram, ignore_errors=True)
 
@@ -304,9 +330,9 @@ class Cluster:
                 if value is None:  # back to the product's default
                     config.get(section, {}).pop(key, None)
                 else:
-                    # A dict is a subsection: a [machines] group.
-                    config.setdefault(section, {})[key] = (value if isinstance(value, dict)
-                                                          else str(value))
+                    # A dict is a subsection (a [machines] group), a list a list.
+                    config.setdefault(section, {})[key] = (
+                        value if isinstance(value, (dict, list)) else str(value))
         (self.config_dir / "boottorrent.conf").write_text("\n".join(config.write()) + "\n")
 
     def add_image(self, name: str, sizes: dict[str, int],
@@ -344,7 +370,7 @@ class Cluster:
         return self.state_dir / "current" / "torrents" / f"{image}.torrent"
 
     def url(self, image: str, file: str) -> str:
-        return f"{HTTP_URL}{paths.IMAGES}/{self.infohash(image)}/{image}/{file}"
+        return f"{self.http_url}{paths.IMAGES}/{self.infohash(image)}/{image}/{file}"
 
     def start(self, services: tuple[str, ...] = ("tracker", "seeder")) -> "Cluster":
         self.server.start(services)
@@ -353,7 +379,7 @@ class Cluster:
         return self
 
     def wait_for_port(self, port: int, timeout: float = 15) -> None:
-        probe = (f"import socket; socket.create_connection(({SERVER_ADDRESS!r}, {port}), 1)"
+        probe = (f"import socket; socket.create_connection(({self.address!r}, {port}), 1)"
                  ".close()")
         wait_for(lambda: self.server_host.run([PYTHON, "-c", probe], check=False).returncode == 0,
                  timeout, f"port {port} on the server")
@@ -379,7 +405,7 @@ class Cluster:
         """What a machine's iPXE does first: fetch boot.ipxe, then the config
         part with its MAC (the server then counts the machine on its way to
         the swarm, coming for image, or for any when "")."""
-        host.run(["curl", "-sf", "-o", "/dev/null", f"{BOOT_URL}/boot.ipxe"])
+        host.run(["curl", "-sf", "-o", "/dev/null", f"{self.boot_url}/boot.ipxe"])
         self.token(host, image, again=True)
 
     def token(self, host: Host, image: str = "", again: bool = False) -> str:
@@ -397,7 +423,8 @@ class Cluster:
                           "-s", str(script)], check=False)
             try:
                 answer = host.run(["curl", "-sf", "--max-time", "30",
-                                   config_url(BOOT_URL, host.mac, image)], text=False, check=False)
+                                   config_url(self.boot_url, host.mac, image)], text=False,
+                                  check=False)
             finally:
                 if host.address is None:
                     host.run(["ip", "addr", "flush", "dev", "eth0"])
@@ -413,7 +440,7 @@ class Cluster:
         self.fetch_boot_script(host, image)
         out = host.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                         "-H", f"{TOKEN_HEADER}: {self.token(host)}",
-                        f"{BOOT_URL}/{paths.BASE}?{paths.try_query(1)}"])
+                        f"{self.boot_url}/{paths.BASE}?{paths.try_query(1)}"])
         return int(out.stdout)
 
     def send_report(self, host: Host, forged: bool = False, **fields: object) -> dict | None:
@@ -422,7 +449,7 @@ class Cluster:
         refused)."""
         code = ("import json, sys; from boottorrent.pivotal.report import send_report; "
                 "from boottorrent.pivotal.wire import Report; "
-                f"answer = send_report('{HTTP_URL}{paths.REPORT}', "
+                f"answer = send_report('{self.http_url}{paths.REPORT}', "
                 "Report.from_dict(json.loads(sys.argv[1])), sys.argv[2]); "
                 "print(answer.to_json().decode() if answer else 'null')")
         token = "" if forged else self.token(host, str(fields.get("image", "")))
@@ -444,7 +471,8 @@ class Cluster:
     # ------------------------------------------------------------ clients
 
     def add_host(self, name: str, address: str | None = "auto", mac: str | None = None) -> Host:
-        host = self.lab.add_host(name, address=address, mac=mac)
+        """A host on this cluster's server's subnet."""
+        host = self.lab.add_host(name, address=address, mac=mac, subnet=self.subnet)
         if self.rate_mbit:
             host.shape(self.rate_mbit)
         return host

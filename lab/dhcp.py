@@ -305,6 +305,11 @@ def run_probe(ifname: str, *, arch: int | None, user_class: str | None, ipxe: bo
         prefix = ipaddress.ip_network(f"0.0.0.0/{netmask}").prefixlen
         address = f"{lease.yiaddr}/{prefix}"
         subprocess.run(["ip", "addr", "add", address, "dev", ifname], check=True)
+        # Behind a DHCP relay the proxy is on another subnet: the ROM goes
+        # there through the lease's router.
+        if routers := lease.options.get(3):
+            subprocess.run(["ip", "route", "add", "default", "via", routers[0], "dev", ifname],
+                           check=True)
         try:
             boot_item = None
             vendor = proxy.options.get(43)

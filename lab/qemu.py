@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.netns import Lab
+from lab.netns import Lab, Subnet
 
 FIRMWARE_RETRIES = 2
 
@@ -55,6 +55,7 @@ class VM:
     # machines do.
     romfile: str | None = None
     nic: str = "virtio-net-pci"  # QEMU's device model of the NIC
+    subnet: Subnet | None = None  # its bridge (Lab.add_subnet); None: the server's
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     tap: str | None = None
@@ -77,7 +78,7 @@ class VM:
             # only way to the network.
             argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]
         if self.network:
-            self.tap = self.tap or self.lab.add_tap(self.name)
+            self.tap = self.tap or self.lab.add_tap(self.name, self.subnet)
             argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
                      "-device", f"{self.nic},netdev=net0,mac={self.mac}"
                      + (f",romfile={self.romfile}" if self.romfile is not None else "")]

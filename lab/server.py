@@ -8,7 +8,9 @@ import configparser
 import json
 import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -99,7 +101,32 @@ class Server:
         process = self.host.popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                   env={**environment(self.config_dir, self.state_dir), **env})
         self.processes[service] = process
+        if service == "follow":
+            self.register_mirrored()
         return process
+
+    def register_mirrored(self) -> None:
+        """What boottorrent-images.path and a reload of boottorrent.service do
+        on a follower whenever its mirror (boottorrent follow) writes the
+        registry it should have: `boottorrent sync-images`, then SIGHUP to
+        the seeder and the tracker. The lab has no systemd to do it."""
+        written = self.state_dir / "mirror" / "registry.json"
+
+        def seen() -> bytes:
+            return written.read_bytes() if written.exists() else b""
+
+        def watch() -> None:
+            last = b""
+            while "follow" in self.processes:
+                if (now := seen()) != last:
+                    last = now
+                    self.boottorrent("sync-images", check=False)
+                    for service in ("seeder", "tracker"):
+                        if (process := self.processes.get(service)) is not None:
+                            process.send_signal(signal.SIGHUP)
+                time.sleep(0.2)
+
+        threading.Thread(target=watch, name="register-mirrored", daemon=True).start()
 
     def stop_service(self, service: str) -> None:
         self.host.lab.stop(self.processes.pop(service))

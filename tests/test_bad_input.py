@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -260,12 +261,71 @@ def test_port_shared_with_the_tracker(section, key, image_files, config_dir, sta
 def test_a_status_page_address_that_cannot_be(value, expected, image_files, config_dir,
                                               state_dir):
     assert add(image_files, config_dir, state_dir).returncode == 0
+    server_conf_refused(config_dir, state_dir, f"[seeder]\npage_address = {value}\n",
+                        f"[seeder] page_address: {expected}")
+
+
+RACK_B = ("[[rack-b]]\nnetwork = 198.18.2.0/24\nrouter = 198.18.2.1\n"
+          "range_start = 198.18.2.100\nrange_end = 198.18.2.199\n")
+
+
+@pytest.mark.parametrize("old, new, key, expected", [
+    ("network = 198.18.2.0/24", "network = 198.18.2.5/24", "network",
+     "'198.18.2.5/24' is not an IPv4 network like 192.0.2.0/24 (198.18.2.5/24 has host bits"),
+    ("network = 198.18.2.0/24", "network = 198.18.0.0/16", "network",
+     "198.18.0.0/16 overlaps 198.18.0.0/24, the server's own network"),
+    ("network = 198.18.2.0/24", "network = 198.18.2.7", "network", "198.18.2.7/32 holds no "
+     "machines: give the subnet's prefix"),
+    ("router = 198.18.2.1\n", "", "router", "required when mode = full: the machines' gateway"),
+    ("range_end = 198.18.2.199", "range_end = 198.18.3.199", "range_end",
+     "198.18.3.199 is outside 198.18.2.0/24"),
+    ("range_start = 198.18.2.100", "range_start = 198.18.2.200", "range_start",
+     "198.18.2.200 comes after range_end 198.18.2.199"),
+])
+def test_a_relayed_subnet_that_cannot_be(old, new, key, expected, image_files, config_dir,
+                                         state_dir):
+    """[dhcp] [[NAME]]: a subnet behind a DHCP relay (boottorrent/subnets.py)."""
+    def edit(text: str) -> str:  # the subsection ends [dhcp]
+        assert "netmask = 255.255.255.0\n[tracker]" in text
+        return text.replace("netmask = 255.255.255.0\n",
+                            "netmask = 255.255.255.0\n" + RACK_B.replace(old, new))
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    server_conf_refused(config_dir, state_dir, edit, f"[dhcp][rack-b] {key}: {expected}")
+
+
+@pytest.mark.parametrize("follow, key, expected", [
+    ("primary = https://198.18.0.1:6980", "primary", "'https://198.18.0.1:6980' is not a "
+     "server's http://ADDRESS:PORT (e.g. http://192.0.2.1:6980, its [seeder] http_port)"),
+    ("followers = http://198.18.2.10:6980, http://rack-c:6980", "followers",
+     "'http://rack-c:6980' is not a server's http://ADDRESS:PORT"),
+    ("primary = http://198.18.0.9:6980\nfollowers = http://198.18.2.10:6980", "followers",
+     "a follower has no followers of its own: its primary lists them"),
+])
+def test_a_follow_setting_that_cannot_be(follow, key, expected, image_files, config_dir,
+                                         state_dir):
+    assert add(image_files, config_dir, state_dir).returncode == 0
+    server_conf_refused(config_dir, state_dir, f"[follow]\n{follow}\n",
+                        f"[follow] {key}: {expected}")
+
+
+def test_a_follower_registers_nothing_itself(image_files, config_dir, state_dir):
+    """A follower's images are its primary's (mirror.py): add-image and
+    remove-image say so and change nothing; sync-images leaves the registry
+    as it is, whatever images.d holds."""
+    assert add(image_files, config_dir, state_dir).returncode == 0
     conf = config_dir / "boottorrent.conf"
-    conf.write_text(conf.read_text() + f"[seeder]\npage_address = {value}\n")
+    conf.write_text(conf.read_text() + "[follow]\nprimary = http://198.18.0.9:6980\n")
     before = tree(config_dir), tree(state_dir)
-    for command in ("check", "generate"):
-        refused(cli(command, config_dir=config_dir, state_dir=state_dir), conf,
-                f"[seeder] page_address: {expected}", before, config_dir, state_dir)
+    expected = ("[follow] primary: this server follows http://198.18.0.9:6980: its images are "
+                "the primary's; register or remove them there")
+    refused(add(image_files, config_dir, state_dir), conf, expected, before, config_dir,
+            state_dir)
+    refused(cli("remove-image", "compute", config_dir=config_dir, state_dir=state_dir), conf,
+            expected, before, config_dir, state_dir)
+    (config_dir / "images.d" / "compute.conf").unlink()
+    synced = cli("sync-images", config_dir=config_dir, state_dir=state_dir)
+    assert synced.returncode == 0 and "images.d/ is not read" in synced.stdout, synced
+    assert "compute" in registry(state_dir)
 
 
 def test_secure_boot_in_proxy_mode_is_refused(image_files, config_dir, state_dir):
@@ -473,11 +533,14 @@ def test_a_config_file_with_a_byte_order_mark_is_read(image_files, config_dir, s
     assert (with_bom.returncode, with_bom.stdout, with_bom.stderr) == (0, plain.stdout, "")
 
 
-def server_conf_refused(config_dir: Path, state_dir: Path, text: str, expected: str) -> None:
-    """boottorrent.conf with text added: check and generate both refuse it
-    at once, in one line naming expected, and change nothing."""
+def server_conf_refused(config_dir: Path, state_dir: Path,
+                        change: str | Callable[[str], str], expected: str) -> None:
+    """boottorrent.conf with change (text added, or a function of its text
+    to the new text): check and generate both refuse it at once, in one
+    line naming expected, and change nothing."""
     conf = config_dir / "boottorrent.conf"
-    conf.write_text(conf.read_text() + text)
+    text = conf.read_text()
+    conf.write_text(change(text) if callable(change) else text + change)
     before = tree(config_dir), tree(state_dir)
     for command in ("check", "generate"):
         result = cli(command, config_dir=config_dir, state_dir=state_dir, timeout=20)

@@ -6,6 +6,7 @@ and from each other, and kexec into it. Run alone with `make test-qemu`
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import json
 import re
 import shutil
@@ -26,6 +27,11 @@ from lab.testimage import CMDLINE_PREFIX, HOSTNAME_PREFIX, MARKER_PREFIX, build_
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "booted-by-boottorrent"
 PAD_MIB = 40
+# [dhcp] of a server whose machines are on its own subnet, with the router
+# as their gateway, and on rack-b behind it (Lab.add_subnet).
+RELAYED_DHCP = ("netmask = 255.255.255.0\nrouter = 198.18.0.252\n"
+                "[[rack-b]]\nnetwork = 198.18.2.0/24\nrouter = 198.18.2.1\n"
+                "range_start = 198.18.2.100\nrange_end = 198.18.2.199\n")
 # Both machines are powered on at once, as a rack is; the first to get its
 # pivotal up keeps seeding while the server counts the other on its way (it
 # fetched the boot files and has not joined yet), however much slower it
@@ -36,14 +42,19 @@ PAD_MIB = 40
 @pytest.mark.qemu
 def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir):
     image = build_test_image(REPO / ".cache" / "testimage", MARKER, pad_mib=PAD_MIB)
+    """Two machines, the second on another subnet behind a router that
+    relays DHCP ([dhcp] [[rack-b]]): both PXE-boot, and the second gets
+    pieces from the first across the router."""
     conf = config_dir / "boottorrent.conf"
-    conf.write_text(conf.read_text()
+    conf.write_text(conf.read_text().replace("netmask = 255.255.255.0\n", RELAYED_DHCP)
                     + "[clients]\nseed_idle_time = 5\nseed_time_max = 300\n"
                     + "[machines]\n[[e2e-nodes]]\nimage = e2e\n"
                     + "macs = 52:54:00:e2:e0:01, 52:54:00:e2:e0:02\nhostname = node-{index:02}\n")
 
     with Lab() as lab:
         server = Server(lab.add_server(), config_dir, state_dir, tmp_path / "logs")
+        rack_b = lab.add_subnet(tmp_path / "logs")
+        assert (rack_b.upstream, str(rack_b.network)) == ("198.18.0.252", "198.18.2.0/24")
         server.boottorrent("add-image", "e2e", "--kernel", str(image["kernel"]),
                            "--initrd", str(image["initrd"]),
                            "--cmdline", "console=ttyS0 panic=-1 boottorrent.test=e2e")
@@ -58,8 +69,10 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
                    nic="e1000").start()
         # The second is a UEFI machine with the firmware's own PXE client
         # (no iPXE ROM): snponly.efi, then the pivotal through the EFI stub.
+        # It is on rack-b: every DHCP answer comes through the relay, and
+        # TFTP, HTTP, the tracker and its peer through the router.
         second = VM(lab, "vm2", tmp_path, mac="52:54:00:e2:e0:02", memory_mib=1024,
-                    firmware="uefi", romfile="").start()
+                    firmware="uefi", romfile="", subnet=rack_b).start()
 
         times = {}
         for number, vm in enumerate((first, second), start=1):
@@ -84,6 +97,8 @@ def test_two_vms_boot_an_image_through_the_swarm(tmp_path, config_dir, state_dir
     assert 0 < sent["nics/virtio_pci.cpio.zst"] < 200_000, sent
 
     assert set(reports) == {"52:54:00:e2:e0:01", "52:54:00:e2:e0:02"}, reports
+    # The second machine's address is rack-b's, from the relayed DHCP.
+    assert ipaddress.ip_address(reports["52:54:00:e2:e0:02"]["address"]) in rack_b.network
     # The machine whose client started later got pieces from the other.
     first_report, second_report = sorted(reports.values(), key=lambda r: r["started"])
     size = first_report["size"]

@@ -26,10 +26,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from boottorrent.pivotal import paths  # noqa: E402
-from lab.cluster import stamp_bzimage_header  # noqa: E402
+from lab.cluster import add_image_args, random_image, stamp_bzimage_header  # noqa: E402
 from lab.container import SystemdContainer  # noqa: E402
 from lab.kernel import kernel_deb  # noqa: E402
 from lab.netns import SERVER_ADDRESS, Lab  # noqa: E402
+from lab.server import Server  # noqa: E402
 from lab.token import newc_files  # noqa: E402
 from test_rootfs import make_tree  # noqa: E402
 
@@ -37,6 +38,9 @@ CACHE = REPO / ".cache"
 PACKAGE = "boottorrent"
 UNITS = ("boottorrent.service", "boottorrent-dnsmasq.service",
          "boottorrent-tracker.service", "boottorrent-seeder.service")
+# Runs on a follower only ([follow] primary): skipped on every server here.
+FOLLOW_UNIT = "boottorrent-follow.service"
+ALL_UNITS = UNITS + (FOLLOW_UNIT,)
 # Watches images.d while the server runs; it triggers boottorrent-images.service.
 IMAGES_PATH = "boottorrent-images.path"
 # A clean build environment: Debian's tools and interpreter only (this
@@ -124,7 +128,7 @@ def test_package_contents(built):
                  "/usr/share/man/man8/boottorrent.8.gz",
                  "/usr/share/man/man8/boottorrent-add-image.8.gz",
                  "/usr/share/man/man5/boottorrent.conf.5.gz",
-                 *(f"/lib/systemd/system/{unit}" for unit in UNITS)):
+                 *(f"/lib/systemd/system/{unit}" for unit in ALL_UNITS)):
         assert path in paths, path
     conffiles = subprocess.run(["dpkg-deb", "--info", built["deb"], "conffiles"], check=True,
                                capture_output=True, text=True).stdout.split()
@@ -176,7 +180,7 @@ def unit_states(ct: SystemdContainer, properties: str = "LoadState,ActiveState,U
 
 
 def assert_nothing_of_ours_runs(ct: SystemdContainer) -> None:
-    for unit, state in unit_states(ct).items():
+    for unit, state in unit_states(ct, units=ALL_UNITS).items():
         assert state["ActiveState"] in ("inactive", "failed"), (unit, state)
     # dnsmasq-base has no service of its own: any dnsmasq would be ours.
     assert ct.run(["pgrep", "-x", "dnsmasq"], check=False).returncode == 1
@@ -208,12 +212,12 @@ def assert_installed_state(ct: SystemdContainer) -> None:
     conffiles = ct.run(["dpkg-query", "-W", "-f=${Conffiles}", PACKAGE]).stdout
     assert "/etc/boottorrent/boottorrent.conf " in conffiles, conffiles
 
-    states = unit_states(ct)
+    states = unit_states(ct, units=ALL_UNITS)
     assert all(s["LoadState"] == "loaded" for s in states.values()), states
     # Enabled, so that a configured server comes back after a reboot, but
     # not started; the helpers are only ever pulled in by it.
     assert states["boottorrent.service"]["UnitFileState"] == "enabled", states
-    for unit in UNITS[1:]:
+    for unit in ALL_UNITS[1:]:
         assert states[unit]["UnitFileState"] == "static", states
     # Installed with boottorrent, Debian's public tracker is not enabled.
     debian_tracker = ct.run(["systemctl", "show", "-p", "UnitFileState,ActiveState",
@@ -230,7 +234,7 @@ def assert_unconfigured_start_is_skipped(ct: SystemdContainer) -> None:
     assert start.returncode == 0, start.stderr
     # The helpers' own jobs (their ExecCondition) may still be running.
     wait_for(lambda: no_jobs(ct), "the helpers' jobs done", ct)
-    for unit, state in unit_states(ct, "ActiveState,Result").items():
+    for unit, state in unit_states(ct, "ActiveState,Result", ALL_UNITS).items():
         assert state == {"ActiveState": "inactive", "Result": "exec-condition"}, (unit, state)
     assert unit_states(ct, "ActiveState", (IMAGES_PATH,))[IMAGES_PATH] == {"ActiveState": "inactive"}
     failed = ct.run(["systemctl", "list-units", "--failed", "--no-legend", "--plain"]).stdout
@@ -242,7 +246,7 @@ def assert_unconfigured_start_is_skipped(ct: SystemdContainer) -> None:
 def exposure(ct: SystemdContainer) -> dict[str, float]:
     """systemd-analyze security's overall exposure of each unit."""
     scores = {}
-    for unit in UNITS + ("boottorrent-images.service",):
+    for unit in ALL_UNITS + ("boottorrent-images.service",):
         out = ct.run(["systemd-analyze", "security", "--no-pager", unit]).stdout
         found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
         assert found, out
@@ -313,7 +317,20 @@ def test_install_and_purge(built):
 
 # ------------------------------------------------------------------ serving
 
-def test_configured_server_serves_the_lan(built, tmp_path):
+def lab_primary(lab: Lab, config_dir: Path, state_dir: Path, log_dir: Path) -> Server:
+    """A primary for the installed server to follow: this checkout's
+    tracker and seeder in a lab namespace, with one image, "mirrored"."""
+    host = lab.add_host("primary")
+    conf = config_dir / "boottorrent.conf"
+    conf.write_text(conf.read_text().replace(f"address = {SERVER_ADDRESS}",
+                                             f"address = {host.address}"))
+    primary = Server(host, config_dir, state_dir, log_dir)
+    files = random_image(log_dir.parent / "src", "mirrored", {"kernel": 3 << 20})
+    primary.boottorrent(*add_image_args("mirrored", files))
+    return primary.start(("tracker", "seeder"))
+
+
+def test_configured_server_serves_the_lan(built, tmp_path, config_dir, state_dir):
     """After installation, what an admin does (README.Debian), then a client.
 
     1. configure the interface (the admin edits the conffile),
@@ -352,6 +369,10 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         start = ct.run(["systemctl", "start", "boottorrent.service"], check=False)
         assert start.returncode == 0, ct.journal(lines=60)
         wait_active(ct, UNITS + (IMAGES_PATH,))
+        # A primary: the follower's unit is skipped, not failed.
+        wait_for(lambda: no_jobs(ct), "the follower unit's condition", ct)
+        assert unit_states(ct, "ActiveState,Result", (FOLLOW_UNIT,))[FOLLOW_UNIT] == {
+            "ActiveState": "inactive", "Result": "exec-condition"}
         client = lab.add_host("client")
 
         def served() -> list[str]:
@@ -513,6 +534,25 @@ def test_configured_server_serves_the_lan(built, tmp_path):
         # Removing the description unregisters the image.
         ct.path("/etc/boottorrent/images.d/test.conf").unlink()
         wait_for(lambda: served() == [], "image test no longer served", ct)
+
+        # 8. It becomes a follower of a primary (a lab server from this
+        # checkout beside it on the LAN, its tracker and seeder):
+        # boottorrent-follow.service, under systemd and its sandbox, fetches
+        # the primary's image, registers it and has the seeder serve it.
+        primary = lab_primary(lab, config_dir, state_dir, tmp_path / "primary")
+        conf.write_text(plain + f"[follow]\nprimary = http://{primary.host.address}:6980\n")
+        ct.run(["systemctl", "restart", "boottorrent.service"])
+
+        def mirrored() -> bool:
+            try:
+                return served() == ["mirrored"]
+            except subprocess.CalledProcessError:  # the seeder, restarted, not up yet
+                return False
+        wait_for(mirrored, "the primary's image served here", ct)
+        assert "image mirrored: fetched and checked" in ct.journal(
+            "boottorrent-follow.service", 40)
+        refused = ct.run(["boottorrent", "remove-image", "mirrored"], check=False)
+        assert refused.returncode == 2 and "register or remove them there" in refused.stderr
 
         # Purge a used installation: state, snapshots and all.
         ct.run(["systemctl", "stop", "boottorrent.service"])

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from boottorrent.render import environment, ipxe_pivotal
 from boottorrent.pivotal import paths
+from boottorrent.subnets import RelayedSubnet
 
 from lab import dhcp
 from lab.cluster import wait_for
@@ -39,6 +40,10 @@ HTTP_URL = f"http://{SERVER_ADDRESS}:{HTTP_PORT}"
 RANGE = ("198.18.0.100", "198.18.0.199")
 STANDIN_ADDRESS = "198.18.0.2"
 STANDIN_RANGE = ("198.18.0.200", "198.18.0.250")
+# The lab's second subnet (Lab.add_subnet), behind a DHCP relay.
+RELAYED = RelayedSubnet("rack-b", ipaddress.IPv4Network("198.18.2.0/24"), "198.18.2.1",
+                        "198.18.2.100", "198.18.2.199")
+STANDIN_RELAYED_RANGE = ("198.18.2.200", "198.18.2.250")
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
 ENV = environment
@@ -60,6 +65,7 @@ def make_context(root: Path, mode: str, **overrides) -> dict:
         "lease_time": "1h",
         "router": None,
         "dns_servers": [],
+        "relayed": [],
         "tftp_root": str(root / "tftp"),
         "lease_file": str(root / "dnsmasq.leases"),
         "http_url": HTTP_URL,
@@ -133,6 +139,10 @@ def start_standin_dhcp(lab: Lab, root: Path) -> tuple:
         "interface=eth0", "bind-interfaces",
         f"dhcp-range={STANDIN_RANGE[0]},{STANDIN_RANGE[1]},255.255.255.0,1h",
         "dhcp-option=option:router",
+        # Machines behind the lab's DHCP relay (Lab.add_subnet), with their gateway.
+        f"dhcp-range=set:relayed,{STANDIN_RELAYED_RANGE[0]},{STANDIN_RELAYED_RANGE[1]},"
+        "255.255.255.0,1h",
+        f"dhcp-option=tag:relayed,option:router,{RELAYED.router}",
         # dnsmasq's ping check is synchronous (3 s per new client, nothing
         # else served meanwhile); the tests probe many clients at once.
         "no-ping",
@@ -172,11 +182,11 @@ EXPECTED_FILE = {
 # --- (a) the templates render, and dnsmasq accepts them ------------------------
 
 @pytest.mark.parametrize("mode", ["full", "proxy"])
-@pytest.mark.parametrize("router,dns,secure_boot", [
-    (None, [], False), ("198.18.0.254", ["198.18.0.253", "198.18.0.252"], True)])
-def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns, secure_boot):
+@pytest.mark.parametrize("router,dns,secure_boot,relayed", [
+    (None, [], False, []), ("198.18.0.254", ["198.18.0.253", "198.18.0.252"], True, [RELAYED])])
+def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns, secure_boot, relayed):
     conf = write_config(root, make_context(root, mode, router=router, dns_servers=dns,
-                                           secure_boot=secure_boot))
+                                           secure_boot=secure_boot, relayed=relayed))
     text = conf.read_text()
     result = subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"],
                             capture_output=True, text=True)
@@ -201,12 +211,16 @@ def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns, secure_boot
         assert (f"dhcp-boot=tag:efi64http,{HTTP_URL}/boot/secureboot.iso" in lines) \
             == secure_boot
         assert "dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe" in lines
+    ranges = [line for line in lines if line.startswith("dhcp-range=")]
     if mode == "proxy":
-        assert "dhcp-range=198.18.0.0,proxy,255.255.255.0" in lines
+        assert ranges == ["dhcp-range=198.18.0.0,proxy,255.255.255.0"] + (
+            ["dhcp-range=198.18.2.0,proxy,255.255.255.0"] if relayed else [])
         assert any(line.startswith("pxe-service=") for line in lines)
         assert not any("router" in line or "dns-server" in line for line in lines)
     else:
-        assert f"dhcp-range={RANGE[0]},{RANGE[1]},255.255.255.0,1h" in lines
+        assert ranges == [f"dhcp-range={RANGE[0]},{RANGE[1]},255.255.255.0,1h"] + (
+            ["dhcp-range=set:relayed-198.18.2.0,198.18.2.100,198.18.2.199,255.255.255.0,1h"]
+            if relayed else [])
         assert not any(line.startswith("pxe-service=") for line in lines)
         if router:
             assert "dhcp-option=option:router,198.18.0.254" in lines
@@ -214,6 +228,8 @@ def test_dnsmasq_config_passes_dnsmasq_test(root, mode, router, dns, secure_boot
         else:
             assert "dhcp-option=option:router" in lines
             assert "dhcp-option=option:dns-server" in lines
+        assert ("dhcp-option=tag:relayed-198.18.2.0,option:router,198.18.2.1" in lines) \
+            == bool(relayed)
 
 
 def test_grub_config_boots_the_pivotal_by_mac_or_menu(root):
@@ -369,6 +385,61 @@ def test_proxy_mode_with_site_dhcp_server(root):
             # A PXE ROM gets it from the proxy's boot service, port 4011.
             (pxe_ack,) = [a for a in ours if a.port == 4011]
             assert pxe_ack.message_type == "ACK" and pxe_ack.siaddr == SERVER_ADDRESS
+
+
+@pytest.mark.parametrize("mode", ["full", "proxy"])
+def test_machines_behind_a_dhcp_relay_get_their_subnets_answers(root, mode):
+    """[dhcp] [[rack-b]]: PXE clients on another subnet, whose router relays
+    DHCP to the server (dnsmasq --dhcp-relay in the lab's router namespace),
+    get the same boot files as the server's own subnet, with an address of
+    their subnet and its gateway in full mode; in proxy mode the relay
+    forwards to the site's server too, which hands out both, and the ROM
+    asks the proxy's boot service across the router."""
+    conf = write_config(root, make_context(root, mode, router="198.18.0.254",
+                                           relayed=[RELAYED]))
+    with Lab() as lab:
+        server = lab.add_server()
+        start_dnsmasq(server, conf, root / "dnsmasq.log")
+        relay_to = (SERVER_ADDRESS,)
+        if mode == "proxy":
+            site, _ = start_standin_dhcp(lab, root)
+            relay_to += (STANDIN_ADDRESS,)
+        subnet = lab.add_subnet(root, relay_to)
+        assert subnet.network == RELAYED.network and subnet.gateway == RELAYED.router
+        cases = {"bios": dict(arch=0), "uefi7": dict(arch=7), "ipxe-bios": dict(arch=0, ipxe=True)}
+        hosts = {name: lab.add_host(f"r{i}", None, subnet=subnet) for i, name in enumerate(cases)}
+        with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+            futures = {name: pool.submit(dhcp.probe, hosts[name], timeout=3, **kwargs)
+                       for name, kwargs in cases.items()}
+            results = {name: future.result() for name, future in futures.items()}
+        # The server's own subnet keeps its own answers.
+        local = probe_all(lab, {"bios": dict(arch=0)})["bios"]
+    log = (root / "dnsmasq.log").read_text()
+    relay_log = subnet.relay_log.read_text()
+    for name, answers in results.items():
+        ours = [a for a in answers if a.server_id == SERVER_ADDRESS]
+        assert ours and {a.file for a in ours if a.file} == {EXPECTED_FILE[name]}, \
+            (name, answers, log, relay_log)
+        assert all(a.siaddr == SERVER_ADDRESS for a in ours if a.file)
+        if mode == "full":
+            (offer,) = answers
+            assert in_range(offer.yiaddr, RELAYED.range_start, RELAYED.range_end), (name, offer)
+            assert offer.options[3] == [RELAYED.router], offer
+            assert offer.options[1] == "255.255.255.0"
+        else:
+            leases = [a for a in answers if a.yiaddr != "0.0.0.0" and a.port == 67]
+            assert leases and all(a.server_id == STANDIN_ADDRESS
+                                  and in_range(a.yiaddr, *STANDIN_RELAYED_RANGE)
+                                  for a in leases), (name, answers)
+            if not name.startswith("ipxe"):  # the boot service, port 4011, across the router
+                assert [a.file for a in ours if a.port == 4011] == [EXPECTED_FILE[name]]
+    if mode == "full":
+        (offer,) = local
+        assert in_range(offer.yiaddr, *RANGE) and offer.options[3] == ["198.18.0.254"]
+    else:
+        assert {a.file for a in local if a.server_id == SERVER_ADDRESS and a.file} \
+            == {"undionly.kpxe"}
+    assert f"DHCP relay from {RELAYED.router} to {SERVER_ADDRESS}" in relay_log
 
 
 def test_interface_appearing_late(root):

@@ -221,7 +221,7 @@ def test_units_verify(tmp_path):
         target = tmp_path / unit.name
         target.write_text(unit.read_text().replace("/usr/sbin/boottorrent", str(wrapper)))
         units.append(str(target))
-    assert len(units) == 6
+    assert len(units) == 7
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *units],
                             capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == "", result.stderr

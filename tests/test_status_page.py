@@ -38,8 +38,8 @@ return {images: rows("images"), machines: rows("machines"),
         pwned: window.pwned === undefined ? null : window.pwned};
 """
 SHOWN = "return document.getElementById('shown').textContent"
-MACHINE_COLUMNS = ("mac", "address", "hostname", "image", "phase", "progress", "rate", "peers",
-                   "from_server", "from_peers", "heard", "message")
+MACHINE_COLUMNS = ("mac", "address", "server", "hostname", "image", "phase", "progress", "rate",
+                   "peers", "from_server", "from_peers", "heard", "message")
 IMAGE_COLUMNS = ("image", "size", "machines", "booted", "from_server", "from_peers", "share",
                  "sent")
 
@@ -69,7 +69,8 @@ def mismatches(shown: dict, status: dict) -> list[str]:
         for key in ("from_server", "from_peers"):
             if exact(row[key]) != client[key]:
                 problems.append(f"{client['address']} {key}: {row[key]} != {client[key]}")
-        if row["mac"][0] != client["mac"] or row["image"][0] != client["image"]:
+        if (row["mac"][0], row["image"][0], row["server"][0]) != (
+                client["mac"], client["image"], client.get("server", "this one")):
             problems.append(f"{client['address']}: {row['mac']} {row['image']}")
     for image in status["images"]:
         row = shown["images"].get(image["name"])

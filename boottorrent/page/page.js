@@ -147,7 +147,13 @@ function drawChart(throughput) {
 const SORT_VALUES = {
   address: (m) => m.address.split(".").map((n) => n.padStart(3, "0")).join("."),
   heard: (m) => -m.received,
+  server: serverOf,
 };
+
+// The follower a machine booted from, on a primary (boottorrent/followers.py).
+function serverOf(machine) {
+  return machine.server || "this one";
+}
 
 function sortValue(machine, key) {
   return (SORT_VALUES[key] || ((m) => m[key]))(machine);
@@ -157,7 +163,8 @@ function matches(machine, image, phase, text) {
   if (image && machine.image !== image) return false;
   if (phase && !(phase === "booted" ? isBooted(machine) : machine.phase === phase)) return false;
   if (!text) return true;
-  return [machine.mac, machine.address, machine.hostname, machine.image, machine.message]
+  return [machine.mac, machine.address, serverOf(machine), machine.hostname, machine.image,
+    machine.message]
     .some((field) => field.toLowerCase().includes(text));
 }
 
@@ -199,7 +206,8 @@ function drawMachines(status) {
     const tr = document.createElement("tr");
     tr.dataset.address = machine.address;
     tr.append(
-      cell(machine.mac), cell(machine.address), cell(machine.hostname), cell(machine.image),
+      cell(machine.mac), cell(machine.address), cell(serverOf(machine)),
+      cell(machine.hostname), cell(machine.image),
       phaseCell(machine), progressCell(machine),
       cell(`${humanBytes(machine.download_rate)}/s`, "number"),
       cell(String(machine.peers), "number"),

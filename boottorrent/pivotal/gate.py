@@ -27,6 +27,7 @@ class ServerGate:
     REOPEN_FOR = 5.0
 
     def __init__(self, session: lt.session, server: tuple[str, int]):
+        """server: its address and BitTorrent port (0: not known)."""
         self.session = session
         self.server = server
         self.shut = False
@@ -83,4 +84,7 @@ class ServerGate:
         self.shut = shut
         if not shut:  # the filter dropped the server from the peer lists
             for handle in handles:
-                handle.connect_peer(self.server)
+                if self.server[1]:
+                    handle.connect_peer(self.server)
+                else:  # its port unknown: the tracker names it
+                    handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)

@@ -15,6 +15,9 @@ REPORT = "/report"  # a pivotal POSTs its wire.Report here
 CHAIN = "/chain"  # /chain/INFOHASH?port=P[&failed=ADDRESS:PORT]: wire.ChainAnswer
 STREAM = "/stream"  # /stream/INFOHASH: a torrent's bytes, for the chain's first
 STATUS = "/status"
+# The registry and the images' torrents, for the servers that follow this
+# one (the server's mirror.py): /follow/registry.json, /follow/torrents/NAME.torrent.
+FOLLOW = "/follow"
 
 KERNEL = "pivotal/vmlinuz"
 # What iPXE loads, all from the server itself: iPXE cannot check what it
