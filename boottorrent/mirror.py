@@ -129,6 +129,9 @@ class Mirror:
         self.reachable: bool | None = None
         self.failed: dict[str, str] = {}  # why an image failed, logged once each
         self.last_announce = 0.0
+        # The registry last written (publish), as it is after a restart.
+        self.published = (state.mirror_registry.read_text()
+                          if state.mirror_registry.exists() else "")
 
     # ------------------------------------------------------------ the primary
 
@@ -148,8 +151,9 @@ class Mirror:
             log.info("following %s: %d images", self.config.primary, len(records))
         self.reachable = True
         self.primary_records = records
+        registered = self.state.registry()
         for record in records.values():
-            if record.infohash not in self.fetching and not self._held(record):
+            if record.infohash not in self.fetching and not self._held(record, registered):
                 self._start(record)
         wanted = {r.infohash for r in records.values()}
         for infohash in [i for i in self.fetching if i not in wanted]:
@@ -161,9 +165,10 @@ class Mirror:
             if INFOHASH.fullmatch(folder.name) and folder.name not in wanted | set(self.fetching):
                 remove_tree(folder)
 
-    def _held(self, record: ImageRecord) -> bool:
-        registered = self.state.registry().get(record.name)
-        return registered == record and self.state.content_dir(record.infohash).is_dir()
+    def _held(self, record: ImageRecord, registered: dict[str, ImageRecord]) -> bool:
+        """Whether this server has record registered (registered: its registry)."""
+        return (registered.get(record.name) == record
+                and self.state.content_dir(record.infohash).is_dir())
 
     def _start(self, record: ImageRecord) -> None:
         url = f"{self.config.primary}{paths.FOLLOW}/torrents/{record.name}.torrent"
@@ -186,9 +191,10 @@ class Mirror:
 
     # ------------------------------------------------------------ the swarm
 
-    def step(self) -> None:
+    def step(self) -> bool:
         """Re-announce while fetching (the tracker's own interval is 30
-        minutes) and check what has arrived."""
+        minutes) and check what has arrived; whether an image was checked."""
+        checked = False
         lan.alerts_after(self.session, 0)
         busy = [h for r, h, _ in self.fetching.values() if not h.status().is_seeding]
         self.gate.update(busy, False, 0)
@@ -210,27 +216,30 @@ class Mirror:
                 (folder / file.name).chmod(0o644)  # dnsmasq's and the tracker's users too
             write_atomic(self.folder / infohash / TORRENT_FILE, self.fetching[infohash][2])
             self.checked.add(infohash)
+            checked = True
             log.info("image %s: fetched and checked", record.name)
+        return checked
 
     # ------------------------------------------------------------ the registry
 
     def publish(self) -> bool:
         """Write the registry this follower should have, when it differs
-        from the one written last; True if it did."""
+        from the one written last; True if it did. After a poll, or an
+        image checked: nothing else changes it."""
         if not self.reachable:
             return False
         registered = self.state.registry()
         wanted = {}
         for name, record in self.primary_records.items():
-            if self._held(record) or record.infohash in self.checked:
+            if self._held(record, registered) or record.infohash in self.checked:
                 wanted[name] = record
             elif name in registered:  # changed there: the old one until the new is here
                 wanted[name] = registered[name]
         text = registry_json(wanted)
-        if self.state.mirror_registry.exists() and \
-                self.state.mirror_registry.read_text() == text:
+        if text == self.published:
             return False
         write_atomic(self.state.mirror_registry, text)
+        self.published = text
         log.info("images to register: %s", ", ".join(wanted) or "none")
         return True
 
@@ -257,11 +266,12 @@ def run(config: Config, state: State) -> int:
     watchdog = "WATCHDOG_USEC" in os.environ
     next_poll = 0.0
     while not stop:
-        if time.monotonic() >= next_poll:
+        polled = time.monotonic() >= next_poll
+        if polled:
             mirror.poll()
             next_poll = time.monotonic() + POLL_SECONDS
-        mirror.step()
-        mirror.publish()
+        if mirror.step() or polled:
+            mirror.publish()
         daemon.notify(f"STATUS={mirror.status_line()}" + ("\nWATCHDOG=1" if watchdog else ""))
         lan.alerts_after(mirror.session, 0.5)
     daemon.notify("STOPPING=1")

@@ -56,10 +56,10 @@ def relayed_subnets(path: Path, dhcp: dict, local: ipaddress.IPv4Network | None,
             problems.append(ConfigError(path, f"{network} holds no machines: give the "
                                         "subnet's prefix, like 192.0.2.0/24", where, "network"))
             continue
-        for other in ([local] if local else []) + [s.network for s in found]:
+        others = [(local, "the server's own network")] if local else []
+        others += [(s.network, f"[dhcp] [[{s.name}]] already") for s in found]
+        for other, what in others:
             if network.overlaps(other):
-                what = ("the server's own network" if other == local
-                        else f"[dhcp] [[{_name_of(found, other)}]] already")
                 problems.append(ConfigError(path, f"{network} overlaps {other}, {what}; a "
                                             "relayed subnet is another subnet", where, "network"))
         if full:
@@ -81,7 +81,3 @@ def relayed_subnets(path: Path, dhcp: dict, local: ipaddress.IPv4Network | None,
             found.append(RelayedSubnet(name, network, section["router"],
                                        section["range_start"], section["range_end"]))
     return tuple(found)
-
-
-def _name_of(subnets: list[RelayedSubnet], network: ipaddress.IPv4Network) -> str:
-    return next(s.name for s in subnets if s.network == network)
