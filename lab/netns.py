@@ -168,7 +168,9 @@ class Lab:
 
     def _plug(self, host: Host, ifname: str, mac: str, bridge: str) -> None:
         """A veth pair: ifname in host's namespace, its peer on bridge."""
-        peer = host.peer_ifname if ifname == "eth0" else f"{host.peer_ifname[:14]}{ifname[-1]}"
+        # A second interface's peer: another first letter, the same tail
+        # (cutting the tail would give router2's and router3's one name).
+        peer = host.peer_ifname if ifname == "eth0" else "w" + host.peer_ifname[1:]
         _ip("link", "add", peer, "type", "veth", "peer", "name", ifname, "netns", host.netns,
             netns=self.switch)
         _ip("link", "set", peer, "master", bridge, "up", netns=self.switch)
@@ -190,7 +192,8 @@ class Lab:
         _ip("link", "set", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0",
             netns=self.switch)
         _ip("link", "set", bridge, "up", netns=self.switch)
-        router = self.add_host(f"router{number}", str(SUBNET.network_address
+        # A short name: interface names are 15 characters, the lab tag first.
+        router = self.add_host(f"gw{number}", str(SUBNET.network_address
                                                       + ROUTERS_FROM - number))
         gateway = str(network.network_address + 1)
         subnet = Subnet(number, network, bridge, router, gateway)
